@@ -1,0 +1,5 @@
+import sys
+
+from ctrzoo.cli import main
+
+sys.exit(main())

@@ -1,0 +1,157 @@
+"""The ``ctrzoo`` command line: one subcommand per job, thin wrappers over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ctrzoo.errors import CtrzooError
+
+
+def _cmd_synth(args: argparse.Namespace) -> None:
+    from ctrzoo.synth import generate
+
+    summary = generate(args.kind, args.rows, args.seed, args.out, progress=sys.stderr.isatty())
+    print(f"wrote {summary['rows']} {args.kind} rows to {args.out}: base CTR {summary['base_ctr']:.4f}, "
+          f"oracle AUC {summary['oracle_auc']:.4f}, oracle logloss {summary['oracle_logloss']:.4f}")
+
+
+def _load_spec_file(path: str | None):
+    if path is None:
+        return None
+    import yaml
+
+    from ctrzoo.features import FeatureSpec
+
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise CtrzooError(f"{p}: no such spec file") from None
+    except yaml.YAMLError as exc:
+        raise CtrzooError(f"{p}: not valid YAML/JSON ({exc})") from None
+    data.setdefault("format_version", 1)
+    return FeatureSpec.from_dict(data)
+
+
+def _cmd_prepare(args: argparse.Namespace) -> None:
+    from ctrzoo.data.formats import FORMATS
+    from ctrzoo.data.prepare import PrepareOptions, prepare
+    from ctrzoo.data.splits import SplitConfig
+    from ctrzoo.features import FeatureSpec
+
+    spec = _load_spec_file(args.spec) or FORMATS[args.kind].default_spec()
+    if args.drop:
+        unknown = set(args.drop) - {f.name for f in spec.features}
+        if unknown:
+            raise CtrzooError(f"--drop: unknown features {sorted(unknown)}")
+        spec = FeatureSpec([f for f in spec.features if f.name not in args.drop], spec.label, spec.user_id)
+    if args.min_count is not None:
+        for c in spec.categorical:
+            c.min_count = args.min_count
+    opts = PrepareOptions(
+        split=SplitConfig(args.split, tuple(args.ratios), args.seed),
+        strict=args.strict,
+        block_bytes=int(args.block_mb * (1 << 20)),
+        keep_raw_test=not args.no_raw,
+    )
+    meta = prepare(args.kind, args.input, args.out, spec, opts)
+    print(f"prepared {args.out} in {meta['seconds']:.1f}s")
+    print(format_summary(args.out))
+
+
+def format_summary(path: str | Path) -> str:
+    from ctrzoo.data.dataset import PreparedDataset
+
+    ds = PreparedDataset.open(path)
+    m = ds.meta
+    lines = [f"dataset {ds.path} ({m['kind']}, fingerprint {m['fingerprint'][:24]}...)"]
+    for name, s in m["splits"].items():
+        ctr = s["positives"] / s["rows"] if s["rows"] else float("nan")
+        lines.append(f"  {name:<5} {s['rows']:>10,d} rows  CTR {ctr:.4f}  {len(s['shards'])} shard(s)")
+    layout = ds.spec.layout()
+    sizes = ", ".join(f"{f.name}:{f.size}" for f in layout.sparse)
+    lines.append(f"  features: {layout.n_sparse} categorical ({sizes}), {layout.n_dense} numeric, {layout.n_seq} sequence")
+    lines.append(f"  embedding rows: {layout.num_embeddings:,d}")
+    bad = m["bad_rows"]
+    if bad["total"]:
+        lines.append(f"  bad rows skipped: {bad['total']}")
+        for reason, info in bad["by_reason"].items():
+            lines.append(f"    {info['count']:>8} x {reason}  (first: {', '.join(info['first'][:3])})")
+    else:
+        lines.append("  bad rows skipped: 0")
+    return "\n".join(lines)
+
+
+def _cmd_info(args: argparse.Namespace) -> None:
+    if args.json:
+        from ctrzoo.data.dataset import PreparedDataset
+
+        print(json.dumps(PreparedDataset.open(args.path).meta, indent=1))
+    else:
+        print(format_summary(args.path))
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from ctrzoo.demo import run_demo
+
+    run_demo(Path(args.out), rows=args.rows, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ctrzoo", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write synthetic raw logs with known click probabilities")
+    s.add_argument("kind", choices=["criteo", "avazu", "taobao"])
+    s.add_argument("--rows", type=int, default=100_000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="raw file to write (.gz to compress)")
+    s.set_defaults(func=_cmd_synth)
+
+    s = sub.add_parser("prepare", help="raw logs -> prepared dataset (spec + Parquet shards)")
+    s.add_argument("kind", choices=["criteo", "avazu", "taobao"])
+    s.add_argument("--input", nargs="+", required=True, help="raw file(s); .gz is read transparently")
+    s.add_argument("--out", required=True, help="dataset directory (replaced atomically)")
+    s.add_argument("--split", choices=["random", "order"], default="random",
+                   help="random: hashed per line with --seed; order: the last fractions (time-ordered logs)")
+    s.add_argument("--ratios", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VALID", "TEST"))
+    s.add_argument("--seed", type=int, default=2024)
+    s.add_argument("--strict", action="store_true", help="fail at the first bad row instead of skipping it")
+    s.add_argument("--min-count", type=int, default=None, help="override every categorical feature's min count")
+    s.add_argument("--drop", nargs="+", default=None, metavar="FEATURE", help="leave these features out")
+    s.add_argument("--spec", default=None, help="YAML/JSON feature spec instead of the dataset's default")
+    s.add_argument("--no-raw", action="store_true", help="do not keep the raw test rows")
+    s.add_argument("--block-mb", type=float, default=32, help="bytes read per block (memory vs overhead)")
+    s.set_defaults(func=_cmd_prepare)
+
+    s = sub.add_parser("info", help="summary of a prepared dataset")
+    s.add_argument("path")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_info)
+
+    s = sub.add_parser("demo", help="the main job end to end on built-in synthetic data")
+    s.add_argument("--out", default="demo")
+    s.add_argument("--rows", type=int, default=200_000)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except CtrzooError as exc:
+        print(f"ctrzoo {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ctrzoo {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Batches of the fixed layout from a prepared dataset: large Parquet blocks in, tensor slices out.
+
+Row groups are read a few at a time into one block (shuffled by block and within block), converted to
+tensors once, and batches are contiguous slices of that block: no per-row Python and no per-sample
+``Dataset.__getitem__``. With ``cache=True`` (the default when the split fits in ``cache_bytes``) the
+converted blocks are kept across epochs; otherwise every epoch streams from disk with a read-ahead thread.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from ctrzoo.data.dataset import PreparedDataset
+
+
+@dataclass
+class Batch:
+    """``sparse`` int64 [B,F], ``dense`` float32 [B,D], ``seq`` int64 [B,S,L], ``label`` float32 [B]."""
+
+    sparse: torch.Tensor
+    dense: torch.Tensor
+    seq: torch.Tensor
+    label: torch.Tensor
+    user_id: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.sparse.shape[0]
+
+    def slice(self, start: int, stop: int) -> Batch:
+        users = None if self.user_id is None else self.user_id[start:stop]
+        return Batch(self.sparse[start:stop], self.dense[start:stop], self.seq[start:stop], self.label[start:stop], users)
+
+    def permute(self, perm: torch.Tensor) -> Batch:
+        users = None if self.user_id is None else self.user_id[perm.numpy()]
+        return Batch(self.sparse[perm], self.dense[perm], self.seq[perm], self.label[perm], users)
+
+
+def table_to_batch(table: pa.Table, with_user: bool = False) -> Batch:
+    """Convert shard columns (see ``shard_schema``) to tensors in one pass per column."""
+    names = table.column_names
+    n = table.num_rows
+
+    def col(name: str) -> np.ndarray:
+        return table.column(name).combine_chunks().to_numpy(zero_copy_only=False)
+
+    s_names = [c for c in names if c.startswith("s.")]
+    d_names = [c for c in names if c.startswith("d.")]
+    q_names = [c for c in names if c.startswith("q.")]
+    sparse = np.empty((n, len(s_names)), dtype=np.int64)
+    for i, c in enumerate(s_names):
+        sparse[:, i] = col(c)
+    dense = np.empty((n, len(d_names)), dtype=np.float32)
+    for j, c in enumerate(d_names):
+        dense[:, j] = col(c)
+    if q_names:
+        L = table.schema.field(q_names[0]).type.list_size
+        seq = np.empty((n, len(q_names), L), dtype=np.int64)
+        for k, c in enumerate(q_names):
+            flat = table.column(c).combine_chunks().flatten().to_numpy()
+            seq[:, k, :] = flat.reshape(n, L)
+    else:
+        seq = np.zeros((n, 0, 0), dtype=np.int64)
+    label = col("label").astype(np.float32)
+    users = col("user_id") if with_user and "user_id" in names else None
+    return Batch(torch.from_numpy(sparse), torch.from_numpy(dense), torch.from_numpy(seq), torch.from_numpy(label), users)
+
+
+class BatchLoader:
+    """Iterate over a split in batches; re-iterable (one pass = one epoch, reshuffled per epoch)."""
+
+    def __init__(
+        self,
+        dataset: PreparedDataset | str | Path,
+        split: str = "train",
+        batch_size: int = 4096,
+        shuffle: bool = True,
+        seed: int = 0,
+        block_rows: int = 1_000_000,
+        drop_last: bool = False,
+        cache: bool | None = None,
+        cache_bytes: int = 4 << 30,
+        with_user: bool = False,
+    ):
+        self.dataset = dataset if isinstance(dataset, PreparedDataset) else PreparedDataset.open(dataset)
+        self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
+        self.block_rows, self.drop_last, self.with_user = block_rows, drop_last, with_user
+        self.epoch = 0
+        self._groups = [
+            (path, g, pq.ParquetFile(path).metadata.row_group(g).num_rows)
+            for path in self.dataset.shards(split)
+            for g in range(pq.ParquetFile(path).metadata.num_row_groups)
+        ]
+        self.rows = sum(n for _, _, n in self._groups)
+        row_bytes = 8 * (len(self.dataset.spec.categorical) + 1 + self.dataset.spec.layout().n_seq * max(1, self.dataset.spec.layout().seq_len)) + 4 * len(self.dataset.spec.numeric)
+        self.cache = (self.rows * row_bytes <= cache_bytes) if cache is None else cache
+        self._cached: list[Batch] | None = None
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.rows, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[Batch]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        blocks = self._blocks_cached(rng) if self.cache else self._blocks_streamed(rng)
+        carry: Batch | None = None
+        for block in blocks:
+            if self.shuffle:
+                block = block.permute(torch.randperm(len(block), generator=gen))
+            if carry is not None:
+                block = _concat(carry, block)
+                carry = None
+            n_full = len(block) // self.batch_size * self.batch_size
+            for start in range(0, n_full, self.batch_size):
+                yield block.slice(start, start + self.batch_size)
+            if n_full < len(block):
+                carry = block.slice(n_full, len(block))
+        if carry is not None and len(carry) and not self.drop_last:
+            yield carry
+
+    def _plan(self, rng: np.random.Generator) -> list[list[tuple[Path, int, int]]]:
+        order = rng.permutation(len(self._groups)) if self.shuffle else np.arange(len(self._groups))
+        plan, cur, rows = [], [], 0
+        for i in order:
+            cur.append(self._groups[i])
+            rows += self._groups[i][2]
+            if rows >= self.block_rows:
+                plan.append(cur)
+                cur, rows = [], 0
+        if cur:
+            plan.append(cur)
+        return plan
+
+    def _read(self, groups: list[tuple[Path, int, int]]) -> Batch:
+        tables = [pq.ParquetFile(path).read_row_group(g) for path, g, _ in groups]
+        return table_to_batch(pa.concat_tables(tables), self.with_user)
+
+    def _blocks_cached(self, rng: np.random.Generator) -> Iterator[Batch]:
+        if self._cached is None:
+            self._cached = [self._read([grp]) for grp in self._groups]
+        order = rng.permutation(len(self._cached)) if self.shuffle else range(len(self._cached))
+        yield from (self._cached[i] for i in order)
+
+    def _blocks_streamed(self, rng: np.random.Generator) -> Iterator[Batch]:
+        """Read the next block in a thread while the current one is consumed (Parquet decoding releases the GIL)."""
+        plan = self._plan(rng)
+        q: queue.Queue = queue.Queue(maxsize=1)
+
+        def produce() -> None:
+            try:
+                for groups in plan:
+                    q.put(self._read(groups))
+            except BaseException as exc:  # surfaced in the consumer
+                q.put(exc)
+            q.put(None)
+
+        threading.Thread(target=produce, daemon=True).start()
+        while (item := q.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
+def _concat(a: Batch, b: Batch) -> Batch:
+    users = None if a.user_id is None else np.concatenate([a.user_id, b.user_id])
+    return Batch(
+        torch.cat([a.sparse, b.sparse]), torch.cat([a.dense, b.dense]), torch.cat([a.seq, b.seq]),
+        torch.cat([a.label, b.label]), users,
+    )

@@ -1,0 +1,140 @@
+"""Canonical raw columns: the one place that decides what a raw value means.
+
+Files (pyarrow tables, pandas frames) and service requests (lists of JSON-like dicts) reach the encoder
+through these functions, so ``"7"``, ``7`` and ``7.0`` are the same category offline and online.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ctrzoo.errors import SpecError
+
+
+def as_table(data: Any, columns: Sequence[str]) -> pa.Table:
+    """Turn a pyarrow table, a pandas frame or a list of dicts into a table with ``columns``.
+
+    Absent columns become all-null (the spec's missing rule applies); extra columns are ignored.
+    """
+    if isinstance(data, pa.RecordBatch):
+        data = pa.Table.from_batches([data])
+    if not isinstance(data, pa.Table):
+        if _is_pandas(data):
+            data = pa.Table.from_pandas(data, preserve_index=False)
+        elif isinstance(data, Sequence) and all(isinstance(r, Mapping) for r in data):
+            data = _table_from_dicts(data, columns)
+        else:
+            raise SpecError(f"expected a pyarrow table, a pandas DataFrame or a list of dicts, got {type(data).__name__}")
+    n = data.num_rows
+    out = {}
+    for name in columns:
+        out[name] = data.column(name).combine_chunks() if name in data.column_names else pa.nulls(n)
+    return pa.table(out) if out else pa.table({"_": pa.nulls(n)})
+
+
+def _is_pandas(data: Any) -> bool:
+    return type(data).__module__.startswith("pandas") and hasattr(data, "columns")
+
+
+def _table_from_dicts(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> pa.Table:
+    arrays = {}
+    for name in columns:
+        values = [r.get(name) for r in rows]
+        try:
+            arrays[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+            arrays[name] = _mixed_scalars_as_strings(values, name, exc)
+    return pa.table(arrays) if arrays else pa.table({"_": pa.nulls(len(rows))})
+
+
+def _mixed_scalars_as_strings(values: list, field: str, exc: Exception) -> pa.Array:
+    """A column mixing numbers and numeric strings (``8`` and ``"8"``) is read as text, canonically."""
+    out = []
+    for v in values:  # only reached for mixed-type columns, which arrow cannot type
+        if v is None or isinstance(v, str):
+            out.append(v)
+        elif isinstance(v, float) and v.is_integer():
+            out.append(str(int(v)))
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            out.append(repr(v))
+        else:
+            raise SpecError(f"values of mixed or unsupported types ({exc})", field=field) from None
+    return pa.array(out, pa.string())
+
+
+def categorical_strings(arr: pa.Array, field: str) -> pa.Array:
+    """Canonical category strings: integers in decimal, integral floats as integers, '' and null missing."""
+    t = arr.type
+    if pa.types.is_null(t):
+        return pa.nulls(len(arr), pa.string())
+    if pa.types.is_dictionary(t):
+        arr = arr.cast(t.value_type)
+        t = arr.type
+    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        arr = arr.cast(pa.string())
+    elif pa.types.is_integer(t) or pa.types.is_boolean(t):
+        arr = pc.cast(arr, pa.string())
+    elif pa.types.is_floating(t):
+        _check_finite(arr, field)
+        integral = pc.equal(pc.floor(arr), arr)
+        if pc.all(integral).as_py() is not False:
+            arr = pc.cast(pc.cast(arr, pa.int64()), pa.string())
+        else:
+            arr = pc.cast(arr, pa.string())
+    elif not pa.types.is_string(t):
+        raise SpecError(f"expected a category (string or integer), got values of type {t}", field=field)
+    return pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
+
+
+def numeric_values(arr: pa.Array, field: str) -> np.ndarray:
+    """Float64 values with NaN for missing; text that is not a number is an error naming the field."""
+    t = arr.type
+    if pa.types.is_null(t):
+        return np.full(len(arr), np.nan)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        arr = pc.if_else(pc.equal(arr, ""), pa.scalar(None, t), arr)
+        try:
+            arr = pc.cast(arr, pa.float64())
+        except pa.ArrowInvalid as exc:
+            raise SpecError(f"expected a number ({exc})", field=field) from None
+    elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+        arr = pc.cast(arr, pa.float64())
+    else:
+        raise SpecError(f"expected a number, got values of type {t}", field=field)
+    _check_finite(arr, field)
+    return arr.to_numpy(zero_copy_only=False)
+
+
+def _check_finite(arr: pa.Array, field: str) -> None:
+    if pa.types.is_floating(arr.type) and pc.any(pc.invert(pc.is_finite(arr))).as_py():
+        raise SpecError("NaN or infinite values are not allowed", field=field)
+
+
+def sequence_lists(arr: pa.Array, sep: str, field: str) -> pa.ListArray:
+    """Canonical sequences: a list of category strings per row; ``sep``-joined strings are split."""
+    t = arr.type
+    if pa.types.is_null(t):
+        return pa.array([[]] * len(arr), pa.list_(pa.string()))
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        arr = pc.split_pattern(arr.cast(pa.string()), sep)
+    elif not (pa.types.is_list(t) or pa.types.is_large_list(t)):
+        raise SpecError(f"expected a list of items or a {sep!r}-joined string, got values of type {t}", field=field)
+    arr = arr.fill_null(pa.scalar([], arr.type)) if arr.null_count else arr
+    if pa.types.is_large_list(arr.type):
+        arr = arr.cast(pa.list_(arr.type.value_type))
+    items = categorical_strings(pc.list_flatten(arr), field)
+    lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False).astype(np.int64)
+    keep = pc.is_valid(items)
+    if not pc.all(keep).as_py():
+        row_of_item = np.repeat(np.arange(len(arr)), lengths)
+        keep_np = keep.to_numpy(zero_copy_only=False)
+        lengths = np.bincount(row_of_item[keep_np], minlength=len(arr)).astype(np.int64)
+        items = items.filter(keep)
+    offsets = np.zeros(len(arr) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), items)

@@ -1,0 +1,151 @@
+"""One vectorized encoder from raw values to the fixed tensor layout, used offline and online alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ctrzoo.errors import SpecError
+from ctrzoo.features.columns import as_table, categorical_strings, numeric_values, sequence_lists
+from ctrzoo.features.spec import Categorical, FeatureSpec, Numeric, SequenceFeature, source_of
+from ctrzoo.features.transforms import derive, numeric_transform
+from ctrzoo.features.vocab import ValueCounter, Vocabulary, hash_lookup
+
+
+@dataclass
+class EncodedBatch:
+    """``sparse`` int64 [B, n_sparse], ``dense`` float32 [B, n_dense], ``seq`` int64 [B, n_seq, L]."""
+
+    sparse: np.ndarray
+    dense: np.ndarray
+    seq: np.ndarray
+
+    def __len__(self) -> int:
+        return self.sparse.shape[0]
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return {"sparse": self.sparse, "dense": self.dense, "seq": self.seq}
+
+
+def _category_column(table: pa.Table, f: Categorical) -> pa.Array:
+    return categorical_strings(derive(f.derive, table.column(source_of(f)).combine_chunks(), f.name), f.name)
+
+
+def _numeric_column(table: pa.Table, f: Numeric) -> np.ndarray:
+    """Transformed values, NaN where missing (filled later, after standardization)."""
+    raw = numeric_values(derive(f.derive, table.column(source_of(f)).combine_chunks(), f.name), f.name)
+    return numeric_transform(f.transform)(raw)
+
+
+def _sequence_column(table: pa.Table, f: SequenceFeature) -> pa.ListArray:
+    return sequence_lists(table.column(source_of(f)).combine_chunks(), f.sep, f.name)
+
+
+class SpecFitter:
+    """Accumulates vocabulary counts and numeric statistics over training blocks, then fits the spec.
+
+    Sequence items count towards the vocabulary of the field they share, so history ids that never
+    appear as candidates are still known.
+    """
+
+    def __init__(self, spec: FeatureSpec):
+        self.spec = spec.unfitted()
+        self._counters = {c.name: ValueCounter() for c in self.spec.categorical if not c.hash_buckets}
+        self._moments = {n.name: np.zeros(3) for n in self.spec.numeric}  # count, sum, sum of squares
+        self.rows = 0
+
+    def update(self, data: Any) -> None:
+        table = as_table(data, self.spec.raw_columns())
+        self.rows += table.num_rows
+        for c in self.spec.categorical:
+            if c.name in self._counters:
+                self._counters[c.name].update(_category_column(table, c))
+        for s in self.spec.sequence:
+            if s.shares in self._counters:
+                self._counters[s.shares].update(pc.list_flatten(_sequence_column(table, s)))
+        for n in self.spec.numeric:
+            x = _numeric_column(table, n)
+            x = x[~np.isnan(x)]
+            self._moments[n.name] += (x.size, x.sum(), np.square(x).sum())
+
+    def merge(self, other: SpecFitter) -> None:
+        """Fold another fitter's counts in (per-file or per-worker counting)."""
+        self.rows += other.rows
+        for name, counter in other._counters.items():
+            values, counts = counter.result()
+            self._counters[name].add_counts(values, counts)
+        for name, m in other._moments.items():
+            self._moments[name] += m
+
+    def finalize(self) -> FeatureSpec:
+        spec = self.spec.unfitted()
+        for c in spec.categorical:
+            if c.name in self._counters:
+                values, counts = self._counters[c.name].result()
+                c.vocab = Vocabulary.from_counts(values, counts, c.min_count, c.max_vocab)
+        for n in spec.numeric:
+            count, total, squares = self._moments[n.name]
+            if n.standardize:
+                mean = total / count if count else 0.0
+                var = squares / count - mean * mean if count else 1.0
+                # Rounded to float32 (the model's input precision): summation order then no longer shows,
+                # so any block size or worker count fits the same statistics.
+                n.mean = float(np.float32(mean))
+                n.std = float(np.float32(np.sqrt(max(var, 0.0)))) or 1.0
+        return spec
+
+
+class FeatureEncoder:
+    """Raw values -> ``EncodedBatch``; one implementation for prepare (files) and serving (dicts)."""
+
+    def __init__(self, spec: FeatureSpec):
+        if not spec.fitted:
+            raise SpecError("the feature spec is not fitted: fit it on training data first")
+        self.spec = spec
+        self.layout = spec.layout()
+        self._offsets = {f.name: f.offset for f in self.layout.sparse}
+        self._by_name = {c.name: c for c in spec.categorical}
+
+    def encode(self, data: Any) -> EncodedBatch:
+        table = as_table(data, self.spec.raw_columns())
+        n = table.num_rows
+        sparse = np.empty((n, len(self.spec.categorical)), dtype=np.int64)
+        for i, c in enumerate(self.spec.categorical):
+            sparse[:, i] = self._global_ids(c, _category_column(table, c))
+        dense = np.empty((n, len(self.spec.numeric)), dtype=np.float32)
+        for j, f in enumerate(self.spec.numeric):
+            x = _numeric_column(table, f)
+            if f.standardize:
+                x = (x - f.mean) / f.std
+            dense[:, j] = np.where(np.isnan(x), f.fill, x)
+        seq = np.zeros((n, len(self.spec.sequence), self.layout.seq_len), dtype=np.int64)
+        for k, s in enumerate(self.spec.sequence):
+            seq[:, k, : s.max_len] = self._sequence_ids(s, _sequence_column(table, s))
+        return EncodedBatch(sparse, dense, seq)
+
+    def _global_ids(self, c: Categorical, strings: pa.Array) -> np.ndarray:
+        local = hash_lookup(strings, c.hash_buckets) if c.hash_buckets else c.vocab.lookup(strings)
+        return local + self._offsets[c.name]
+
+    def _sequence_ids(self, s: SequenceFeature, lists: pa.ListArray) -> np.ndarray:
+        """[B, max_len] global ids, most recent last kept, right-padded with 0."""
+        n, L = len(lists), s.max_len
+        offsets = lists.offsets.to_numpy().astype(np.int64)
+        offsets -= offsets[0]
+        lengths = np.diff(offsets)
+        if s.too_long == "error" and lengths.size and lengths.max() > L:
+            row = int(np.argmax(lengths > L))
+            raise SpecError(f"row {row}: sequence of length {int(lengths[row])} exceeds max_len {L}", field=s.name)
+        flat = self._global_ids(self._by_name[s.shares], lists.flatten())
+        kept = np.minimum(lengths, L)
+        starts = offsets[:-1] + lengths - kept
+        cols = np.arange(L)
+        mask = cols[None, :] < kept[:, None]
+        if flat.size == 0:
+            return np.zeros((n, L), dtype=np.int64)
+        pos = np.minimum(starts[:, None] + cols[None, :], flat.size - 1)
+        return np.where(mask, flat[pos], 0)

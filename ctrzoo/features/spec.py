@@ -1,0 +1,273 @@
+"""FeatureSpec: the ordered list of features, fitted once on training data, saved as JSON (+ Parquet).
+
+Every consumer (prepare, training, export, serving, comparison) reads the same saved spec, which is how
+offline and online encodings cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ctrzoo.errors import SpecError
+from ctrzoo.features.layout import FieldLayout, SequenceLayout, TableLayout
+from ctrzoo.features.transforms import DERIVATIONS, NUMERIC_TRANSFORMS
+from ctrzoo.features.vocab import FIRST_ID, Vocabulary
+
+SPEC_FORMAT_VERSION = 1
+SPEC_FILE = "spec.json"
+INLINE_VOCAB_MAX = 10_000  # larger vocabularies go to Parquet next to spec.json
+
+
+@dataclass
+class Categorical:
+    """A category: vocabulary fitted with ``min_count`` (ids 0 missing, 1 OOV) or hashed into buckets."""
+
+    name: str
+    source: str | None = None
+    derive: str | None = None
+    min_count: int = 1
+    max_vocab: int | None = None
+    hash_buckets: int | None = None
+    vocab: Vocabulary | None = field(default=None, repr=False, compare=False)
+    kind: ClassVar[str] = "categorical"
+
+    @property
+    def table_size(self) -> int:
+        if self.hash_buckets:
+            return self.hash_buckets + FIRST_ID
+        if self.vocab is None:
+            raise SpecError("not fitted yet", field=self.name)
+        return self.vocab.table_size
+
+
+@dataclass
+class Numeric:
+    """A number: ``fill`` when missing, else ``transform`` then (optionally) standardization."""
+
+    name: str
+    source: str | None = None
+    derive: str | None = None
+    transform: str = "identity"
+    standardize: bool = False
+    fill: float = 0.0
+    mean: float | None = None
+    std: float | None = None
+    kind: ClassVar[str] = "numeric"
+
+
+@dataclass
+class SequenceFeature:
+    """A behaviour sequence (most recent last) looked up in the table of categorical ``shares``."""
+
+    name: str
+    shares: str
+    source: str | None = None
+    max_len: int = 50
+    sep: str = "^"
+    too_long: str = "keep_last"  # or "error": what the encoder does with longer sequences
+    kind: ClassVar[str] = "sequence"
+
+
+Feature = Categorical | Numeric | SequenceFeature
+_KINDS = {c.kind: c for c in (Categorical, Numeric, SequenceFeature)}
+
+
+def source_of(f: Feature) -> str:
+    return f.source or f.name
+
+
+@dataclass
+class FeatureSpec:
+    features: list[Feature]
+    label: str | None = "label"
+    user_id: str | None = None
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    # -- views ---------------------------------------------------------------------------------
+    @property
+    def categorical(self) -> list[Categorical]:
+        return [f for f in self.features if isinstance(f, Categorical)]
+
+    @property
+    def numeric(self) -> list[Numeric]:
+        return [f for f in self.features if isinstance(f, Numeric)]
+
+    @property
+    def sequence(self) -> list[SequenceFeature]:
+        return [f for f in self.features if isinstance(f, SequenceFeature)]
+
+    def __getitem__(self, name: str) -> Feature:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise SpecError("no such feature", field=name)
+
+    @property
+    def fitted(self) -> bool:
+        cats = all(c.hash_buckets or c.vocab is not None for c in self.categorical)
+        nums = all(not n.standardize or n.mean is not None for n in self.numeric)
+        return cats and nums
+
+    def raw_columns(self) -> list[str]:
+        """Raw columns the encoder reads, in first-use order."""
+        seen: dict[str, None] = {}
+        for f in self.features:
+            seen.setdefault(source_of(f), None)
+        return list(seen)
+
+    def layout(self) -> TableLayout:
+        """Field offsets in the shared table: row 0 is padding, then each categorical's rows in order."""
+        fields_, offset = [], 1
+        for c in self.categorical:
+            fields_.append(FieldLayout(c.name, offset, c.table_size))
+            offset += c.table_size
+        names = [c.name for c in self.categorical]
+        seqs = tuple(SequenceLayout(s.name, s.shares, names.index(s.shares), s.max_len) for s in self.sequence)
+        seq_len = max((s.max_len for s in seqs), default=0)
+        return TableLayout(tuple(fields_), tuple(n.name for n in self.numeric), seqs, seq_len, offset)
+
+    def id_frequencies(self) -> np.ndarray:
+        """Training count per global id (0 for padding, missing, OOV and hashed ids)."""
+        layout = self.layout()
+        freq = np.zeros(layout.num_embeddings, dtype=np.int64)
+        for c, f in zip(self.categorical, layout.sparse):
+            if c.vocab is not None:
+                freq[f.offset : f.offset + f.size] = c.vocab.frequencies()
+        return freq
+
+    def _validate(self) -> None:
+        names = [f.name for f in self.features]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise SpecError(f"duplicate feature names: {sorted(dupes)}")
+        cats = {c.name for c in self.categorical}
+        for f in self.features:
+            if isinstance(f, SequenceFeature):
+                if f.shares not in cats:
+                    raise SpecError(f"shares {f.shares!r}, which is not a categorical feature", field=f.name)
+                if f.max_len < 1:
+                    raise SpecError("max_len must be >= 1", field=f.name)
+                if f.too_long not in ("keep_last", "error"):
+                    raise SpecError("too_long must be 'keep_last' or 'error'", field=f.name)
+            if isinstance(f, Numeric) and f.transform not in NUMERIC_TRANSFORMS:
+                raise SpecError(f"unknown transform {f.transform!r}; known: {sorted(NUMERIC_TRANSFORMS)}", field=f.name)
+            if getattr(f, "derive", None) and f.derive not in DERIVATIONS:
+                raise SpecError(f"unknown derivation {f.derive!r}; known: {sorted(DERIVATIONS)}", field=f.name)
+            if isinstance(f, Categorical):
+                if f.min_count < 1:
+                    raise SpecError("min_count must be >= 1", field=f.name)
+                if f.hash_buckets is not None and f.hash_buckets < 1:
+                    raise SpecError("hash_buckets must be >= 1", field=f.name)
+
+    # -- persistence -----------------------------------------------------------------------------
+    def to_dict(self, vocab_dir: Path | None = None) -> dict[str, Any]:
+        """JSON-ready dict; large vocabularies are written to ``vocab_dir`` as Parquet and referenced."""
+        feats = []
+        for f in self.features:
+            d = {"kind": f.kind, **{k: v for k, v in asdict(f).items() if k != "vocab"}}
+            if isinstance(f, Categorical) and f.vocab is not None:
+                d["vocab"] = _vocab_to_json(f, vocab_dir)
+            feats.append(d)
+        return {"format_version": SPEC_FORMAT_VERSION, "label": self.label, "user_id": self.user_id, "features": feats}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], vocab_dir: Path | None = None) -> FeatureSpec:
+        version = d.get("format_version")
+        if version != SPEC_FORMAT_VERSION:
+            raise SpecError(f"spec format version {version!r}, this ctrzoo reads {SPEC_FORMAT_VERSION}")
+        feats: list[Feature] = []
+        for i, fd in enumerate(d.get("features", [])):
+            fd = dict(fd)
+            kind = fd.pop("kind", None)
+            if kind not in _KINDS:
+                raise SpecError(f"features[{i}]: unknown kind {kind!r}; known: {sorted(_KINDS)}")
+            klass = _KINDS[kind]
+            vocab_json = fd.pop("vocab", None)
+            allowed = {f.name for f in fields(klass)}
+            unknown = set(fd) - allowed
+            if unknown:
+                raise SpecError(f"features[{i}]: unknown keys {sorted(unknown)} for a {kind} feature")
+            try:
+                feat = klass(**fd)
+            except TypeError as exc:
+                raise SpecError(f"features[{i}]: {exc}") from None
+            if vocab_json is not None:
+                feat.vocab = _vocab_from_json(vocab_json, vocab_dir, feat.name)
+            feats.append(feat)
+        return cls(feats, label=d.get("label"), user_id=d.get("user_id"))
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / SPEC_FILE
+        path.write_text(json.dumps(self.to_dict(directory / "vocab"), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> FeatureSpec:
+        path = Path(directory) / SPEC_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise SpecError(f"{path}: missing feature spec") from None
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        return cls.from_dict(data, Path(directory) / "vocab")
+
+    def unfitted(self) -> FeatureSpec:
+        """A copy with the fitted state dropped (vocabularies, statistics)."""
+        feats = []
+        for f in self.features:
+            if isinstance(f, Categorical):
+                f = replace(f, vocab=None)
+            elif isinstance(f, Numeric):
+                f = replace(f, mean=None, std=None)
+            feats.append(f)
+        return FeatureSpec(feats, self.label, self.user_id)
+
+    def equals(self, other: FeatureSpec) -> bool:
+        """Same definitions and the same fitted state, vocabularies included."""
+        if self.to_dict(None) != other.to_dict(None):
+            return False
+        return all(
+            (a.vocab is None) == (b.vocab is None) and (a.vocab is None or a.vocab.equals(b.vocab))
+            for a, b in zip(self.categorical, other.categorical)
+        )
+
+
+def _vocab_to_json(f: Categorical, vocab_dir: Path | None) -> dict[str, Any]:
+    vocab = f.vocab
+    assert vocab is not None
+    if vocab_dir is None or len(vocab) <= INLINE_VOCAB_MAX:
+        return {"values": vocab.values.to_pylist(), "counts": vocab.counts.tolist()}
+    vocab_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{f.name}.parquet"
+    pq.write_table(pa.table({"value": vocab.values, "count": vocab.counts}), vocab_dir / name)
+    return {"file": f"vocab/{name}", "size": len(vocab)}
+
+
+def _vocab_from_json(d: dict[str, Any], vocab_dir: Path | None, name: str) -> Vocabulary:
+    if "file" in d:
+        if vocab_dir is None:
+            raise SpecError("vocabulary stored in a file, but no directory given", field=name)
+        path = vocab_dir.parent / d["file"]
+        try:
+            t = pq.read_table(path)
+        except (FileNotFoundError, OSError, pa.ArrowInvalid) as exc:
+            raise SpecError(f"cannot read vocabulary {path}: {exc}", field=name) from None
+        vocab = Vocabulary(t.column("value").combine_chunks(), t.column("count").to_numpy())
+        if len(vocab) != d.get("size"):
+            raise SpecError(f"vocabulary {path} has {len(vocab)} values, spec says {d.get('size')}", field=name)
+        return vocab
+    return Vocabulary(pa.array(d["values"], pa.string()), np.asarray(d["counts"], dtype=np.int64))
+

@@ -1,0 +1,167 @@
+"""Feature contract: fitting, vocabularies, encoding from files and dicts, save/load round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from ctrzoo.errors import SpecError
+from ctrzoo.features import (
+    MISSING_ID,
+    OOV_ID,
+    Categorical,
+    FeatureEncoder,
+    FeatureSpec,
+    Numeric,
+    SequenceFeature,
+    SpecFitter,
+)
+
+
+def _table() -> pa.Table:
+    return pa.table(
+        {
+            "label": [1, 0, 1, 0, 0, 1],
+            "item": ["a", "b", "a", "c", None, "a"],
+            "user": [7, 7, 8, 9, 9, 8],
+            "price": [1.0, None, 3.0, 100.0, 5.0, 2.0],
+            "hist": ["a^b", "", None, "b^a^c^a^b", "zz", "a"],
+        }
+    )
+
+
+def _spec(**kw) -> FeatureSpec:
+    return FeatureSpec(
+        [
+            Categorical("item", min_count=2),
+            Categorical("user", hash_buckets=16),
+            Numeric("price", transform="log1p", standardize=True, fill=0.0),
+            SequenceFeature("hist", shares="item", max_len=3, **kw),
+        ],
+        label="label",
+    )
+
+
+def _fit(spec: FeatureSpec, table: pa.Table) -> FeatureSpec:
+    fitter = SpecFitter(spec)
+    fitter.update(table)
+    return fitter.finalize()
+
+
+def test_vocabulary_min_count_order_and_reserved_ids():
+    spec = _fit(_spec(), _table())
+    vocab = spec["item"].vocab
+    # counts include the sequences that share the table: a=3+4, b=1+3, c=1+1, zz=1 (< min_count 2)
+    assert vocab.values.to_pylist() == ["a", "b", "c"]
+    assert vocab.counts.tolist() == [7, 4, 2]
+    ids = vocab.lookup(pa.array(["a", "c", "zz", None, "b"]))
+    assert ids.tolist() == [2, 4, OOV_ID, MISSING_ID, 3]
+
+
+def test_encoder_layout_offsets_sequences_and_numeric():
+    spec = _fit(_spec(), _table())
+    enc = FeatureEncoder(spec)
+    b = enc.encode(_table())
+    layout = spec.layout()
+    item, user = layout.sparse
+    assert b.sparse.dtype == np.int64 and b.sparse.shape == (6, 2)
+    assert b.dense.dtype == np.float32 and b.dense.shape == (6, 1)
+    assert b.seq.dtype == np.int64 and b.seq.shape == (6, 1, 3)
+    assert b.sparse[:, 0].tolist() == [item.offset + i for i in (2, 3, 2, 4, MISSING_ID, 2)]
+    assert (b.sparse[:, 1] >= user.offset).all() and (b.sparse[:, 1] < user.offset + user.size).all()
+    assert b.sparse[0, 1] != user.offset  # hashed, not missing
+    # sequences: most recent last, truncated to the last 3, right-padded with 0, OOV -> item's OOV id
+    a, bb, c, oov = (item.offset + i for i in (2, 3, 4, OOV_ID))
+    assert b.seq[:, 0].tolist() == [[a, bb, 0], [0, 0, 0], [0, 0, 0], [c, a, bb], [oov, 0, 0], [a, 0, 0]]
+    # numeric: log1p, standardized with training statistics, fill for missing
+    x = np.log1p(np.array([1.0, 3.0, 100.0, 5.0, 2.0]))
+    assert spec["price"].mean == pytest.approx(x.mean())
+    assert b.dense[1, 0] == 0.0
+    assert b.dense[0, 0] == pytest.approx((np.log1p(1.0) - x.mean()) / x.std(), rel=1e-6)
+
+
+def test_dicts_encode_like_table_rows_and_types_are_canonical():
+    spec = _fit(_spec(), _table())
+    enc = FeatureEncoder(spec)
+    from_table = enc.encode(_table())
+    rows = _table().to_pylist()
+    for r in rows:  # a list is the same as the ^-joined string
+        r["hist"] = None if r["hist"] is None else [x for x in r["hist"].split("^") if x]
+    rows[2]["user"] = "8"  # "8" and 8 are the same category
+    rows[3]["price"] = 100  # int and float are the same number
+    del rows[4]["item"]  # absent = missing
+    from_dicts = enc.encode(rows)
+    for k in ("sparse", "dense", "seq"):
+        np.testing.assert_array_equal(getattr(from_dicts, k), getattr(from_table, k))
+
+
+def test_unknown_feature_names_are_ignored_and_bad_values_name_the_field():
+    spec = _fit(_spec(), _table())
+    enc = FeatureEncoder(spec)
+    ok = enc.encode([{"item": "a", "unknown_field": 3}])
+    assert ok.sparse.shape == (1, 2)
+    with pytest.raises(SpecError, match="'price'"):
+        enc.encode([{"price": "cheap"}])
+    with pytest.raises(SpecError, match="'price'.*NaN"):
+        enc.encode([{"price": float("nan")}])
+    with pytest.raises(SpecError, match="'item'"):
+        enc.encode([{"item": "a"}, {"item": 3.5}, {"item": [1]}])
+
+
+def test_too_long_error_mode():
+    spec = _fit(_spec(too_long="error"), _table())
+    with pytest.raises(SpecError, match="'hist'.*exceeds max_len 3"):
+        FeatureEncoder(spec).encode(_table())
+
+
+def test_save_load_round_trip_is_identical(tmp_path, monkeypatch):
+    import ctrzoo.features.spec as spec_mod
+
+    monkeypatch.setattr(spec_mod, "INLINE_VOCAB_MAX", 2)  # force the Parquet path for "item"
+    spec = _fit(_spec(), _table())
+    spec.save(tmp_path)
+    assert (tmp_path / "vocab" / "item.parquet").exists()
+    loaded = FeatureSpec.load(tmp_path)
+    assert loaded.equals(spec)
+    rows = _table().to_pylist()
+    for data in (_table(), rows):
+        a, b = FeatureEncoder(spec).encode(data), FeatureEncoder(loaded).encode(data)
+        for k in ("sparse", "dense", "seq"):
+            np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
+    assert loaded["price"].mean == spec["price"].mean  # floats bit-identical through JSON
+
+
+def test_spec_validation_errors():
+    with pytest.raises(SpecError, match="shares 'nope'"):
+        FeatureSpec([Categorical("a"), SequenceFeature("h", shares="nope")])
+    with pytest.raises(SpecError, match="duplicate"):
+        FeatureSpec([Categorical("a"), Categorical("a")])
+    with pytest.raises(SpecError, match="unknown transform"):
+        FeatureSpec([Numeric("x", transform="sqrt3")])
+    with pytest.raises(SpecError, match="not fitted"):
+        FeatureEncoder(_spec())
+
+
+def test_load_rejects_corrupt_or_foreign_spec(tmp_path):
+    (tmp_path / "spec.json").write_text('{"format_version": 99, "features": []}')
+    with pytest.raises(SpecError, match="version 99"):
+        FeatureSpec.load(tmp_path)
+    (tmp_path / "spec.json").write_text("{not json")
+    with pytest.raises(SpecError, match="spec.json:1"):
+        FeatureSpec.load(tmp_path)
+
+
+def test_avazu_hour_derivations():
+    spec = FeatureSpec(
+        [
+            Categorical("hour_of_day", source="hour", derive="yymmddhh_hour"),
+            Categorical("weekday", source="hour", derive="yymmddhh_weekday"),
+        ],
+        label=None,
+    )
+    t = pa.table({"hour": ["14102100", "14102213", "14102100"]})
+    fitted = _fit(spec, t)
+    assert fitted["hour_of_day"].vocab.values.to_pylist() == ["0", "13"]
+    # 2014-10-21 was a Tuesday (Monday = 0), 2014-10-22 a Wednesday
+    assert fitted["weekday"].vocab.values.to_pylist() == ["1", "2"]
