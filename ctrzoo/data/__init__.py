@@ -1,0 +1,1 @@
+"""Raw readers, prepare, prepared datasets and the batch loader."""
