@@ -13,12 +13,14 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -36,9 +38,9 @@ class PrepareOptions:
     split: SplitConfig = field(default_factory=SplitConfig)
     strict: bool = False
     block_bytes: int = DEFAULT_BLOCK_BYTES
-    shard_rows: int = 2_000_000
     keep_raw_test: bool = True
     progress: bool | None = None  # None: a bar only on a terminal
+    spill: bool | None = None  # keep pass 1's parsed blocks for pass 2; None: when the disk has room
 
 
 def prepare(kind: str, inputs: list[str | Path], out: str | Path, spec: FeatureSpec | None = None,
@@ -61,20 +63,36 @@ def prepare(kind: str, inputs: list[str | Path], out: str | Path, spec: FeatureS
         bad = BadRows(strict=opts.strict)
         hasher = hashlib.blake2b(digest_size=16)
         fitter = SpecFitter(spec)
+        spill = _Spill(tmp / "spill") if _should_spill(paths, tmp, opts) else None
+        raw_test = _RawTestWriter(tmp / "raw" / "test.parquet") if opts.keep_raw_test else None
+        dict_columns = {c.source or c.name for c in spec.categorical}
         rows = np.zeros(3, dtype=np.int64)
         with _bar(paths, opts, "pass 1/2: count") as bar:
             for block in read_blocks(paths, kind, bad, opts.block_bytes, hasher):
+                table = _dictionary_encode(block.table, dict_columns)
                 split = opts.split.assign(block.row_index, total_rows)
                 rows += np.bincount(split, minlength=3)
-                fitter.update(block.table.filter(pa.array(split == 0)))
+                fitter.update(table.filter(pa.array(split == 0)))
+                if raw_test is not None:
+                    raw_test.write(table.filter(pa.array(split == 2)))
+                if spill is not None:
+                    spill.write(table, split)
                 bar.update(block.nbytes)
         if rows.sum() == 0:
             raise DataError("no valid data rows in the input" + _bad_hint(bad))
         if rows[0] == 0:
             raise DataError("the training split is empty: more rows or other split ratios are needed")
+        if raw_test is not None:
+            raw_test.close()
         fitted = fitter.finalize()
         fitted.save(tmp)
-        splits = _encode_pass(paths, kind, fitted, user_col, tmp, opts, total_rows)
+        if spill is not None:
+            blocks = spill.read()
+        else:
+            blocks = _reparse(paths, kind, opts, total_rows, dict_columns)
+        splits = _encode_pass(blocks, fitted, user_col, tmp, _bar(paths, opts, "pass 2/2: encode"))
+        if spill is not None:
+            spill.remove()
         meta = {
             "format_version": DATASET_FORMAT_VERSION,
             "kind": kind,
@@ -98,28 +116,81 @@ def prepare(kind: str, inputs: list[str | Path], out: str | Path, spec: FeatureS
     return meta
 
 
-def _encode_pass(paths, kind, spec: FeatureSpec, user_col, tmp: Path, opts: PrepareOptions, total_rows) -> dict:
+def _dictionary_encode(table: pa.Table, columns: set[str]) -> pa.Table:
+    """Categorical columns hashed once here; counting, spilling and encoding then reuse the codes."""
+    for i, name in enumerate(table.column_names):
+        if name in columns and pa.types.is_string(table.schema.field(i).type):
+            table = table.set_column(i, name, pc.dictionary_encode(table.column(i)).unify_dictionaries())
+    return table
+
+
+def _reparse(paths, kind, opts: PrepareOptions, total_rows, dict_columns) -> Iterator[tuple[pa.Table, np.ndarray, int]]:
+    for block in read_blocks(paths, kind, BadRows(), opts.block_bytes):
+        yield (_dictionary_encode(block.table, dict_columns), opts.split.assign(block.row_index, total_rows),
+               block.nbytes)
+
+
+def _encode_pass(blocks, spec: FeatureSpec, user_col, tmp: Path, bar: tqdm) -> dict:
     encoder = FeatureEncoder(spec)
     schema = shard_schema(spec, with_user=bool(user_col))
-    writers = {name: _ShardWriter(tmp, name, schema, opts.shard_rows) for name in SPLITS}
-    raw_writer = None
-    with _bar(paths, opts, "pass 2/2: encode") as bar:
-        for block in read_blocks(paths, kind, BadRows(), opts.block_bytes):
-            split = opts.split.assign(block.row_index, total_rows)
-            table = _to_shard_table(encoder.encode(block.table), block.table, spec.label, user_col, schema)
+    writers = {name: _ShardWriter(tmp, name, schema) for name in SPLITS}
+    with bar:
+        for table, split, nbytes in blocks:
+            shard_table = _to_shard_table(encoder.encode(table), table, spec.label, user_col, schema)
             for i, name in enumerate(SPLITS):
-                mask = pa.array(split == i)
-                writers[name].write(table.filter(mask))
-                if name == "test" and opts.keep_raw_test:
-                    raw = block.table.filter(mask)
-                    if raw_writer is None:
-                        (tmp / "raw").mkdir()
-                        raw_writer = pq.ParquetWriter(tmp / "raw" / "test.parquet", raw.schema)
-                    raw_writer.write_table(raw)
-            bar.update(block.nbytes)
-    if raw_writer is not None:
-        raw_writer.close()
+                writers[name].write(shard_table.filter(pa.array(split == i)))
+            bar.update(nbytes)
     return {name: w.close() for name, w in writers.items()}
+
+
+class _Spill:
+    """Pass 1's parsed, dictionary-encoded blocks as Arrow IPC files, so pass 2 does not parse again."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+        self.dir.mkdir(parents=True)
+        self.files: list[tuple[Path, int]] = []
+
+    def write(self, table: pa.Table, split: np.ndarray) -> None:
+        path = self.dir / f"block-{len(self.files):06d}.arrow"
+        table = table.append_column("__split", pa.array(split))
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        self.files.append((path, table.nbytes))
+
+    def read(self) -> Iterator[tuple[pa.Table, np.ndarray, int]]:
+        for path, nbytes in self.files:
+            with pa.memory_map(str(path)) as source:
+                table = pa.ipc.open_file(source).read_all()
+            split = table.column("__split").to_numpy()
+            yield table.drop_columns(["__split"]), split, nbytes
+            path.unlink()
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class _RawTestWriter:
+    def __init__(self, path: Path):
+        self.path, self._writer = path, None
+
+    def write(self, table: pa.Table) -> None:
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self.path, table.schema)
+        self._writer.write_table(table)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def _should_spill(paths: list[Path], tmp: Path, opts: PrepareOptions) -> bool:
+    """Spill when the disk keeps 2x the input free (the spill is about the size of the raw text)."""
+    if opts.spill is not None:
+        return opts.spill
+    raw = sum(p.stat().st_size * (4 if p.suffix == ".gz" else 1) for p in paths)
+    return shutil.disk_usage(tmp).free > 2 * raw
 
 
 def _to_shard_table(batch: EncodedBatch, raw: pa.Table, label: str, user_col: str | None, schema: pa.Schema) -> pa.Table:
@@ -140,7 +211,7 @@ def _to_shard_table(batch: EncodedBatch, raw: pa.Table, label: str, user_col: st
 class _ShardWriter:
     """Parquet files of at most ``shard_rows`` rows; one row group per written block."""
 
-    def __init__(self, root: Path, split: str, schema: pa.Schema, shard_rows: int):
+    def __init__(self, root: Path, split: str, schema: pa.Schema, shard_rows: int = 2_000_000):
         self.dir = root / split
         self.dir.mkdir()
         self.schema, self.shard_rows = schema, shard_rows
@@ -162,7 +233,7 @@ class _ShardWriter:
         if self._writer is not None:
             self._writer.close()
         name = f"part-{len(self.shards):05d}.parquet"
-        self._writer = pq.ParquetWriter(self.dir / name, self.schema)
+        self._writer = pq.ParquetWriter(self.dir / name, self.schema, compression="lz4")
         self.shards.append(f"{self.dir.name}/{name}")
         self._in_shard = 0
 

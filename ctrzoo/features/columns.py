@@ -7,6 +7,7 @@ through these functions, so ``"7"``, ``7`` and ``7.0`` are the same category off
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -82,13 +83,44 @@ def categorical_strings(arr: pa.Array, field: str) -> pa.Array:
     elif pa.types.is_floating(t):
         _check_finite(arr, field)
         integral = pc.equal(pc.floor(arr), arr)
-        if pc.all(integral).as_py() is not False:
-            arr = pc.cast(pc.cast(arr, pa.int64()), pa.string())
-        else:
-            arr = pc.cast(arr, pa.string())
+        as_int = pc.cast(pc.cast(pc.if_else(integral, arr, 0.0), pa.int64()), pa.string())
+        arr = pc.if_else(integral, as_int, pc.cast(arr, pa.string()))
     elif not pa.types.is_string(t):
         raise SpecError(f"expected a category (string or integer), got values of type {t}", field=field)
     return pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
+
+
+@dataclass
+class Codes:
+    """A categorical column as ``uniques[indices]``: work per distinct value, then one gather.
+
+    ``indices`` is int64 with -1 for missing; ``uniques`` are canonical strings (null = missing).
+    Categories repeat a lot, so canonicalizing, deriving and looking up only the uniques is what keeps
+    encoding cheap, and a column that arrives dictionary-encoded is never hashed again.
+    """
+
+    indices: np.ndarray
+    uniques: pa.Array
+
+    def counts(self) -> tuple[pa.Array, np.ndarray]:
+        """(value, count) for every non-missing value present."""
+        idx = self.indices[self.indices >= 0]
+        counts = np.bincount(idx, minlength=len(self.uniques))
+        keep = (counts > 0) & self.uniques.is_valid().to_numpy(zero_copy_only=False)
+        return self.uniques.filter(pa.array(keep)), counts[keep].astype(np.int64)
+
+
+def category_codes(arr: pa.Array, field: str, transform=None) -> Codes:
+    """Dictionary-encode (unless already) and canonicalize the uniques; ``transform`` maps uniques too."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if not pa.types.is_dictionary(arr.type) else arr.unify_dictionaries().combine_chunks()
+    if not pa.types.is_dictionary(arr.type):
+        arr = pc.dictionary_encode(arr)
+    indices = arr.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    uniques = arr.dictionary
+    if transform is not None:
+        uniques = transform(uniques)
+    return Codes(indices, categorical_strings(uniques, field))
 
 
 def numeric_values(arr: pa.Array, field: str) -> np.ndarray:

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ctrzoo.errors import SpecError
-from ctrzoo.features.columns import as_table, categorical_strings, numeric_values, sequence_lists
+from ctrzoo.features.columns import Codes, as_table, category_codes, numeric_values, sequence_lists
 from ctrzoo.features.spec import Categorical, FeatureSpec, Numeric, SequenceFeature, source_of
 from ctrzoo.features.transforms import derive, numeric_transform
 from ctrzoo.features.vocab import ValueCounter, Vocabulary, hash_lookup
@@ -31,8 +31,9 @@ class EncodedBatch:
         return {"sparse": self.sparse, "dense": self.dense, "seq": self.seq}
 
 
-def _category_column(table: pa.Table, f: Categorical) -> pa.Array:
-    return categorical_strings(derive(f.derive, table.column(source_of(f)).combine_chunks(), f.name), f.name)
+def _category_codes(table: pa.Table, f: Categorical) -> Codes:
+    derivation = (lambda uniques: derive(f.derive, uniques, f.name)) if f.derive else None
+    return category_codes(table.column(source_of(f)), f.name, derivation)
 
 
 def _numeric_column(table: pa.Table, f: Numeric) -> np.ndarray:
@@ -63,10 +64,10 @@ class SpecFitter:
         self.rows += table.num_rows
         for c in self.spec.categorical:
             if c.name in self._counters:
-                self._counters[c.name].update(_category_column(table, c))
+                self._counters[c.name].update(_category_codes(table, c))
         for s in self.spec.sequence:
             if s.shares in self._counters:
-                self._counters[s.shares].update(pc.list_flatten(_sequence_column(table, s)))
+                self._counters[s.shares].update(category_codes(pc.list_flatten(_sequence_column(table, s)), s.name))
         for n in self.spec.numeric:
             x = _numeric_column(table, n)
             x = x[~np.isnan(x)]
@@ -115,7 +116,7 @@ class FeatureEncoder:
         n = table.num_rows
         sparse = np.empty((n, len(self.spec.categorical)), dtype=np.int64)
         for i, c in enumerate(self.spec.categorical):
-            sparse[:, i] = self._global_ids(c, _category_column(table, c))
+            sparse[:, i] = self._global_ids(c, _category_codes(table, c))
         dense = np.empty((n, len(self.spec.numeric)), dtype=np.float32)
         for j, f in enumerate(self.spec.numeric):
             x = _numeric_column(table, f)
@@ -127,8 +128,8 @@ class FeatureEncoder:
             seq[:, k, : s.max_len] = self._sequence_ids(s, _sequence_column(table, s))
         return EncodedBatch(sparse, dense, seq)
 
-    def _global_ids(self, c: Categorical, strings: pa.Array) -> np.ndarray:
-        local = hash_lookup(strings, c.hash_buckets) if c.hash_buckets else c.vocab.lookup(strings)
+    def _global_ids(self, c: Categorical, codes: Codes) -> np.ndarray:
+        local = hash_lookup(codes, c.hash_buckets) if c.hash_buckets else c.vocab.lookup(codes)
         return local + self._offsets[c.name]
 
     def _sequence_ids(self, s: SequenceFeature, lists: pa.ListArray) -> np.ndarray:
@@ -140,7 +141,7 @@ class FeatureEncoder:
         if s.too_long == "error" and lengths.size and lengths.max() > L:
             row = int(np.argmax(lengths > L))
             raise SpecError(f"row {row}: sequence of length {int(lengths[row])} exceeds max_len {L}", field=s.name)
-        flat = self._global_ids(self._by_name[s.shares], lists.flatten())
+        flat = self._global_ids(self._by_name[s.shares], category_codes(lists.flatten(), s.name))
         kept = np.minimum(lengths, L)
         starts = offsets[:-1] + lengths - kept
         cols = np.arange(L)

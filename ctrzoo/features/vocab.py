@@ -12,42 +12,40 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ctrzoo.features.columns import Codes, category_codes
+
 MISSING_ID = 0
 OOV_ID = 1
 FIRST_ID = 2
 
 
 class ValueCounter:
-    """Counts category strings over many blocks with bounded work: merges are vectorized group-bys."""
+    """Counts category values over many blocks with bounded work: merges are vectorized group-bys."""
 
     def __init__(self, merge_every: int = 4_000_000):
-        self._pending: list[pa.StructArray] = []
+        self._pending: list[pa.Table] = []
         self._pending_len = 0
         self._merged: pa.Table | None = None
         self._merge_every = merge_every
 
-    def update(self, strings: pa.Array) -> None:
-        vc = pc.value_counts(strings.drop_null()) if strings.null_count else pc.value_counts(strings)
-        if len(vc):
-            self._pending.append(vc)
-            self._pending_len += len(vc)
+    def update(self, codes: Codes) -> None:
+        values, counts = codes.counts()
+        self.add_counts(values, counts)
+
+    def add_counts(self, values: pa.Array, counts: np.ndarray) -> None:
+        """Merge (value, count) pairs, e.g. one block's or another worker's."""
+        if len(values):
+            self._pending.append(pa.table({"values": values, "counts": pa.array(counts, pa.int64())}))
+            self._pending_len += len(values)
         if self._pending_len >= self._merge_every:
             self._merge()
 
-    def add_counts(self, values: pa.Array, counts: np.ndarray) -> None:
-        """Merge counts computed elsewhere (e.g. another worker's)."""
-        self._pending.append(pa.StructArray.from_arrays([values, pa.array(counts, pa.int64())], ["values", "counts"]))
-        self._pending_len += len(values)
-
     def _merge(self) -> None:
-        parts = [pa.table({"values": s.field("values"), "counts": s.field("counts")}) for s in self._pending]
-        if self._merged is not None:
-            parts.append(self._merged)
+        parts = self._pending + ([self._merged] if self._merged is not None else [])
         self._pending, self._pending_len = [], 0
-        if not parts:
-            return
-        table = pa.concat_tables(parts)
-        self._merged = table.group_by("values").aggregate([("counts", "sum")]).rename_columns(["values", "counts"])
+        if parts:
+            table = pa.concat_tables(parts)
+            self._merged = table.group_by("values").aggregate([("counts", "sum")]).rename_columns(["values", "counts"])
 
     def result(self) -> tuple[pa.Array, np.ndarray]:
         """All (value, count) pairs, in no particular order."""
@@ -87,11 +85,15 @@ class Vocabulary:
         """Embedding rows this field needs: missing, OOV, then one per value."""
         return len(self) + FIRST_ID
 
-    def lookup(self, strings: pa.Array) -> np.ndarray:
-        """Local ids (int64) for canonical category strings; null -> 0, unknown -> 1."""
+    def lookup(self, codes: Codes | pa.Array) -> np.ndarray:
+        """Local ids (int64): missing -> 0, unknown -> 1, else 2 + rank."""
+        if not isinstance(codes, Codes):
+            codes = category_codes(codes, "?")
         if self._index is None:
             self._index = pd.Index(self.values.to_numpy(zero_copy_only=False), dtype=object)
-        return _map_through_dictionary(strings, self._index.get_indexer, offset=FIRST_ID, unknown=OOV_ID)
+        found = self._index.get_indexer(codes.uniques.to_numpy(zero_copy_only=False))
+        mapped = np.where(found < 0, OOV_ID, found + FIRST_ID)
+        return _gather(codes, mapped)
 
     def frequencies(self) -> np.ndarray:
         """Training count per local id (missing and OOV get 0: unknown)."""
@@ -101,24 +103,15 @@ class Vocabulary:
         return self.values.equals(other.values) and np.array_equal(self.counts, other.counts)
 
 
-def hash_lookup(strings: pa.Array, buckets: int) -> np.ndarray:
+def hash_lookup(codes: Codes, buckets: int) -> np.ndarray:
     """Local ids for a hashed feature: 0 = missing, ``2 + stable_hash % buckets`` otherwise."""
-
-    def bucket_of(uniques: np.ndarray) -> np.ndarray:
-        return (pd.util.hash_array(uniques, categorize=False) % np.uint64(buckets)).astype(np.int64)
-
-    return _map_through_dictionary(strings, bucket_of, offset=FIRST_ID, unknown=None)
+    uniques = codes.uniques.to_numpy(zero_copy_only=False)
+    hashed = pd.util.hash_array(uniques.astype(object), categorize=False) % np.uint64(buckets)
+    return _gather(codes, hashed.astype(np.int64) + FIRST_ID)
 
 
-def _map_through_dictionary(strings: pa.Array, map_uniques, offset: int, unknown: int | None) -> np.ndarray:
-    """Map each distinct value once (cheap when values repeat, as categories do), then gather."""
-    if isinstance(strings, pa.ChunkedArray):
-        strings = strings.combine_chunks()
-    encoded = pc.dictionary_encode(strings)
-    uniques = encoded.dictionary.to_numpy(zero_copy_only=False)
-    mapped = np.asarray(map_uniques(uniques), dtype=np.int64)
-    if unknown is not None:
-        mapped = np.where(mapped < 0, unknown - offset, mapped)
-    table = np.concatenate([[MISSING_ID], mapped + offset]).astype(np.int64)
-    idx = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
-    return table[idx]
+def _gather(codes: Codes, mapped_uniques: np.ndarray) -> np.ndarray:
+    """Per-row ids from per-unique ids; null uniques and index -1 are missing."""
+    mapped = np.where(codes.uniques.is_valid().to_numpy(zero_copy_only=False), mapped_uniques, MISSING_ID)
+    table = np.concatenate([[MISSING_ID], mapped]).astype(np.int64)
+    return table[codes.indices + 1]

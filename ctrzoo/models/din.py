@@ -1,0 +1,87 @@
+"""Deep Interest Network (Zhou et al., 2018): attend over behaviour history with the candidate as query."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ctrzoo.errors import CtrzooError
+from ctrzoo.features.layout import TableLayout
+from ctrzoo.models import register_model
+from ctrzoo.nn import MLP, FeatureEmbedding, SequencePooling, TargetAttention, padding_mask
+
+
+@register_model("din")
+class DIN(nn.Module):
+    """``logit = Linear(MLP([flatten(field embeddings), dense, interest_1, ..., interest_S]))``.
+
+    For each sequence feature ``s`` the candidate is the embedding of the sparse field whose table it
+    shares (``layout.seq[s].shares_index``, e.g. the target item id for an item-id history) and
+    ``interest_s = TargetAttention(candidate, history_s)``, so the user representation changes with the
+    ad being scored. ``pooling="sum"`` replaces attention by masked sum pooling (the paper's base model,
+    a benchmark baseline); ``concat_sum_pool=True`` also appends the sum-pooled history. With no sequence
+    features in the layout the model is an MLP over the field embeddings and dense features.
+    """
+
+    def __init__(
+        self,
+        layout: TableLayout,
+        emb_dim: int = 16,
+        mlp: Sequence[int] = (400, 400, 400),
+        dropout: float = 0.0,
+        activation: str = "dice",
+        batch_norm: bool = False,
+        att_hidden: Sequence[int] = (80, 40),
+        att_activation: str = "dice",
+        use_softmax: bool = False,
+        pooling: str = "attention",
+        concat_sum_pool: bool = False,
+        sparse_grad: bool = False,
+    ) -> None:
+        super().__init__()
+        if pooling not in ("attention", "sum"):
+            raise CtrzooError(f"unknown DIN pooling {pooling!r}; expected 'attention' or 'sum'")
+        self.hparams = {
+            "emb_dim": emb_dim,
+            "mlp": [int(h) for h in mlp],
+            "dropout": dropout,
+            "activation": activation,
+            "batch_norm": batch_norm,
+            "att_hidden": [int(h) for h in att_hidden],
+            "att_activation": att_activation,
+            "use_softmax": use_softmax,
+            "pooling": pooling,
+            "concat_sum_pool": concat_sum_pool,
+            "sparse_grad": sparse_grad,
+        }
+        self.shares = [s.shares_index for s in layout.seq]
+        self.pooling = pooling
+        self.concat_sum_pool = concat_sum_pool
+        self.embedding = FeatureEmbedding(layout, emb_dim, sparse_grad=sparse_grad)
+        self.attention = nn.ModuleList(
+            TargetAttention(emb_dim, att_hidden, att_activation, use_softmax)
+            for _ in (layout.seq if pooling == "attention" else ())
+        )
+        self.sum_pool = SequencePooling("sum")
+        per_seq = emb_dim * (2 if concat_sum_pool else 1)
+        in_dim = layout.n_sparse * emb_dim + layout.n_dense + layout.n_seq * per_seq
+        self.deep = MLP(in_dim, mlp, dropout, activation, batch_norm)
+        self.head = nn.Linear(self.deep.out_dim, 1)
+
+    def forward(self, sparse: Tensor, dense: Tensor, seq: Tensor) -> Tensor:
+        fields = self.embedding(sparse)
+        parts = [fields.flatten(1), dense]
+        if self.shares:
+            history = self.embedding.lookup_seq(seq)  # [B, S, L, D]
+            mask = padding_mask(seq)  # [B, S, L]
+            for s, shares in enumerate(self.shares):
+                keys, keep = history[:, s], mask[:, s]
+                if self.pooling == "attention":
+                    parts.append(self.attention[s](fields[:, shares], keys, keep))
+                else:
+                    parts.append(self.sum_pool(keys, keep))
+                if self.concat_sum_pool:
+                    parts.append(self.sum_pool(keys, keep))
+        return self.head(self.deep(torch.cat(parts, dim=1))).squeeze(-1)

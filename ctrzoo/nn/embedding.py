@@ -1,0 +1,98 @@
+"""Embedding tables: one shared table for every categorical field, plus per-dense-feature vectors.
+
+``sparse`` ids are already global rows of one table (``offset + local_id``, see
+``ctrzoo.features.layout``), so every field is looked up with a single ``nn.Embedding`` call instead of one
+module per field: fewer kernels, one parameter to regularize and one row space for sparse optimizers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ctrzoo.features.layout import PADDING_ID, TableLayout
+
+
+class FeatureEmbedding(nn.Module):
+    """All categorical fields in one ``[num_embeddings, dim]`` table plus a 1-dim first-order table.
+
+    Row 0 is the padding row in both tables: it starts at zero and ``padding_idx`` keeps its gradient at
+    zero, so it never trains and padded sequence positions always embed to zeros.
+
+    Args:
+        layout: the fitted table layout (only ``num_embeddings`` is needed for the tables).
+        dim: embedding size.
+        sparse_grad: make both tables produce sparse gradients, so a trainer can update only the touched
+            rows (``torch.optim.SparseAdam``) instead of the whole table.
+        init_std: std of the normal init of the ``dim``-sized table; small, as in common CTR libraries, so
+            untrained ids start near the origin. The first-order table starts at zero (a plain logistic
+            regression start).
+    """
+
+    def __init__(self, layout: TableLayout, dim: int, sparse_grad: bool = False, init_std: float = 1e-2) -> None:
+        super().__init__()
+        num = layout.num_embeddings
+        self.dim = dim
+        self.table = nn.Embedding(num, dim, padding_idx=PADDING_ID, sparse=sparse_grad)
+        self.linear_table = nn.Embedding(num, 1, padding_idx=PADDING_ID, sparse=sparse_grad)
+        nn.init.normal_(self.table.weight, std=init_std)
+        nn.init.zeros_(self.linear_table.weight)
+        with_padding_zeroed(self.table)
+
+    @property
+    def sparse_grad(self) -> bool:
+        return self.table.sparse
+
+    @sparse_grad.setter
+    def sparse_grad(self, value: bool) -> None:
+        self.table.sparse = value
+        self.linear_table.sparse = value
+
+    def forward(self, sparse: Tensor) -> Tensor:
+        """``sparse [B, F]`` global ids -> field embeddings ``[B, F, dim]``."""
+        return self.table(sparse)
+
+    def first_order(self, sparse: Tensor) -> Tensor:
+        """``sparse [B, F]`` -> ``[B]``: the linear (logistic-regression) term, summed over fields."""
+        return self.linear_table(sparse).sum(dim=(1, 2))
+
+    def lookup_seq(self, seq: Tensor) -> Tensor:
+        """``seq [B, S, L]`` global ids (0 = padding) -> ``[B, S, L, dim]``; padded positions are zeros."""
+        return self.table(seq)
+
+
+class DenseEmbedding(nn.Module):
+    """Turn ``dense [B, n_dense]`` into per-feature fields ``[B, n_dense, dim]`` (value * learned vector).
+
+    This lets field-interaction layers (FM, cross network) treat numeric features like categorical ones.
+    """
+
+    def __init__(self, n_dense: int, dim: int, init_std: float = 1e-2) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_dense, dim))
+        nn.init.normal_(self.weight, std=init_std)
+
+    def forward(self, dense: Tensor) -> Tensor:
+        return dense.unsqueeze(-1) * self.weight
+
+
+def split_sparse_params(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Split a model's parameters into (sparse-gradient embedding weights, everything else).
+
+    A trainer gives the first list to ``SparseAdam`` and the second to a dense optimizer.
+    """
+    sparse_ids: set[int] = set()
+    sparse: list[nn.Parameter] = []
+    for m in module.modules():
+        if isinstance(m, nn.Embedding) and m.sparse:
+            sparse.append(m.weight)
+            sparse_ids.add(id(m.weight))
+    dense = [p for p in module.parameters() if id(p) not in sparse_ids]
+    return sparse, dense
+
+
+def with_padding_zeroed(embedding: nn.Embedding) -> nn.Embedding:
+    """Zero the padding row of ``embedding`` in place (after a custom init) and return it."""
+    if embedding.padding_idx is not None:
+        embedding.weight.data[embedding.padding_idx].zero_()
+    return embedding

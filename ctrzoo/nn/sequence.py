@@ -1,0 +1,91 @@
+"""Behaviour-sequence layers: masked pooling and DIN's target attention.
+
+Sequences arrive as ``[B, L]`` ids padded with ``PADDING_ID`` (0) on the right; layers take the boolean
+``mask = ids != 0`` (see :func:`padding_mask`) so padded positions never contribute, whatever their
+embedding holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ctrzoo.errors import CtrzooError
+from ctrzoo.features.layout import PADDING_ID
+from ctrzoo.nn.mlp import MLP
+
+
+def padding_mask(ids: Tensor) -> Tensor:
+    """``ids [..., L]`` -> bool ``[..., L]``, True at real (non-padding) positions."""
+    return ids != PADDING_ID
+
+
+class SequencePooling(nn.Module):
+    """Masked ``sum`` or ``mean`` over the sequence axis: ``keys [..., L, D], mask [..., L] -> [..., D]``.
+
+    ``mean`` divides by the number of real positions (at least 1, so an empty history gives zeros).
+    """
+
+    def __init__(self, mode: str = "sum") -> None:
+        super().__init__()
+        if mode not in ("sum", "mean"):
+            raise CtrzooError(f"unknown pooling mode {mode!r}; expected 'sum' or 'mean'")
+        self.mode = mode
+
+    def forward(self, keys: Tensor, mask: Tensor) -> Tensor:
+        m = mask.unsqueeze(-1).to(keys.dtype)
+        pooled = (keys * m).sum(dim=-2)
+        if self.mode == "mean":
+            pooled = pooled / m.sum(dim=-2).clamp(min=1.0)
+        return pooled
+
+
+class TargetAttention(nn.Module):
+    """DIN's local activation unit: weight each history item by its relevance to the candidate.
+
+    ``query [B, D]`` (candidate embedding), ``keys [B, L, D]`` (history embeddings), ``mask [B, L]``
+    -> ``[B, D] = sum_t w_t * k_t`` with ``w_t = Linear(MLP([q, k_t, q - k_t, q * k_t]))``.
+
+    Without softmax (the paper's default) weights are unnormalized, so the output keeps the intensity of
+    user interest (how many relevant items there are); padded positions get weight exactly 0. With
+    ``use_softmax=True`` padded scores are pushed to the most negative finite float before the softmax
+    (effectively ``-inf``, but a row with no real item becomes uniform instead of NaN) and the weights are
+    then masked, so an all-padding history yields zeros in both modes.
+
+    Note: with ``activation="dice"`` the unit's training-mode batch statistics pool over all ``B * L``
+    positions, padded ones included (as in the reference implementation); in eval mode padding has no
+    effect at all.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: Sequence[int] = (80, 40),
+        activation: str = "dice",
+        use_softmax: bool = False,
+    ) -> None:
+        super().__init__()
+        self.mlp = MLP(4 * dim, hidden, activation=activation)
+        self.score = nn.Linear(self.mlp.out_dim, 1)
+        self.use_softmax = use_softmax
+
+    def scores(self, query: Tensor, keys: Tensor) -> Tensor:
+        """Raw relevance scores ``[B, L]`` before masking."""
+        q = query.unsqueeze(1).expand_as(keys)
+        unit_in = torch.cat([q, keys, q - keys, q * keys], dim=-1)
+        return self.score(self.mlp(unit_in)).squeeze(-1)
+
+    def weights(self, query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+        """Attention weights ``[B, L]``, exactly 0 at padded positions."""
+        scores = self.scores(query, keys)
+        zeros = torch.zeros_like(scores)
+        if self.use_softmax:
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            return torch.where(mask, torch.softmax(scores, dim=-1), zeros)
+        return torch.where(mask, scores, zeros)
+
+    def forward(self, query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+        w = self.weights(query, keys, mask)
+        return torch.where(mask.unsqueeze(-1), w.unsqueeze(-1) * keys, torch.zeros_like(keys)).sum(dim=1)
