@@ -1,0 +1,121 @@
+"""Model bundles: the one artifact training writes and every consumer (evaluate, export, serve) reads.
+
+    BUNDLE/bundle.json   format version, model name + hyper-parameters, data fingerprint, metrics, version
+    BUNDLE/spec.json, vocab/   the fitted feature spec (so raw rows can be encoded without the dataset)
+    BUNDLE/weights.pt    a state dict, loaded with ``weights_only=True`` (no pickle)
+
+Loading checks the format version and every file, and fails with a message that names what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import ctrzoo
+from ctrzoo.errors import BundleError, CtrzooError
+from ctrzoo.features import FeatureSpec
+
+BUNDLE_FORMAT_VERSION = 1
+META_FILE = "bundle.json"
+WEIGHTS_FILE = "weights.pt"
+
+
+@dataclass
+class Bundle:
+    path: Path
+    meta: dict[str, Any]
+    spec: FeatureSpec
+
+    @property
+    def model_name(self) -> str:
+        return self.meta["model"]["name"]
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        return self.meta["model"]["hparams"]
+
+    @property
+    def version(self) -> str:
+        return self.meta.get("version", "0")
+
+    def build_model(self) -> nn.Module:
+        """The model with its trained weights, in eval mode."""
+        from ctrzoo.models import build_model
+
+        model = build_model(self.model_name, self.spec.layout(), **self.hparams)
+        path = self.path / WEIGHTS_FILE
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise BundleError(f"{path}: missing weights file") from None
+        except Exception as exc:  # corrupt or not a torch file
+            raise BundleError(f"{path}: cannot read weights ({exc.__class__.__name__}: {exc})") from None
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise BundleError(f"{path}: weights do not fit model {self.model_name!r}: {exc}") from None
+        return model.eval()
+
+
+def save_bundle(out: str | Path, model: nn.Module, model_name: str, spec: FeatureSpec, meta: dict[str, Any]) -> Path:
+    """Write a bundle directory atomically (built beside ``out``, swapped in by rename)."""
+    out = Path(out)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        spec.save(tmp)
+        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp / WEIGHTS_FILE)
+        full = {
+            "format_version": BUNDLE_FORMAT_VERSION,
+            "ctrzoo_version": ctrzoo.__version__,
+            "model": {"name": model_name, "hparams": getattr(model, "hparams", {})},
+            **meta,
+        }
+        (tmp / META_FILE).write_text(json.dumps(full, indent=1))
+        if out.exists():
+            if not (out / META_FILE).exists() and any(out.iterdir()):
+                raise CtrzooError(f"{out} exists and is not a model bundle: refusing to replace it")
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    path = Path(path)
+    meta_path = path / META_FILE
+    if not path.is_dir():
+        raise BundleError(f"{path}: no such bundle directory")
+    if not meta_path.exists():
+        raise BundleError(f"{path}: not a model bundle ({META_FILE} missing)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{meta_path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if meta.get("format_version") != BUNDLE_FORMAT_VERSION:
+        raise BundleError(
+            f"{meta_path}: bundle format version {meta.get('format_version')!r}, this ctrzoo reads "
+            f"{BUNDLE_FORMAT_VERSION}"
+        )
+    if not (path / WEIGHTS_FILE).exists():
+        raise BundleError(f"{path / WEIGHTS_FILE}: missing weights file")
+    try:
+        spec = FeatureSpec.load(path)
+    except CtrzooError as exc:
+        raise BundleError(f"{path}: bad feature spec: {exc}") from None
+    return Bundle(path, meta, spec)
