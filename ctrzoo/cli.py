@@ -94,10 +94,40 @@ def _cmd_info(args: argparse.Namespace) -> None:
         print(format_summary(args.path))
 
 
+def _cmd_train(args: argparse.Namespace) -> None:
+    from ctrzoo.train.run import train_bundle
+
+    overrides = {
+        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+        "regularization": args.reg, "reg_lambda": args.reg_lambda, "patience": args.patience,
+        "checkpoint_every": args.checkpoint_every, "threads": args.threads, "max_steps": args.max_steps,
+        "bf16": True if args.bf16 else None,
+        "sparse_updates": False if args.dense_updates else None,
+        "hparams": {k: v for k, v in {"emb_dim": args.emb_dim, "mlp": args.mlp, "dropout": args.dropout}.items()
+                    if v is not None},
+    }
+    train_bundle(args.model, args.data, args.out, args.config, overrides, resume=args.resume)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from ctrzoo.bundle import load_bundle
+    from ctrzoo.data.dataset import PreparedDataset
+    from ctrzoo.evaluate import evaluate_bundle
+
+    bundle = load_bundle(args.bundle)
+    m = evaluate_bundle(bundle, PreparedDataset.open(args.data), args.split)
+    line = f"{bundle.model_name} on {args.split} ({m['rows']:,d} rows): AUC {m['auc']:.4f}  logloss {m['logloss']:.4f}"
+    if "gauc" in m:
+        line += f"  GAUC {m['gauc']:.4f} ({m['gauc_users']} users, {m['gauc_users_skipped']} one-class users skipped)"
+    print(line)
+    if args.json:
+        print(json.dumps(m))
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from ctrzoo.demo import run_demo
 
-    run_demo(Path(args.out), rows=args.rows, seed=args.seed)
+    run_demo(Path(args.out), rows=args.rows, seed=args.seed, epochs=args.epochs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,10 +162,41 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_info)
 
+    s = sub.add_parser("train", help="train a model on a prepared dataset and write a bundle")
+    s.add_argument("--model", required=True, help="wide_deep, deepfm, dcn or din")
+    s.add_argument("--data", required=True, help="prepared dataset directory")
+    s.add_argument("--out", required=True, help="bundle directory to write")
+    s.add_argument("--config", default=None, help="YAML with 'train:' settings and 'models: {NAME: hparams}'")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--emb-dim", type=int)
+    s.add_argument("--mlp", type=lambda v: [int(x) for x in v.split(",")], help="hidden sizes, e.g. 400,400,400")
+    s.add_argument("--dropout", type=float)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--reg", choices=["none", "l2", "mba"], help="embedding regularization")
+    s.add_argument("--reg-lambda", type=float)
+    s.add_argument("--patience", type=int, help="epochs without validation AUC gain before stopping")
+    s.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: each epoch)")
+    s.add_argument("--resume", action="store_true", help="continue from OUT.work/checkpoint.pt")
+    s.add_argument("--threads", type=int)
+    s.add_argument("--bf16", action="store_true", help="bf16 autocast for the matmuls (AVX512-BF16 CPUs)")
+    s.add_argument("--dense-updates", action="store_true", help="dense Adam on embeddings instead of SparseAdam")
+    s.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("evaluate", help="AUC, logloss and GAUC of a bundle on a prepared split")
+    s.add_argument("--bundle", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_evaluate)
+
     s = sub.add_parser("demo", help="the main job end to end on built-in synthetic data")
     s.add_argument("--out", default="demo")
     s.add_argument("--rows", type=int, default=200_000)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--epochs", type=int, default=2)
     s.set_defaults(func=_cmd_demo)
     return p
 

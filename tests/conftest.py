@@ -13,3 +13,19 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "criteo_sample.tsv").exists():
         pytest.skip(f"real sample rows not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synth_prepared(tmp_path_factory):
+    """Small prepared synthetic datasets (criteo, taobao), made once per test session."""
+    from ctrzoo.data.prepare import prepare
+    from ctrzoo.synth import generate
+
+    root = tmp_path_factory.mktemp("synth")
+    out = {}
+    for kind, rows in (("criteo", 20_000), ("taobao", 20_000)):
+        raw = root / f"{kind}.raw"
+        generate(kind, rows, 3, raw)
+        prepare(kind, [raw], root / kind)
+        out[kind] = root / kind
+    return out

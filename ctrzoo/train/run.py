@@ -1,0 +1,48 @@
+"""``ctrzoo train``: resolve settings, fit, score the test split, write the bundle."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ctrzoo.bundle import save_bundle
+from ctrzoo.data.dataset import PreparedDataset
+from ctrzoo.data.loader import BatchLoader
+from ctrzoo.train.config import resolve_config
+from ctrzoo.train.trainer import Trainer, evaluate_arrays, predict
+
+
+def train_bundle(model: str, data: str | Path, out: str | Path, config_file: str | None = None,
+                 overrides: dict[str, Any] | None = None, resume: bool = False, progress: bool | None = None,
+                 on_step=None, verbose: bool = True) -> dict[str, Any]:
+    ds = PreparedDataset.open(data)
+    cfg = resolve_config(model, ds.meta.get("kind"), config_file, dict(overrides or {}))
+    out = Path(out)
+    workdir = out.parent / f"{out.name}.work"
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg, ds, workdir, progress=progress)
+    best = trainer.fit(resume=resume, on_step=on_step)
+    test_loader = BatchLoader(ds, "test", cfg.eval_batch_size, shuffle=False, with_user=ds.has_user_id)
+    test = evaluate_arrays(*predict(trainer.model, test_loader, cfg.bf16))
+    meta = {
+        "version": datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"),
+        "data": {"path": str(ds.path.resolve()), "kind": ds.meta.get("kind"), "fingerprint": ds.fingerprint},
+        "train": asdict(cfg),
+        "metrics": {"valid": best, "test": test},
+        "history": trainer.history,
+        "train_seconds": round(time.perf_counter() - t0, 2),
+    }
+    save_bundle(out, trainer.model, cfg.model, ds.spec, meta)
+    trainer.clean_workdir()
+    if verbose:
+        for h in trainer.history:
+            print(f"epoch {h['epoch']}: train logloss {h['train_logloss']:.4f}  valid AUC {h['valid_auc']:.4f}  "
+                  f"valid logloss {h['valid_logloss']:.4f}  {h['samples_per_s'] or 0:,.0f} samples/s")
+        line = f"{cfg.model} -> {out}: test AUC {test['auc']:.4f}  logloss {test['logloss']:.4f}"
+        if "gauc" in test:
+            line += f"  GAUC {test['gauc']:.4f}"
+        print(line)
+    return meta
