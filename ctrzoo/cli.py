@@ -124,6 +124,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         print(json.dumps(m))
 
 
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from ctrzoo.compare import compare, write_report
+
+    report = compare(args.bundles, args.data, args.split, args.baseline, args.slice_by, args.bootstrap, args.seed)
+    out = write_report(report, args.report)
+    for v in report["verdicts"]:
+        print(v)
+    print(f"report: {out / 'report.html'} (also report.md, report.json)")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from ctrzoo.demo import run_demo
 
@@ -191,6 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test", choices=["train", "valid", "test"])
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_evaluate)
+
+    s = sub.add_parser("compare", help="A/B comparison of bundles on the same rows, with significance")
+    s.add_argument("bundles", nargs="+", help="two or more bundle directories")
+    s.add_argument("--data", required=True, help="the prepared dataset the bundles were trained from")
+    s.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    s.add_argument("--baseline", default=None, help="bundle to compare the others with (default: the first)")
+    s.add_argument("--slice-by", default=None, help="raw field for per-slice AUC (e.g. C1, pid)")
+    s.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for logloss and GAUC")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--report", required=True, help="output directory for report.{json,md,html}")
+    s.set_defaults(func=_cmd_compare)
 
     s = sub.add_parser("demo", help="the main job end to end on built-in synthetic data")
     s.add_argument("--out", default="demo")

@@ -33,10 +33,11 @@ def logloss(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def gauc(labels: np.ndarray, scores: np.ndarray, users: np.ndarray) -> tuple[float, dict]:
-    """Impression-weighted mean of per-user AUC (DIN paper); users with one class only are skipped.
+def per_user_auc(labels: np.ndarray, scores: np.ndarray, users: np.ndarray) -> dict[str, np.ndarray]:
+    """AUC of every user with both classes: ``user`` codes (from ``pd.factorize``), ``auc``, ``rows``.
 
-    Returns the GAUC and counts: users used, users skipped, rows in the used users.
+    One lexsort by (user, score) and bincounts: tie-aware ranks within each user, no loop over users.
+    Also returns ``skipped``: the number of users with a single class.
     """
     y = np.asarray(labels).astype(np.float64).ravel()
     s = np.asarray(scores, dtype=np.float64).ravel()
@@ -55,10 +56,19 @@ def gauc(labels: np.ndarray, scores: np.ndarray, users: np.ndarray) -> tuple[flo
     N = size - P
     R = np.bincount(u, weights=rank * y, minlength=n_users)
     ok = (P > 0) & (N > 0)
-    per_user = (R[ok] - P[ok] * (P[ok] + 1) / 2.0) / (P[ok] * N[ok])
-    w = size[ok]
-    value = float(np.sum(per_user * w) / np.sum(w)) if w.size else float("nan")
-    return value, {"users": int(ok.sum()), "users_skipped": int((~ok).sum()), "rows": int(w.sum())}
+    auc_u = (R[ok] - P[ok] * (P[ok] + 1) / 2.0) / (P[ok] * N[ok])
+    return {"user": np.flatnonzero(ok), "auc": auc_u, "rows": size[ok], "skipped": int((~ok).sum())}
+
+
+def gauc(labels: np.ndarray, scores: np.ndarray, users: np.ndarray) -> tuple[float, dict]:
+    """Impression-weighted mean of per-user AUC (DIN paper); users with one class only are skipped.
+
+    Returns the GAUC and counts: users used, users skipped, rows in the used users.
+    """
+    pu = per_user_auc(labels, scores, users)
+    w = pu["rows"]
+    value = float(np.sum(pu["auc"] * w) / np.sum(w)) if w.size else float("nan")
+    return value, {"users": int(w.size), "users_skipped": pu["skipped"], "rows": int(w.sum())}
 
 
 def rela_impr(auc_model: float, auc_base: float) -> float:
