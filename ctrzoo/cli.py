@@ -134,6 +134,23 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     print(f"report: {out / 'report.html'} (also report.md, report.json)")
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    from ctrzoo.export import export_onnx
+
+    record = export_onnx(args.bundle)
+    print(f"wrote {Path(args.bundle) / record['file']} (opset {record['opset']}; onnxruntime vs torch max |diff| "
+          f"{record['parity_max_abs_diff']:.1e})")
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from ctrzoo.runtime.bench import bench_inference, format_table
+
+    rows = bench_inference(args.bundle, args.backends, args.batch_sizes, args.seconds, threads=args.threads)
+    print(format_table(rows))
+    if args.json:
+        print(json.dumps(rows))
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from ctrzoo.demo import run_demo
 
@@ -212,6 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--report", required=True, help="output directory for report.{json,md,html}")
     s.set_defaults(func=_cmd_compare)
+
+    s = sub.add_parser("export", help="write model.onnx into a bundle (checked against torch)")
+    s.add_argument("--bundle", required=True)
+    s.set_defaults(func=_cmd_export)
+
+    s = sub.add_parser("bench", help="benchmarks: `ctrzoo bench inference --bundle B`")
+    s.add_argument("what", choices=["inference"])
+    s.add_argument("--bundle", required=True)
+    s.add_argument("--backends", nargs="+", default=["torch", "onnxruntime", "fused"])
+    s.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 100, 1024])
+    s.add_argument("--seconds", type=float, default=1.0, help="time per (backend, batch size)")
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_bench)
 
     s = sub.add_parser("demo", help="the main job end to end on built-in synthetic data")
     s.add_argument("--out", default="demo")

@@ -1,0 +1,128 @@
+"""``ctrzoo export``: the bundle's model as ONNX (named inputs of the fixed layout, output = probability).
+
+Export verifies itself before anything is written: the ONNX checker, then a parity run of onnxruntime
+against torch on random in-range inputs at two batch sizes (so the dynamic batch axis really is dynamic).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ctrzoo.bundle import META_FILE, Bundle, load_bundle
+from ctrzoo.errors import BundleError
+from ctrzoo.features import TableLayout
+
+ONNX_FILE = "model.onnx"
+INPUT_NAMES = ("sparse", "dense", "seq")
+OUTPUT_NAME = "prob"
+PARITY_TOLERANCE = 1e-5
+
+
+class ProbabilityModel(nn.Module):
+    """What every runtime serves: ``sigmoid(model(sparse, dense, seq))``, shape ``[B]``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, sparse: torch.Tensor, dense: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model(sparse, dense, seq))
+
+
+def example_batch(layout: TableLayout, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs with every id inside its field's table (sequences partly padded)."""
+    rng = np.random.default_rng(seed)
+    sparse = np.stack([f.offset + rng.integers(0, f.size, batch) for f in layout.sparse], axis=1).astype(np.int64)
+    dense = rng.normal(size=(batch, layout.n_dense)).astype(np.float32)
+    seq = np.zeros((batch, layout.n_seq, layout.seq_len), dtype=np.int64)
+    for k, s in enumerate(layout.seq):
+        f = layout.sparse[s.shares_index]
+        ids = f.offset + rng.integers(0, f.size, (batch, layout.seq_len))
+        lengths = rng.integers(0, layout.seq_len + 1, batch)
+        seq[:, k, :] = np.where(np.arange(layout.seq_len)[None, :] < lengths[:, None], ids, 0)
+    return {"sparse": sparse.reshape(batch, layout.n_sparse), "dense": dense, "seq": seq}
+
+
+def export_onnx(bundle: str | Path | Bundle, tolerance: float = PARITY_TOLERANCE) -> dict:
+    """Write ``model.onnx`` into the bundle and record it in ``bundle.json``; returns the record."""
+    import onnx
+
+    b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    model = ProbabilityModel(b.build_model()).eval()
+    layout = b.spec.layout()
+    example = {k: torch.from_numpy(v) for k, v in example_batch(layout, 4).items()}
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    tmp = b.path / f".{ONNX_FILE}.tmp-{os.getpid()}"
+    try:
+        with warnings.catch_warnings(), _quiet_exporter():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                model, (example["sparse"], example["dense"], example["seq"]), dynamo=True,
+                input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+                dynamic_shapes={name: {0: batch} for name in INPUT_NAMES}, verbose=False,
+            )
+        program.save(str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=True)
+        max_diff = _parity(model, tmp, layout)
+        if max_diff > tolerance:
+            raise BundleError(f"{b.path}: ONNX export differs from torch by {max_diff:.2e} (> {tolerance:.0e})")
+        os.replace(tmp, b.path / ONNX_FILE)
+    finally:
+        tmp.unlink(missing_ok=True)
+    record = {
+        "file": ONNX_FILE,
+        "sha256": hashlib.sha256((b.path / ONNX_FILE).read_bytes()).hexdigest(),
+        "opset": int(onnx.load(str(b.path / ONNX_FILE), load_external_data=False).opset_import[0].version),
+        "parity_max_abs_diff": max_diff,
+    }
+    meta = json.loads((b.path / META_FILE).read_text())
+    meta.setdefault("artifacts", {})["onnx"] = record
+    tmp_meta = b.path / f".{META_FILE}.tmp"
+    tmp_meta.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp_meta, b.path / META_FILE)
+    return record
+
+
+@torch.inference_mode()
+def _parity(model: nn.Module, path: Path, layout: TableLayout) -> float:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for batch in (1, 37):
+        inputs = example_batch(layout, batch, seed=batch)
+        got = session.run(None, inputs)[0]
+        want = model(*(torch.from_numpy(inputs[k]) for k in INPUT_NAMES)).numpy()
+        worst = max(worst, float(np.abs(got.reshape(-1) - want.reshape(-1)).max()))
+    return worst
+
+
+class _quiet_exporter:
+    """The dynamo exporter logs progress at INFO on stdout; a CLI command should print one line."""
+
+    def __enter__(self):
+        self._loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "torch.export")]
+        self._levels = [lg.level for lg in self._loggers]
+        for lg in self._loggers:
+            lg.setLevel(logging.ERROR)
+        import contextlib
+        import io
+
+        self._redirect = contextlib.redirect_stdout(io.StringIO())
+        self._redirect.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._redirect.__exit__(*exc)
+        for lg, level in zip(self._loggers, self._levels):
+            lg.setLevel(level)
+        return False

@@ -1,0 +1,66 @@
+"""The one runtime interface: ``predict(batch) -> np.ndarray`` of click probabilities, shape ``[B]``."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from ctrzoo.bundle import Bundle
+from ctrzoo.errors import CtrzooError
+from ctrzoo.features import EncodedBatch, TableLayout
+
+INPUTS = ("sparse", "dense", "seq")
+
+
+def as_arrays(batch: Any, layout: TableLayout) -> dict[str, np.ndarray]:
+    """EncodedBatch, a loader Batch (torch) or a dict of arrays -> checked numpy arrays of the layout."""
+    if isinstance(batch, EncodedBatch):
+        arrays = batch.as_dict()
+    elif isinstance(batch, dict):
+        arrays = batch
+    elif all(hasattr(batch, k) for k in INPUTS):
+        arrays = {k: getattr(batch, k) for k in INPUTS}
+    else:
+        raise CtrzooError(f"predict() takes an EncodedBatch or a dict with {INPUTS}, got {type(batch).__name__}")
+    out = {}
+    for k, dtype in (("sparse", np.int64), ("dense", np.float32), ("seq", np.int64)):
+        v = arrays.get(k)
+        if v is None and k == "seq" and layout.n_seq == 0:
+            v = np.zeros((len(out["sparse"]), 0, 0), dtype=np.int64)
+        if v is None:
+            raise CtrzooError(f"predict(): missing input {k!r}")
+        v = v.numpy() if hasattr(v, "numpy") else np.asarray(v)
+        out[k] = np.ascontiguousarray(v, dtype=dtype)
+    n = out["sparse"].shape[0]
+    want = {"sparse": (n, layout.n_sparse), "dense": (n, layout.n_dense), "seq": (n, layout.n_seq, layout.seq_len)}
+    for k, shape in want.items():
+        if out[k].shape != shape and not (k == "seq" and layout.n_seq == 0 and out[k].size == 0):
+            raise CtrzooError(f"predict(): input {k!r} has shape {out[k].shape}, the bundle expects {shape}")
+    return out
+
+
+class Predictor(ABC):
+    """A loaded model behind one method; backends differ only in how they compute it."""
+
+    backend: str = "?"
+
+    def __init__(self, bundle: Bundle):
+        self.bundle = bundle
+        self.layout = bundle.spec.layout()
+
+    def predict(self, batch: Any) -> np.ndarray:
+        arrays = as_arrays(batch, self.layout)
+        if arrays["sparse"].shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        return self._predict(arrays)
+
+    @abstractmethod
+    def _predict(self, arrays: dict[str, np.ndarray]) -> np.ndarray: ...
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 100)) -> None:
+        from ctrzoo.export import example_batch
+
+        for n in batch_sizes:
+            self._predict(example_batch(self.layout, n, seed=n))
