@@ -9,10 +9,12 @@ Loading checks the format version and every file, and fails with a message that 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +76,10 @@ def save_bundle(out: str | Path, model: nn.Module, model_name: str, spec: Featur
     try:
         spec.save(tmp)
         torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp / WEIGHTS_FILE)
+        digest = hashlib.sha256((tmp / WEIGHTS_FILE).read_bytes()).hexdigest()
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         full = {
+            "version": f"{stamp}-{digest[:8]}",  # time + weights: two bundles never share a version
             "format_version": BUNDLE_FORMAT_VERSION,
             "ctrzoo_version": ctrzoo.__version__,
             "model": {"name": model_name, "hparams": getattr(model, "hparams", {})},

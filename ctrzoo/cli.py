@@ -151,6 +151,25 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         print(json.dumps(rows))
 
 
+def _cmd_serve(args: argparse.Namespace) -> None:
+    import os
+
+    try:
+        import uvicorn
+    except ImportError:
+        raise CtrzooError("serving needs its extra: pip install 'ctrzoo[serving]'") from None
+    from ctrzoo.bundle import load_bundle
+
+    load_bundle(args.bundle)  # fail here, clearly, before starting workers
+    # workers are separate processes: they read their settings from the environment
+    os.environ["CTRZOO_BUNDLE"] = str(Path(args.bundle).resolve())
+    os.environ["CTRZOO_BACKEND"] = args.backend
+    if args.threads:
+        os.environ["CTRZOO_THREADS"] = str(args.threads)
+    uvicorn.run("serving.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
+                log_level=args.log_level, access_log=False)
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from ctrzoo.demo import run_demo
 
@@ -243,6 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_bench)
+
+    s = sub.add_parser("serve", help="run the /rank service on a bundle under uvicorn")
+    s.add_argument("--bundle", required=True)
+    s.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "fused", "tvm"])
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--threads", type=int, default=None, help="inference threads per worker")
+    s.add_argument("--log-level", default="info")
+    s.set_defaults(func=_cmd_serve)
 
     s = sub.add_parser("demo", help="the main job end to end on built-in synthetic data")
     s.add_argument("--out", default="demo")

@@ -165,3 +165,16 @@ def test_avazu_hour_derivations():
     assert fitted["hour_of_day"].vocab.values.to_pylist() == ["0", "13"]
     # 2014-10-21 was a Tuesday (Monday = 0), 2014-10-22 a Wednesday
     assert fitted["weekday"].vocab.values.to_pylist() == ["1", "2"]
+
+
+def test_request_encoding_broadcasts_context_like_merged_rows():
+    spec = _fit(_spec(), _table())
+    enc = FeatureEncoder(spec)
+    context = {"user": 8, "hist": "b^a^c^a^b", "price": 3.0}
+    candidates = [{"item": "a"}, {"item": "zz"}, {"item": None}, {}]
+    merged = [{**c, **context} for c in candidates]
+    a, b = enc.encode_request(context, candidates), enc.encode(merged)
+    for k in ("sparse", "dense", "seq"):
+        np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
+    empty = enc.encode_request(context, [])
+    assert empty.sparse.shape == (0, 2) and empty.seq.shape == (0, 1, 3)

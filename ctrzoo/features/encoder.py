@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,19 +114,40 @@ class FeatureEncoder:
 
     def encode(self, data: Any) -> EncodedBatch:
         table = as_table(data, self.spec.raw_columns())
-        n = table.num_rows
+        return self._encode(table, None, table.num_rows)
+
+    def encode_request(self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]) -> EncodedBatch:
+        """Features whose raw column is in ``context`` are encoded once and broadcast to every candidate.
+
+        This is the ranking request's shape: user, device, time and behaviour sequence once, then the
+        candidate items; the result equals encoding each candidate merged with the context.
+        """
+        columns = self.spec.raw_columns()
+        shared = [c for c in columns if c in context]
+        ctx = as_table([context], shared) if shared else None
+        rows = as_table(candidates, [c for c in columns if c not in context])
+        return self._encode(rows, ctx, len(candidates))
+
+    def _encode(self, rows: pa.Table, shared: pa.Table | None, n: int) -> EncodedBatch:
+        def pick(f) -> pa.Table:
+            use_shared = shared is not None and source_of(f) in shared.column_names
+            return shared if use_shared else rows
+
+        def fill(out: np.ndarray, values: np.ndarray) -> None:
+            out[...] = values  # a 1-row context value broadcasts over all n rows here
+
         sparse = np.empty((n, len(self.spec.categorical)), dtype=np.int64)
         for i, c in enumerate(self.spec.categorical):
-            sparse[:, i] = self._global_ids(c, _category_codes(table, c))
+            fill(sparse[:, i], self._global_ids(c, _category_codes(pick(c), c)))
         dense = np.empty((n, len(self.spec.numeric)), dtype=np.float32)
         for j, f in enumerate(self.spec.numeric):
-            x = _numeric_column(table, f)
+            x = _numeric_column(pick(f), f)
             if f.standardize:
                 x = (x - f.mean) / f.std
-            dense[:, j] = np.where(np.isnan(x), f.fill, x)
+            fill(dense[:, j], np.where(np.isnan(x), f.fill, x))
         seq = np.zeros((n, len(self.spec.sequence), self.layout.seq_len), dtype=np.int64)
         for k, s in enumerate(self.spec.sequence):
-            seq[:, k, : s.max_len] = self._sequence_ids(s, _sequence_column(table, s))
+            fill(seq[:, k, : s.max_len], self._sequence_ids(s, _sequence_column(pick(s), s)))
         return EncodedBatch(sparse, dense, seq)
 
     def _global_ids(self, c: Categorical, codes: Codes) -> np.ndarray:

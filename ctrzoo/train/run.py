@@ -26,7 +26,7 @@ def train_bundle(model: str, data: str | Path, out: str | Path, config_file: str
     trainer = Trainer(cfg, ds, workdir, progress=progress)
     best = trainer.fit(resume=resume, on_step=on_step)
     test_loader = BatchLoader(ds, "test", cfg.eval_batch_size, shuffle=False, with_user=ds.has_user_id)
-    test = evaluate_arrays(*predict(trainer.model, test_loader, cfg.bf16))
+    test = evaluate_arrays(*predict(trainer.model, test_loader))  # fp32, like every later consumer
     meta = {
         "version": datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"),
         "data": {"path": str(ds.path.resolve()), "kind": ds.meta.get("kind"), "fingerprint": ds.fingerprint},
@@ -39,8 +39,8 @@ def train_bundle(model: str, data: str | Path, out: str | Path, config_file: str
     trainer.clean_workdir()
     if verbose:
         for h in trainer.history:
-            print(f"epoch {h['epoch']}: train logloss {h['train_logloss']:.4f}  valid AUC {h['valid_auc']:.4f}  "
-                  f"valid logloss {h['valid_logloss']:.4f}  {h['samples_per_s'] or 0:,.0f} samples/s")
+            valid = f"valid AUC {h['valid_auc']:.4f}  valid logloss {h['valid_logloss']:.4f}" if "valid_auc" in h else "no valid rows"
+            print(f"epoch {h['epoch']}: train logloss {h['train_logloss']:.4f}  {valid}  {h['samples_per_s'] or 0:,.0f} samples/s")
         line = f"{cfg.model} -> {out}: test AUC {test['auc']:.4f}  logloss {test['logloss']:.4f}"
         if "gauc" in test:
             line += f"  GAUC {test['gauc']:.4f}"

@@ -1,0 +1,1 @@
+"""The ranking service: FastAPI over a model bundle (encoder + runtime), see ``serving.app``."""

@@ -1,0 +1,258 @@
+"""The ranking service: ``create_app(bundle, ...)`` returns a FastAPI app.
+
+Endpoints: ``POST /rank``, ``GET /healthz`` (alive), ``GET /readyz`` (model loaded and warmed),
+``GET /metrics`` (Prometheus), ``GET /model`` (what a client needs to build requests) and
+``POST /admin/reload`` (token-guarded; SIGHUP does the same for the configured bundle).
+
+Bad input never reaches a 5xx: it is a 4xx JSON body ``{"error", "field", "detail"}``. A reload builds and
+smoke-tests the new model first and swaps one reference; requests in flight keep the model they started
+with, and a bad bundle leaves the old one serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.middleware.base import BaseHTTPMiddleware
+
+from ctrzoo.errors import CtrzooError, SpecError
+from serving.batcher import Coalescer
+from serving.metrics import ServiceMetrics
+from serving.model_state import LoadedModel, load_model
+from serving.schemas import ErrorResponse, ModelInfo, RankRequest, RankResponse, ReloadRequest, Timing
+from serving.settings import ServeSettings
+
+log = logging.getLogger("ctrzoo.serving")
+
+
+class ServiceState:
+    """Everything a request needs, held by the app instead of module globals."""
+
+    def __init__(self, settings: ServeSettings):
+        self.settings = settings
+        self.model: LoadedModel | None = None
+        self.metrics = ServiceMetrics()
+        self.coalescer = Coalescer(settings.coalesce_max_rows) if settings.coalesce else None
+        self.reload_lock = asyncio.Lock()
+
+    def install(self, model: LoadedModel) -> None:
+        self.model = model  # one reference assignment: atomic for every reader
+        self.metrics.set_model(model.name, model.version)
+
+    async def reload(self, path: str | None) -> LoadedModel:
+        async with self.reload_lock:
+            target = path or self.settings.bundle
+            try:
+                model = await asyncio.to_thread(load_model, target, self.settings.backend, self.settings.threads)
+            except Exception:
+                self.metrics.reloads.labels(outcome="refused").inc()
+                raise
+            self.install(model)
+            self.settings = _replace_bundle(self.settings, target)
+            self.metrics.reloads.labels(outcome="ok").inc()
+            log.info("serving %s version %s from %s", model.name, model.version, target)
+            return model
+
+
+def _replace_bundle(settings: ServeSettings, bundle: str) -> ServeSettings:
+    from dataclasses import replace
+
+    return replace(settings, bundle=bundle)
+
+
+def _error(status: int, error: str, field: str | None = None, detail: list | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content=ErrorResponse(error=error, field=field, detail=detail).model_dump())
+
+
+class BodyLimit(BaseHTTPMiddleware):
+    """Refuse bodies over the limit before parsing them (413), by header or by counting."""
+
+    def __init__(self, app, state: ServiceState):
+        super().__init__(app)
+        self.state = state
+
+    async def dispatch(self, request: Request, call_next):
+        limit = self.state.settings.max_body_bytes
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return _error(413, f"request body of {length} bytes exceeds the limit of {limit}", "body")
+        if request.method == "POST" and length is None:
+            body = await request.body()
+            if len(body) > limit:
+                return _error(413, f"request body exceeds the limit of {limit} bytes", "body")
+        return await call_next(request)
+
+
+def create_app(bundle: str | None = None, settings: ServeSettings | None = None, **overrides: Any) -> FastAPI:
+    settings = settings or ServeSettings.from_env(bundle=bundle, **overrides)
+    if not settings.bundle:
+        raise CtrzooError("no bundle to serve: pass create_app(bundle=...) or set CTRZOO_BUNDLE")
+    state = ServiceState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state.install(await asyncio.to_thread(load_model, settings.bundle, settings.backend, settings.threads))
+        loop = asyncio.get_running_loop()
+        # not possible outside the main thread (tests) or without signals: reload stays available over HTTP
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_sighup_reload(state)))
+        yield
+        if state.coalescer is not None:
+            state.coalescer.close()
+
+    app = FastAPI(title="ctrzoo ranking service", lifespan=lifespan,
+                  responses={422: {"model": ErrorResponse}, 413: {"model": ErrorResponse}})
+    app.state.service = state
+    app.add_middleware(BodyLimit, state=state)
+
+    def get_state() -> ServiceState:
+        return state
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+        state.metrics.requests.labels(endpoint=request.url.path, status="422").inc()
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors[:20]]
+        return _error(422, first.get("msg", "invalid request"), field, detail)
+
+    @app.exception_handler(SpecError)
+    async def on_spec_error(request: Request, exc: SpecError):
+        state.metrics.requests.labels(endpoint=request.url.path, status="422").inc()
+        return _error(422, exc.reason, exc.field)
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(s: ServiceState = Depends(get_state)):
+        if s.model is None:
+            return _error(503, "model not loaded yet")
+        return {"status": "ready", "model": s.model.name, "version": s.model.version}
+
+    @app.get("/metrics")
+    async def metrics(s: ServiceState = Depends(get_state)):
+        return PlainTextResponse(s.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/model")
+    async def model_info(s: ServiceState = Depends(get_state)):
+        m = _require_model(s)
+        return {"name": m.name, "version": m.version, "backend": m.predictor.backend,
+                "features": _feature_docs(m), "limits": {"max_candidates": s.settings.max_candidates,
+                                                          "max_body_bytes": s.settings.max_body_bytes},
+                "unknown_features": s.settings.unknown_features}
+
+    @app.post("/rank", response_model=RankResponse)
+    async def rank(req: RankRequest, s: ServiceState = Depends(get_state)):
+        t0 = time.perf_counter()
+        m = _require_model(s)  # this request keeps this model even if a reload swaps it meanwhile
+        if len(req.candidates) > s.settings.max_candidates:
+            s.metrics.requests.labels(endpoint="/rank", status="422").inc()
+            return _error(422, f"{len(req.candidates)} candidates exceed the limit of {s.settings.max_candidates}",
+                          "candidates")
+        problem = _check_names(req, m, s.settings.unknown_features)
+        if problem is not None:
+            s.metrics.requests.labels(endpoint="/rank", status="422").inc()
+            return problem
+        batch = m.encoder.encode_request(req.context, req.candidates)
+        t1 = time.perf_counter()
+        try:
+            if s.coalescer is not None:
+                scores = await asyncio.wait_for(s.coalescer.predict(m, batch), s.settings.request_timeout_s)
+            else:
+                scores = await asyncio.wait_for(asyncio.to_thread(m.predictor.predict, batch),
+                                                s.settings.request_timeout_s)
+        except TimeoutError:
+            s.metrics.requests.labels(endpoint="/rank", status="503").inc()
+            return _error(503, f"prediction took longer than {s.settings.request_timeout_s}s")
+        t2 = time.perf_counter()
+        order = np.argsort(-scores, kind="stable")
+        if req.top_k is not None:
+            order = order[: req.top_k]
+        s.metrics.requests.labels(endpoint="/rank", status="200").inc()
+        s.metrics.candidates.inc(len(req.candidates))
+        s.metrics.latency.observe(t2 - t0)
+        return RankResponse(
+            request_id=req.request_id, model=ModelInfo(name=m.name, version=m.version),
+            scores=scores.astype(float).tolist(), ranking=order.tolist(),
+            timing=Timing(encode_ms=(t1 - t0) * 1e3, predict_ms=(t2 - t1) * 1e3, total_ms=(t2 - t0) * 1e3),
+        )
+
+    @app.post("/admin/reload")
+    async def reload(body: ReloadRequest | None = None, authorization: str | None = Header(default=None),
+                     s: ServiceState = Depends(get_state)):
+        token = s.settings.admin_token
+        if not token:
+            return _error(403, "reload is disabled: set CTRZOO_ADMIN_TOKEN to enable it")
+        if authorization != f"Bearer {token}":
+            return _error(401, "missing or wrong admin token (Authorization: Bearer ...)", "authorization")
+        try:
+            model = await s.reload(body.bundle if body else None)
+        except CtrzooError as exc:
+            current = s.model.version if s.model else None
+            return _error(409, f"bundle refused, still serving version {current}: {exc}", "bundle")
+        return {"status": "reloaded", "model": model.name, "version": model.version}
+
+    return app
+
+
+async def _sighup_reload(state: ServiceState) -> None:
+    try:
+        await state.reload(None)
+    except CtrzooError as exc:
+        log.error("SIGHUP reload refused, still serving the old model: %s", exc)
+
+
+def _require_model(s: ServiceState) -> LoadedModel:
+    if s.model is None:
+        raise CtrzooError("model not loaded")
+    return s.model
+
+
+def _check_names(req: RankRequest, m: LoadedModel, policy: str) -> JSONResponse | None:
+    ctx = set(req.context)
+    seen: set[str] = set()
+    for c in req.candidates:
+        seen.update(c)
+    both = ctx & seen
+    if both:
+        return _error(422, f"features given both in context and in candidates: {sorted(both)}", sorted(both)[0])
+    if policy == "reject":
+        unknown = (ctx | seen) - m.raw_columns
+        if unknown:
+            return _error(422, f"unknown features {sorted(unknown)} (this model reads {sorted(m.raw_columns)})",
+                          sorted(unknown)[0])
+    return None
+
+
+def _feature_docs(m: LoadedModel) -> list[dict]:
+    docs = []
+    for f in m.bundle.spec.features:
+        d = {"name": f.name, "kind": f.kind, "raw_field": f.source or f.name}
+        if f.kind == "categorical":
+            d["type"] = "string or integer (unknown values map to the out-of-vocabulary id; absent = missing)"
+        elif f.kind == "numeric":
+            d["type"] = f"number (absent = missing, filled with {f.fill} after '{f.transform}')"
+        else:
+            d["type"] = f"list of item ids or a '{f.sep}'-joined string, most recent last"
+            d["max_len"] = f.max_len
+            d["too_long"] = "the most recent max_len items are kept" if f.too_long == "keep_last" else "422 error"
+        docs.append(d)
+    return docs
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory serving.app:app_from_env`` (several workers read CTRZOO_* env)."""
+    return create_app()

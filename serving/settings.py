@@ -1,0 +1,46 @@
+"""Service settings: limits and switches, from arguments or ``CTRZOO_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    bundle: str = ""
+    backend: str = "onnxruntime"
+    threads: int | None = None
+    max_candidates: int = 1000
+    max_body_bytes: int = 1 << 20
+    request_timeout_s: float = 2.0
+    # "ignore": unknown feature names in a request are skipped (clients may send extra fields);
+    # "reject": they are a 422 naming them (catches misspelled feature names early).
+    unknown_features: str = "ignore"
+    coalesce: bool = True  # batch concurrent requests into one predict call
+    coalesce_max_rows: int = 4096
+    admin_token: str | None = None
+
+    @classmethod
+    def from_env(cls, **overrides) -> ServeSettings:
+        """``CTRZOO_<FIELD>`` variables, then explicit overrides (None means: keep)."""
+        values = {}
+        for f in fields(cls):
+            raw = os.environ.get(f"CTRZOO_{f.name.upper()}")
+            if raw is not None and raw != "":
+                values[f.name] = _parse(raw, f.type)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _parse(raw: str, kind) -> object:
+    kind = str(kind)
+    if "bool" in kind:
+        return raw.lower() in ("1", "true", "yes", "on")
+    if kind.startswith("int"):
+        return int(raw)
+    if kind.startswith("float"):
+        return float(raw)
+    if "int |" in kind:
+        return int(raw)
+    return raw
