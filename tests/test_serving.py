@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import socket
@@ -53,7 +54,7 @@ def din_client(bundles):
 
 
 def _offline_scores(bundle_dir, data_dir):
-    labels, probs, _ = score_split(load_bundle(bundle_dir), PreparedDataset.open(data_dir), "test")
+    _, probs, _ = score_split(load_bundle(bundle_dir), PreparedDataset.open(data_dir), "test")
     raw = pq.read_table(PreparedDataset.open(data_dir).raw_path("test")).to_pylist()
     return raw, probs
 
@@ -249,5 +250,5 @@ def test_hot_reload_under_load_loses_no_request(bundles, tmp_path):
     assert good.status_code == 200 and bad.status_code == 409, (good.text, bad.text)
     assert "still serving version" in bad.json()["error"]
     assert failures == []
-    switches = sum(1 for a, b in zip(seen, seen[1:]) if a != b)
+    switches = sum(1 for a, b in itertools.pairwise(seen) if a != b)
     assert seen[0] == v1 and seen[-1] == v2 and switches == 1, (seen[:3], seen[-3:], switches)
