@@ -28,7 +28,7 @@ def as_table(data: Any, columns: Sequence[str]) -> pa.Table:
         if _is_pandas(data):
             data = pa.Table.from_pandas(data, preserve_index=False)
         elif isinstance(data, Sequence) and all(isinstance(r, Mapping) for r in data):
-            data = _table_from_dicts(data, columns)
+            return _table_from_dicts(data, columns)  # already exactly ``columns``
         else:
             raise SpecError(f"expected a pyarrow table, a pandas DataFrame or a list of dicts, got {type(data).__name__}")
     n = data.num_rows
