@@ -48,14 +48,18 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
         if unknown:
             raise CtrzooError(f"--drop: unknown features {sorted(unknown)}")
         spec = FeatureSpec([f for f in spec.features if f.name not in args.drop], spec.label, spec.user_id)
-    if args.min_count is not None:
-        for c in spec.categorical:
+    for c in spec.categorical:
+        if args.min_count is not None:
             c.min_count = args.min_count
+        if args.max_vocab is not None:
+            c.max_vocab = args.max_vocab
+            c.overflow = "hash" if args.hash_overflow else "truncate"
     opts = PrepareOptions(
         split=SplitConfig(args.split, tuple(args.ratios), args.seed),
         strict=args.strict,
         block_bytes=int(args.block_mb * (1 << 20)),
         keep_raw_test=not args.no_raw,
+        workers=args.workers,
     )
     meta = prepare(args.kind, args.input, args.out, spec, opts)
     print(f"prepared {args.out} in {meta['seconds']:.1f}s")
@@ -201,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", default=None, help="YAML/JSON feature spec instead of the dataset's default")
     s.add_argument("--no-raw", action="store_true", help="do not keep the raw test rows")
     s.add_argument("--block-mb", type=float, default=32, help="bytes read per block (memory vs overhead)")
+    s.add_argument("--workers", type=int, default=1, help="processes; each input file is one unit of work")
+    s.add_argument("--max-vocab", type=int, default=None, help="cap every vocabulary at this many values")
+    s.add_argument("--hash-overflow", action="store_true",
+                   help="with --max-vocab: hash fields whose vocabulary would exceed it, instead of truncating")
     s.set_defaults(func=_cmd_prepare)
 
     s = sub.add_parser("info", help="summary of a prepared dataset")

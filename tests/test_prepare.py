@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -33,8 +34,8 @@ def test_criteo_tsv_and_csv_variants_prepare_identically(shared_data, tmp_path):
     assert sum(s["rows"] for s in a["splits"].values()) == 200
     assert a["bad_rows"]["total"] == 0 and b["bad_rows"]["total"] == 0
     for split in ("train", "valid", "test"):
-        ta = pq.read_table(tmp_path / "a" / split / "part-00000.parquet")
-        tb = pq.read_table(tmp_path / "b" / split / "part-00000.parquet")
+        ta = pq.read_table(PreparedDataset.open(tmp_path / "a").shards(split)[0])
+        tb = pq.read_table(PreparedDataset.open(tmp_path / "b").shards(split)[0])
         assert ta.equals(tb)
 
 
@@ -203,3 +204,47 @@ def test_small_blocks_give_the_same_dataset(shared_data, tmp_path):
         tb = pq.read_table(b.shards(split)[0])
         assert ta.equals(tb)
     assert pq.ParquetFile(b.shards("train")[0]).metadata.num_row_groups > 1
+
+
+def _dataset_tables(path: Path) -> dict[str, pa.Table]:
+    ds = PreparedDataset.open(path)
+    return {split: pa.concat_tables([pq.read_table(s) for s in ds.shards(split)]) for split in ("train", "valid", "test")}
+
+
+def test_several_files_with_two_workers_equal_one_worker(tmp_path):
+    from ctrzoo.synth import generate
+
+    files = []
+    for i in range(3):
+        generate("criteo", 4000 + 500 * i, 20 + i, tmp_path / f"day_{i}.tsv")
+        files.append(tmp_path / f"day_{i}.tsv")
+    one = prepare("criteo", files, tmp_path / "w1", options=PrepareOptions(workers=1))
+    two = prepare("criteo", files, tmp_path / "w2", options=PrepareOptions(workers=2))
+    assert one["fingerprint"] == two["fingerprint"] and one["splits"] == two["splits"]
+    assert PreparedDataset.open(tmp_path / "w1").spec.equals(PreparedDataset.open(tmp_path / "w2").spec)
+    a, b = _dataset_tables(tmp_path / "w1"), _dataset_tables(tmp_path / "w2")
+    for split in a:
+        assert a[split].equals(b[split]), split
+    assert pq.read_table(tmp_path / "w1" / "raw" / "test.parquet").equals(pq.read_table(tmp_path / "w2" / "raw" / "test.parquet"))
+    assert sum(s["rows"] for s in one["splits"].values()) == 4000 + 4500 + 5000
+
+
+def test_max_vocab_truncates_or_hashes_exploding_fields(tmp_path):
+    from ctrzoo.data.formats import FORMATS
+    from ctrzoo.synth import generate
+
+    generate("criteo", 5000, 3, tmp_path / "c.tsv")
+    spec = FORMATS["criteo"].default_spec()
+    for c in spec.categorical:
+        c.min_count, c.max_vocab = 1, 50
+    prepare("criteo", [tmp_path / "c.tsv"], tmp_path / "t", spec=spec)
+    sizes = PreparedDataset.open(tmp_path / "t").meta["layout"]["sparse"]
+    assert max(sizes.values()) == 52  # 50 values + missing + OOV
+    for c in spec.categorical:
+        c.overflow = "hash"
+    prepare("criteo", [tmp_path / "c.tsv"], tmp_path / "h", spec=spec)
+    hashed = PreparedDataset.open(tmp_path / "h").spec
+    exploded = [c for c in hashed.categorical if c.hash_buckets]
+    assert exploded and all(c.hash_buckets == 50 and c.vocab is None for c in exploded)
+    small = [c for c in hashed.categorical if not c.hash_buckets]
+    assert small and all(len(c.vocab) <= 50 for c in small)

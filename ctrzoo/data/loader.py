@@ -2,8 +2,9 @@
 
 Row groups are read a few at a time into one block (shuffled by block and within block), converted to
 tensors once, and batches are contiguous slices of that block: no per-row Python and no per-sample
-``Dataset.__getitem__``. With ``cache=True`` (the default when the split fits in ``cache_bytes``) the
-converted blocks are kept across epochs; otherwise every epoch streams from disk with a read-ahead thread.
+``Dataset.__getitem__``. With ``cache=True`` (the default when the split fits in ``cache_bytes``) each
+row group is converted when first needed and kept across epochs; otherwise every epoch streams from disk
+with a read-ahead thread.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ class BatchLoader:
         self.rows = sum(n for _, _, n in self._groups)
         row_bytes = 8 * (len(self.dataset.spec.categorical) + 1 + self.dataset.spec.layout().n_seq * max(1, self.dataset.spec.layout().seq_len)) + 4 * len(self.dataset.spec.numeric)
         self.cache = (self.rows * row_bytes <= cache_bytes) if cache is None else cache
-        self._cached: list[Batch] | None = None
+        self._cached: list[Batch | None] | None = None
 
     def __len__(self) -> int:
         full, rest = divmod(self.rows, self.batch_size)
@@ -149,10 +150,14 @@ class BatchLoader:
         return table_to_batch(pa.concat_tables(tables), self.with_user)
 
     def _blocks_cached(self, rng: np.random.Generator) -> Iterator[Batch]:
+        """Row groups in (shuffled) order, each read on first use: the first batch waits for one group only."""
         if self._cached is None:
-            self._cached = [self._read([grp]) for grp in self._groups]
-        order = rng.permutation(len(self._cached)) if self.shuffle else range(len(self._cached))
-        yield from (self._cached[i] for i in order)
+            self._cached = [None] * len(self._groups)
+        order = rng.permutation(len(self._groups)) if self.shuffle else range(len(self._groups))
+        for i in order:
+            if self._cached[i] is None:
+                self._cached[i] = self._read([self._groups[i]])
+            yield self._cached[i]
 
     def _blocks_streamed(self, rng: np.random.Generator) -> Iterator[Batch]:
         """Read the next block in a thread while the current one is consumed (Parquet decoding releases the GIL)."""

@@ -14,6 +14,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,11 +42,16 @@ class PrepareOptions:
     keep_raw_test: bool = True
     progress: bool | None = None  # None: a bar only on a terminal
     spill: bool | None = None  # keep pass 1's parsed blocks for pass 2; None: when the disk has room
+    workers: int = 1  # processes, one input file each at a time
 
 
 def prepare(kind: str, inputs: list[str | Path], out: str | Path, spec: FeatureSpec | None = None,
             options: PrepareOptions | None = None) -> dict:
-    """Prepare ``inputs`` of dataset ``kind`` into ``out``; returns the dataset metadata."""
+    """Prepare ``inputs`` of dataset ``kind`` into ``out``; returns the dataset metadata.
+
+    Each input file is one unit of work (pass 1: count; pass 2: encode), run in ``options.workers``
+    processes; per-file counts are merged in file order, so any number of workers gives the same dataset.
+    """
     opts = options or PrepareOptions()
     if kind not in FORMATS:
         raise DataError(f"unknown dataset kind {kind!r}; known: {sorted(FORMATS)}")
@@ -53,59 +59,55 @@ def prepare(kind: str, inputs: list[str | Path], out: str | Path, spec: FeatureS
     out = Path(out)
     _check_replaceable(out)
     spec = (spec or FORMATS[kind].default_spec()).unfitted()
-    user_col = spec.user_id
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     started = time.perf_counter()
     try:
-        total_rows = _count_lines(paths, kind) if opts.split.method == "order" else None
-        bad = BadRows(strict=opts.strict)
-        hasher = hashlib.blake2b(digest_size=16)
-        fitter = SpecFitter(spec)
-        spill = _Spill(tmp / "spill") if _should_spill(paths, tmp, opts) else None
-        raw_test = _RawTestWriter(tmp / "raw" / "test.parquet") if opts.keep_raw_test else None
-        dict_columns = {c.source or c.name for c in spec.categorical}
-        rows = np.zeros(3, dtype=np.int64)
-        with _bar(paths, opts, "pass 1/2: count") as bar:
-            for block in read_blocks(paths, kind, bad, opts.block_bytes, hasher):
-                table = _dictionary_encode(block.table, dict_columns)
-                split = opts.split.assign(block.row_index, total_rows)
-                rows += np.bincount(split, minlength=3)
-                fitter.update(table.filter(pa.array(split == 0)))
-                if raw_test is not None:
-                    raw_test.write(table.filter(pa.array(split == 2)))
-                if spill is not None:
-                    spill.write(table, split)
-                bar.update(block.nbytes)
+        line_counts = [_count_lines([p], kind) for p in paths] if opts.split.method == "order" else None
+        total_rows = sum(line_counts) if line_counts else None
+        bases = np.cumsum([0, *line_counts[:-1]]).tolist() if line_counts else [0] * len(paths)
+        spill = _should_spill(paths, tmp, opts)
+        jobs = [_Pass1Job(i, p, kind, spec, opts, tmp, spill, bases[i], total_rows) for i, p in enumerate(paths)]
+        with _pool(opts.workers, len(paths)) as run, _bar(paths, opts, "pass 1/2: count") as bar:
+            results = run(_pass1, jobs, bar)
+        fitter, bad, rows = results[0].fitter, BadRows(strict=opts.strict), np.zeros(3, dtype=np.int64)
+        for r in results[1:]:
+            fitter.merge(r.fitter)
+        for r in results:
+            bad.merge(r.bad)
+            rows += r.rows
         if rows.sum() == 0:
             raise DataError("no valid data rows in the input" + _bad_hint(bad))
         if rows[0] == 0:
             raise DataError("the training split is empty: more rows or other split ratios are needed")
-        if raw_test is not None:
-            raw_test.close()
         fitted = fitter.finalize()
         fitted.save(tmp)
-        if spill is not None:
-            blocks = spill.read()
-        else:
-            blocks = _reparse(paths, kind, opts, total_rows, dict_columns)
-        splits = _encode_pass(blocks, fitted, user_col, tmp, _bar(paths, opts, "pass 2/2: encode"))
-        if spill is not None:
-            spill.remove()
+        if opts.keep_raw_test:
+            _concat_parquet([r.raw_test for r in results], tmp / "raw" / "test.parquet")
+        jobs2 = [_Pass2Job(r.index, paths[r.index], kind, fitted, opts, tmp, r.spill_dir, bases[r.index], total_rows)
+                 for r in results]
+        with _pool(opts.workers, len(paths)) as run, _bar(paths, opts, "pass 2/2: encode") as bar:
+            parts = run(_pass2, jobs2, bar)
+        shutil.rmtree(tmp / "spill", ignore_errors=True)
+        splits = {name: {"rows": sum(p[name]["rows"] for p in parts),
+                         "positives": sum(p[name]["positives"] for p in parts),
+                         "shards": [s for p in parts for s in p[name]["shards"]]} for name in SPLITS}
+        fingerprint = hashlib.blake2b(b"".join(r.digest for r in results), digest_size=16).hexdigest()
         meta = {
             "format_version": DATASET_FORMAT_VERSION,
             "kind": kind,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "ctrzoo_version": ctrzoo.__version__,
             "inputs": [{"path": str(p.resolve()), "bytes": p.stat().st_size} for p in paths],
-            "fingerprint": f"blake2b:{hasher.hexdigest()}",
+            "fingerprint": f"blake2b:{fingerprint}",
             "split": opts.split.to_dict(),
             "splits": splits,
-            "user_id": user_col,
+            "user_id": spec.user_id,
             "raw": {"test": "raw/test.parquet"} if opts.keep_raw_test else {},
             "bad_rows": bad.summary(),
             "layout": _layout_summary(fitted),
+            "workers": opts.workers,
             "seconds": round(time.perf_counter() - started, 3),
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
@@ -116,6 +118,88 @@ def prepare(kind: str, inputs: list[str | Path], out: str | Path, spec: FeatureS
     return meta
 
 
+@dataclass
+class _Pass1Job:
+    index: int
+    path: Path
+    kind: str
+    spec: FeatureSpec
+    opts: PrepareOptions
+    tmp: Path
+    spill: bool
+    row_base: int
+    total_rows: int | None
+
+
+@dataclass
+class _Pass1Result:
+    index: int
+    fitter: SpecFitter
+    bad: BadRows
+    rows: np.ndarray
+    digest: bytes
+    spill_dir: Path | None
+    raw_test: Path | None
+    nbytes: int
+
+
+def _split_of(job, row_in_file: np.ndarray) -> np.ndarray:
+    """Random splits hash (file ordinal, line): independent of block size and of which worker reads it."""
+    if job.opts.split.method == "order":
+        return job.opts.split.assign(job.row_base + row_in_file, job.total_rows)
+    return job.opts.split.assign((np.int64(job.index) << np.int64(40)) + row_in_file)
+
+
+def _pass1(job: _Pass1Job) -> _Pass1Result:
+    """Read, validate, split and count one file; spill its dictionary-encoded blocks for pass 2."""
+    bad = BadRows(strict=job.opts.strict)
+    hasher = hashlib.blake2b(digest_size=16)
+    fitter = SpecFitter(job.spec)
+    dict_columns = {c.source or c.name for c in job.spec.categorical}
+    spill = _Spill(job.tmp / "spill" / f"file-{job.index:05d}") if job.spill else None
+    raw_test = _RawTestWriter(job.tmp / "raw" / f"test-{job.index:05d}.parquet") if job.opts.keep_raw_test else None
+    rows = np.zeros(3, dtype=np.int64)
+    nbytes = 0
+    for block in read_blocks([job.path], job.kind, bad, job.opts.block_bytes, hasher):
+        table = _dictionary_encode(block.table, dict_columns)
+        split = _split_of(job, block.row_index)
+        rows += np.bincount(split, minlength=3)
+        fitter.update(table.filter(pa.array(split == 0)))
+        if raw_test is not None:
+            raw_test.write(table.filter(pa.array(split == 2)))
+        if spill is not None:
+            spill.write(table, split)
+        nbytes += block.nbytes
+    if raw_test is not None:
+        raw_test.close()
+    return _Pass1Result(job.index, fitter, bad, rows, hasher.digest(), spill.dir if spill else None,
+                        raw_test.path if raw_test and raw_test.written else None, nbytes)
+
+
+@dataclass
+class _Pass2Job:
+    index: int
+    path: Path
+    kind: str
+    spec: FeatureSpec
+    opts: PrepareOptions
+    tmp: Path
+    spill_dir: Path | None
+    row_base: int
+    total_rows: int | None
+
+
+def _pass2(job: _Pass2Job) -> dict:
+    """Encode one file's rows with the fitted spec into its own shards (named by file ordinal)."""
+    if job.spill_dir is not None:
+        blocks = _Spill.read_dir(job.spill_dir)
+    else:
+        dict_columns = {c.source or c.name for c in job.spec.categorical}
+        blocks = ((_dictionary_encode(b.table, dict_columns), _split_of(job, b.row_index), b.nbytes)
+                  for b in read_blocks([job.path], job.kind, BadRows(), job.opts.block_bytes))
+    return _encode_pass(blocks, job.spec, job.spec.user_id, job.tmp, prefix=f"part-{job.index:05d}")
+
+
 def _dictionary_encode(table: pa.Table, columns: set[str]) -> pa.Table:
     """Categorical columns hashed once here; counting, spilling and encoding then reuse the codes."""
     for i, name in enumerate(table.column_names):
@@ -124,23 +208,73 @@ def _dictionary_encode(table: pa.Table, columns: set[str]) -> pa.Table:
     return table
 
 
-def _reparse(paths, kind, opts: PrepareOptions, total_rows, dict_columns) -> Iterator[tuple[pa.Table, np.ndarray, int]]:
-    for block in read_blocks(paths, kind, BadRows(), opts.block_bytes):
-        yield (_dictionary_encode(block.table, dict_columns), opts.split.assign(block.row_index, total_rows),
-               block.nbytes)
-
-
-def _encode_pass(blocks, spec: FeatureSpec, user_col, tmp: Path, bar: tqdm) -> dict:
+def _encode_pass(blocks, spec: FeatureSpec, user_col, tmp: Path, prefix: str) -> dict:
     encoder = FeatureEncoder(spec)
     schema = shard_schema(spec, with_user=bool(user_col))
-    writers = {name: _ShardWriter(tmp, name, schema) for name in SPLITS}
-    with bar:
-        for table, split, nbytes in blocks:
-            shard_table = _to_shard_table(encoder.encode(table), table, spec.label, user_col, schema)
-            for i, name in enumerate(SPLITS):
-                writers[name].write(shard_table.filter(pa.array(split == i)))
-            bar.update(nbytes)
+    writers = {name: _ShardWriter(tmp, name, schema, prefix) for name in SPLITS}
+    for table, split, _ in blocks:
+        shard_table = _to_shard_table(encoder.encode(table), table, spec.label, user_col, schema)
+        for i, name in enumerate(SPLITS):
+            writers[name].write(shard_table.filter(pa.array(split == i)))
     return {name: w.close() for name, w in writers.items()}
+
+
+class _pool:
+    """``run(fn, jobs, bar)`` inline (1 worker) or in spawned processes, results in job order."""
+
+    def __init__(self, workers: int, n_jobs: int):
+        self.workers = max(1, min(workers, n_jobs))
+        self.executor = None
+
+    def __enter__(self):
+        if self.workers > 1:
+            import multiprocessing
+
+            self.executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_worker_init, initargs=(self.workers,))
+        return self.run
+
+    def run(self, fn, jobs, bar) -> list:
+        if self.executor is None:
+            out = []
+            for job in jobs:
+                out.append(fn(job))
+                bar.update(job.path.stat().st_size)
+            return out
+        futures = [self.executor.submit(fn, job) for job in jobs]
+        out = []
+        for job, fut in zip(jobs, futures):
+            out.append(fut.result())
+            bar.update(job.path.stat().st_size)
+        return out
+
+    def __exit__(self, *exc):
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+        return False
+
+
+def _worker_init(workers: int) -> None:
+    """Share the cores between worker processes instead of each one starting a thread per core."""
+    pa.set_cpu_count(max(1, (os.cpu_count() or 1) // workers))
+
+
+def _concat_parquet(parts: list[Path | None], out: Path) -> None:
+    """Per-file raw test rows, concatenated in file order into one file (row groups copied)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = None
+    for part in parts:
+        if part is None:
+            continue
+        pf = pq.ParquetFile(part)
+        for g in range(pf.num_row_groups):
+            table = pf.read_row_group(g)
+            if writer is None:
+                writer = pq.ParquetWriter(out, table.schema)
+            writer.write_table(table)
+        part.unlink()
+    if writer is not None:
+        writer.close()
 
 
 class _Spill:
@@ -158,23 +292,27 @@ class _Spill:
             writer.write_table(table)
         self.files.append((path, table.nbytes))
 
-    def read(self) -> Iterator[tuple[pa.Table, np.ndarray, int]]:
-        for path, nbytes in self.files:
+    @staticmethod
+    def read_dir(directory: Path) -> Iterator[tuple[pa.Table, np.ndarray, int]]:
+        for path in sorted(directory.glob("block-*.arrow")):
             with pa.memory_map(str(path)) as source:
                 table = pa.ipc.open_file(source).read_all()
             split = table.column("__split").to_numpy()
-            yield table.drop_columns(["__split"]), split, nbytes
+            yield table.drop_columns(["__split"]), split, table.nbytes
             path.unlink()
-
-    def remove(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class _RawTestWriter:
     def __init__(self, path: Path):
         self.path, self._writer = path, None
 
+    @property
+    def written(self) -> bool:
+        return self._writer is not None
+
     def write(self, table: pa.Table) -> None:
+        if table.num_rows == 0 and self._writer is not None:
+            return
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = pq.ParquetWriter(self.path, table.schema)
@@ -211,9 +349,10 @@ def _to_shard_table(batch: EncodedBatch, raw: pa.Table, label: str, user_col: st
 class _ShardWriter:
     """Parquet files of at most ``shard_rows`` rows; one row group per written block."""
 
-    def __init__(self, root: Path, split: str, schema: pa.Schema, shard_rows: int = 2_000_000):
+    def __init__(self, root: Path, split: str, schema: pa.Schema, prefix: str = "part", shard_rows: int = 2_000_000):
         self.dir = root / split
-        self.dir.mkdir()
+        self.dir.mkdir(exist_ok=True)
+        self.prefix = prefix
         self.schema, self.shard_rows = schema, shard_rows
         self.shards: list[str] = []
         self.rows = self.positives = self._in_shard = 0
@@ -232,7 +371,7 @@ class _ShardWriter:
     def _roll(self) -> None:
         if self._writer is not None:
             self._writer.close()
-        name = f"part-{len(self.shards):05d}.parquet"
+        name = f"{self.prefix}-{len(self.shards):03d}.parquet"
         self._writer = pq.ParquetWriter(self.dir / name, self.schema, compression="lz4")
         self.shards.append(f"{self.dir.name}/{name}")
         self._in_shard = 0

@@ -51,6 +51,13 @@ class BadRows:
         for lines, reason in failures:
             self.add(file, lines, reason)
 
+    def merge(self, other: BadRows) -> None:
+        """Fold in another file's (or worker's) counts; first locations stay in file order."""
+        for reason, count in other.counts.items():
+            self.counts[reason] = self.counts.get(reason, 0) + count
+            room = self.keep_first - len(self.first.setdefault(reason, []))
+            self.first[reason] += other.first[reason][: max(room, 0)]
+
     def add(self, file: str, lines: np.ndarray, reason: str) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + int(lines.size)
         slots = self.keep_first - len(self.first.setdefault(reason, []))

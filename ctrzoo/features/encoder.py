@@ -88,6 +88,10 @@ class SpecFitter:
         for c in spec.categorical:
             if c.name in self._counters:
                 values, counts = self._counters[c.name].result()
+                frequent = int((counts >= c.min_count).sum())
+                if c.max_vocab is not None and c.overflow == "hash" and frequent > c.max_vocab:
+                    c.hash_buckets = c.max_vocab  # cardinality exploded: hash instead of a vocabulary
+                    continue
                 c.vocab = Vocabulary.from_counts(values, counts, c.min_count, c.max_vocab)
         for n in spec.numeric:
             count, total, squares = self._moments[n.name]

@@ -35,6 +35,7 @@ class Categorical:
     derive: str | None = None
     min_count: int = 1
     max_vocab: int | None = None
+    overflow: str = "truncate"  # past max_vocab: "truncate" (rarest values -> OOV) or "hash" into max_vocab buckets
     hash_buckets: int | None = None
     vocab: Vocabulary | None = field(default=None, repr=False, compare=False)
     kind: ClassVar[str] = "categorical"
@@ -168,6 +169,8 @@ class FeatureSpec:
                     raise SpecError("min_count must be >= 1", field=f.name)
                 if f.hash_buckets is not None and f.hash_buckets < 1:
                     raise SpecError("hash_buckets must be >= 1", field=f.name)
+                if f.overflow not in ("truncate", "hash"):
+                    raise SpecError("overflow must be 'truncate' or 'hash'", field=f.name)
 
     # -- persistence -----------------------------------------------------------------------------
     def to_dict(self, vocab_dir: Path | None = None) -> dict[str, Any]:
