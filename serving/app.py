@@ -20,9 +20,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.middleware.base import BaseHTTPMiddleware
 
 from ctrzoo.errors import CtrzooError, SpecError
@@ -154,7 +155,7 @@ def create_app(bundle: str | None = None, settings: ServeSettings | None = None,
                                                           "max_body_bytes": s.settings.max_body_bytes},
                 "unknown_features": s.settings.unknown_features}
 
-    @app.post("/rank", response_model=RankResponse)
+    @app.post("/rank", response_model=RankResponse, response_class=Response)
     async def rank(req: RankRequest, s: ServiceState = Depends(get_state)):
         t0 = time.perf_counter()
         m = _require_model(s)  # this request keeps this model even if a reload swaps it meanwhile
@@ -166,7 +167,12 @@ def create_app(bundle: str | None = None, settings: ServeSettings | None = None,
         if problem is not None:
             s.metrics.requests.labels(endpoint="/rank", status="422").inc()
             return problem
-        batch = m.encoder.encode_request(req.context, req.candidates)
+        try:
+            batch = m.encoder.encode_request(req.context, req.candidates)
+        except (pa.ArrowException, ValueError, TypeError) as exc:  # a value shape the checks above missed
+            log.warning("request could not be encoded: %s", exc)
+            s.metrics.requests.labels(endpoint="/rank", status="422").inc()
+            return _error(422, f"a feature value could not be encoded: {exc}")
         t1 = time.perf_counter()
         try:
             if s.coalescer is not None:
@@ -184,11 +190,12 @@ def create_app(bundle: str | None = None, settings: ServeSettings | None = None,
         s.metrics.requests.labels(endpoint="/rank", status="200").inc()
         s.metrics.candidates.inc(len(req.candidates))
         s.metrics.latency.observe(t2 - t0)
-        return RankResponse(
+        body = RankResponse(
             request_id=req.request_id, model=ModelInfo(name=m.name, version=m.version),
             scores=scores.astype(float).tolist(), ranking=order.tolist(),
             timing=Timing(encode_ms=(t1 - t0) * 1e3, predict_ms=(t2 - t1) * 1e3, total_ms=(t2 - t0) * 1e3),
         )
+        return Response(body.model_dump_json(), media_type="application/json")  # serialized in Rust
 
     @app.post("/admin/reload")
     async def reload(body: ReloadRequest | None = None, authorization: str | None = Header(default=None),

@@ -115,6 +115,10 @@ def category_codes(arr: pa.Array, field: str, transform=None) -> Codes:
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks() if not pa.types.is_dictionary(arr.type) else arr.unify_dictionaries().combine_chunks()
     if not pa.types.is_dictionary(arr.type):
+        t = arr.type
+        if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t)
+                or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t)):
+            raise SpecError(f"expected a category (string or integer), got values of type {t}", field=field)
         arr = pc.dictionary_encode(arr)
     indices = arr.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
     uniques = arr.dictionary

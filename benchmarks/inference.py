@@ -1,0 +1,70 @@
+"""Inference latency and throughput: every backend x model x batch size, plus the int8 AUC cost.
+
+    python benchmarks/inference.py [--seconds 1.0] [--threads 2] [--models deepfm din ...]
+
+Models have the benchmark shapes (Criteo layout, embedding 16, MLP 400-400-400; DIN on the Taobao
+layout with its default 200-80 MLP) and are trained briefly on synthetic data: latency does not depend
+on the weights, the int8 AUC comparison uses a DeepFM trained for one epoch. The TVM rows appear when
+apache-tvm is installed (extra `tvm`); tuned libraries are used when the bundle has them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from _common import WORK, bench_bundle
+
+MODELS = {"wide_deep": "criteo", "deepfm": "criteo", "dcn": "criteo", "din": "taobao"}
+
+
+def _int8_auc_cost(threads: int) -> dict:
+    import numpy as np
+
+    from ctrzoo import runtime
+    from ctrzoo.data.dataset import PreparedDataset
+    from ctrzoo.data.loader import BatchLoader
+    from ctrzoo.metrics import auc, logloss
+
+    bundle, data = bench_bundle("deepfm", "criteo", 300_000, None)
+    ds = PreparedDataset.open(data)
+    batch = next(iter(BatchLoader(ds, "test", 10**7, shuffle=False)))
+    y = batch.label.numpy()
+    p32 = runtime.load(bundle, "onnxruntime", threads).predict(batch)
+    p8 = runtime.load(bundle, "onnxruntime-int8", threads).predict(batch)
+    return {"rows": int(y.size), "auc_fp32": auc(y, p32), "auc_int8": auc(y, p8), "logloss_fp32": logloss(y, p32),
+            "logloss_int8": logloss(y, p8), "max_abs_diff": float(np.abs(p8 - p32).max())}
+
+
+def main() -> None:
+    from ctrzoo.runtime.bench import bench_inference, format_table
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=1.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", nargs="+", default=list(MODELS))
+    ap.add_argument("--backends", nargs="+", default=["torch", "onnxruntime", "onnxruntime-int8", "fused", "tvm"])
+    a = ap.parse_args()
+    try:
+        import tvm  # noqa: F401
+    except ImportError:
+        if "tvm" in a.backends:
+            print("apache-tvm not installed: no tvm rows (pip install -e '.[tvm]')", file=sys.stderr)
+        a.backends = [b for b in a.backends if b != "tvm"]
+    results = {}
+    for model in a.models:
+        bundle, _ = bench_bundle(model, MODELS[model])
+        rows = bench_inference(bundle, a.backends, [1, 100, 1024], a.seconds, threads=a.threads)
+        results[model] = rows
+        print(f"\n## {model}\n{format_table(rows)}", flush=True)
+    cost = _int8_auc_cost(a.threads)
+    results["int8_auc_cost"] = cost
+    print(f"\nint8 dynamic quantization, DeepFM trained 1 epoch on 240k rows, {cost['rows']:,d} test rows: "
+          f"AUC {cost['auc_fp32']:.5f} -> {cost['auc_int8']:.5f} ({cost['auc_int8'] - cost['auc_fp32']:+.5f}), "
+          f"logloss {cost['logloss_fp32']:.5f} -> {cost['logloss_int8']:.5f}, max |diff| {cost['max_abs_diff']:.1e}")
+    (WORK / "inference_results.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
