@@ -10,9 +10,6 @@ Loading checks the format version and every file, and fails with a message that 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +19,7 @@ import torch
 from torch import nn
 
 import ctrzoo
+from ctrzoo.atomic import building, read_json, write_json
 from ctrzoo.errors import BundleError, CtrzooError
 from ctrzoo.features import FeatureSpec
 
@@ -69,11 +67,7 @@ class Bundle:
 
 def save_bundle(out: str | Path, model: nn.Module, model_name: str, spec: FeatureSpec, meta: dict[str, Any]) -> Path:
     """Write a bundle directory atomically (built beside ``out``, swapped in by rename)."""
-    out = Path(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with building(out, META_FILE, "model bundle", BundleError) as tmp:
         spec.save(tmp)
         torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp / WEIGHTS_FILE)
         digest = hashlib.sha256((tmp / WEIGHTS_FILE).read_bytes()).hexdigest()
@@ -85,20 +79,8 @@ def save_bundle(out: str | Path, model: nn.Module, model_name: str, spec: Featur
             "model": {"name": model_name, "hparams": getattr(model, "hparams", {})},
             **meta,
         }
-        (tmp / META_FILE).write_text(json.dumps(full, indent=1))
-        if out.exists():
-            if not (out / META_FILE).exists() and any(out.iterdir()):
-                raise CtrzooError(f"{out} exists and is not a model bundle: refusing to replace it")
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+        write_json(tmp / META_FILE, full)
+    return Path(out)
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -108,10 +90,7 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"{path}: no such bundle directory")
     if not meta_path.exists():
         raise BundleError(f"{path}: not a model bundle ({META_FILE} missing)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{meta_path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    meta = read_json(meta_path, BundleError, "bundle metadata")
     if meta.get("format_version") != BUNDLE_FORMAT_VERSION:
         raise BundleError(
             f"{meta_path}: bundle format version {meta.get('format_version')!r}, this ctrzoo reads "

@@ -7,7 +7,6 @@ against torch on random in-range inputs at two batch sizes (so the dynamic batch
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import warnings
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ctrzoo.atomic import read_json, write_json
 from ctrzoo.bundle import META_FILE, Bundle, load_bundle
 from ctrzoo.errors import BundleError
 from ctrzoo.features import TableLayout
@@ -84,11 +84,9 @@ def export_onnx(bundle: str | Path | Bundle, tolerance: float = PARITY_TOLERANCE
         "opset": int(onnx.load(str(b.path / ONNX_FILE), load_external_data=False).opset_import[0].version),
         "parity_max_abs_diff": max_diff,
     }
-    meta = json.loads((b.path / META_FILE).read_text())
+    meta = read_json(b.path / META_FILE, BundleError, "bundle metadata")
     meta.setdefault("artifacts", {})["onnx"] = record
-    tmp_meta = b.path / f".{META_FILE}.tmp"
-    tmp_meta.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp_meta, b.path / META_FILE)
+    write_json(b.path / META_FILE, meta)
     return record
 
 

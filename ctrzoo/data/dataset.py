@@ -15,13 +15,13 @@ is complete.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from ctrzoo.atomic import read_json
 from ctrzoo.errors import DatasetError
 from ctrzoo.features import FeatureSpec
 
@@ -54,10 +54,7 @@ class PreparedDataset:
             raise DatasetError(f"{path}: no such dataset directory (run `ctrzoo prepare` first)")
         if not meta_path.exists():
             raise DatasetError(f"{path}: not a complete prepared dataset ({META_FILE} missing)")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{meta_path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        meta = read_json(meta_path, DatasetError, "dataset metadata")
         if meta.get("format_version") != DATASET_FORMAT_VERSION:
             raise DatasetError(
                 f"{meta_path}: dataset format version {meta.get('format_version')!r}, "

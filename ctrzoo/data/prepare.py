@@ -8,7 +8,6 @@ one block and the vocabularies, never the file.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -26,6 +25,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 import ctrzoo
+from ctrzoo.atomic import building, write_json
 from ctrzoo.data.dataset import DATASET_FORMAT_VERSION, META_FILE, shard_schema
 from ctrzoo.data.formats import FORMATS, open_raw
 from ctrzoo.data.reader import DEFAULT_BLOCK_BYTES, BadRows, check_inputs, read_blocks
@@ -56,14 +56,9 @@ def prepare(kind: str, inputs: list[str | Path], out: str | Path, spec: FeatureS
     if kind not in FORMATS:
         raise DataError(f"unknown dataset kind {kind!r}; known: {sorted(FORMATS)}")
     paths = check_inputs(inputs)
-    out = Path(out)
-    _check_replaceable(out)
     spec = (spec or FORMATS[kind].default_spec()).unfitted()
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     started = time.perf_counter()
-    try:
+    with building(out, META_FILE, "prepared dataset", DataError) as tmp:
         line_counts = [_count_lines([p], kind) for p in paths] if opts.split.method == "order" else None
         total_rows = sum(line_counts) if line_counts else None
         bases = np.cumsum([0, *line_counts[:-1]]).tolist() if line_counts else [0] * len(paths)
@@ -110,11 +105,7 @@ def prepare(kind: str, inputs: list[str | Path], out: str | Path, spec: FeatureS
             "workers": opts.workers,
             "seconds": round(time.perf_counter() - started, 3),
         }
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(tmp / META_FILE, meta)
     return meta
 
 
@@ -390,23 +381,6 @@ def _layout_summary(spec: FeatureSpec) -> dict:
         "dense": list(layout.dense),
         "seq": {s.name: {"shares": s.shares, "max_len": s.max_len} for s in layout.seq},
     }
-
-
-def _check_replaceable(out: Path) -> None:
-    """Only an earlier prepared dataset (or nothing) may be replaced: never a user's other files."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / META_FILE).exists())):
-        raise DataError(f"{out} exists and is not a prepared dataset: refusing to replace it")
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Swap the finished directory in by renames; the old dataset stays intact until then."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.rename(out, old)
-        os.rename(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
 
 
 def _count_lines(paths: list[Path], kind: str) -> int:
