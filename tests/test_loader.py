@@ -49,3 +49,14 @@ def test_streamed_equals_cached_without_shuffle(criteo_ds):
     a = BatchLoader(criteo_ds, "test", batch_size=7, shuffle=False, cache=True)
     b = BatchLoader(criteo_ds, "test", batch_size=7, shuffle=False, cache=False)
     np.testing.assert_array_equal(_rows(a), _rows(b))
+
+
+@pytest.mark.parametrize("block_bytes", [2500, 1 << 20])  # many row groups / a single one
+def test_rank_parts_are_disjoint_and_cover_the_split(shared_data, tmp_path, block_bytes):
+    out = tmp_path / "ds"
+    prepare("criteo", [shared_data / "criteo_sample.tsv"], out, options=PrepareOptions(block_bytes=block_bytes))
+    whole = _rows(BatchLoader(out, "train", batch_size=1000, shuffle=False))
+    parts = [_rows(BatchLoader(out, "train", batch_size=7, seed=3, rank=r, world_size=2)) for r in range(2)]
+    assert len(parts[0]) > 0 and len(parts[1]) > 0
+    assert len(parts[0]) + len(parts[1]) == len(whole)
+    assert sorted(map(tuple, np.concatenate(parts))) == sorted(map(tuple, whole))

@@ -90,17 +90,20 @@ class BatchLoader:
         cache: bool | None = None,
         cache_bytes: int = 4 << 30,
         with_user: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         self.dataset = dataset if isinstance(dataset, PreparedDataset) else PreparedDataset.open(dataset)
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
         self.block_rows, self.drop_last, self.with_user = block_rows, drop_last, with_user
         self.epoch = 0
-        self._groups = [
+        groups = [
             (path, g, pq.ParquetFile(path).metadata.row_group(g).num_rows)
             for path in self.dataset.shards(split)
             for g in range(pq.ParquetFile(path).metadata.num_row_groups)
         ]
-        self.rows = sum(n for _, _, n in self._groups)
+        self._groups = _shard(groups, rank, world_size)
+        self.rows = sum(stop - start for _, _, start, stop in self._groups)
         row_bytes = 8 * (len(self.dataset.spec.categorical) + 1 + self.dataset.spec.layout().n_seq * max(1, self.dataset.spec.layout().seq_len)) + 4 * len(self.dataset.spec.numeric)
         self.cache = (self.rows * row_bytes <= cache_bytes) if cache is None else cache
         self._cached: list[Batch | None] | None = None
@@ -132,12 +135,12 @@ class BatchLoader:
         if carry is not None and len(carry) and not self.drop_last:
             yield carry
 
-    def _plan(self, rng: np.random.Generator) -> list[list[tuple[Path, int, int]]]:
+    def _plan(self, rng: np.random.Generator) -> list[list[tuple[Path, int, int, int]]]:
         order = rng.permutation(len(self._groups)) if self.shuffle else np.arange(len(self._groups))
         plan, cur, rows = [], [], 0
         for i in order:
             cur.append(self._groups[i])
-            rows += self._groups[i][2]
+            rows += self._groups[i][3] - self._groups[i][2]
             if rows >= self.block_rows:
                 plan.append(cur)
                 cur, rows = [], 0
@@ -145,8 +148,8 @@ class BatchLoader:
             plan.append(cur)
         return plan
 
-    def _read(self, groups: list[tuple[Path, int, int]]) -> Batch:
-        tables = [pq.ParquetFile(path).read_row_group(g) for path, g, _ in groups]
+    def _read(self, groups: list[tuple[Path, int, int, int]]) -> Batch:
+        tables = [_read_group(path, g, start, stop) for path, g, start, stop in groups]
         return table_to_batch(pa.concat_tables(tables), self.with_user)
 
     def _blocks_cached(self, rng: np.random.Generator) -> Iterator[Batch]:
@@ -177,6 +180,21 @@ class BatchLoader:
             if isinstance(item, BaseException):
                 raise item
             yield item
+
+
+def _shard(groups: list[tuple[Path, int, int]], rank: int, world: int) -> list[tuple[Path, int, int, int]]:
+    """This rank's disjoint part: whole row groups round-robin, or row ranges of every group when there are
+    fewer groups than ranks (small data); the parts of all ranks cover every row exactly once."""
+    if world <= 1:
+        return [(p, g, 0, n) for p, g, n in groups]
+    if len(groups) >= world:
+        return [(p, g, 0, n) for p, g, n in groups[rank::world]]
+    return [(p, g, n * rank // world, n * (rank + 1) // world) for p, g, n in groups]
+
+
+def _read_group(path: Path, group: int, start: int, stop: int) -> pa.Table:
+    table = pq.ParquetFile(path).read_row_group(group)
+    return table if (start, stop) == (0, table.num_rows) else table.slice(start, stop - start)
 
 
 def _concat(a: Batch, b: Batch) -> Batch:
