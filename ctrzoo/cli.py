@@ -99,13 +99,26 @@ def _cmd_info(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
+    import os
+
+    if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        from ctrzoo.train.distributed import relaunch_with_torchrun
+
+        argv = [a for a in sys.argv[1:] if not a.startswith("--nproc")]
+        if "--nproc" in sys.argv[1:]:  # drop the value that followed "--nproc"
+            i = sys.argv[1:].index("--nproc")
+            argv = sys.argv[1:][:i] + sys.argv[1:][i + 2:]
+        code = relaunch_with_torchrun(argv, args.nproc)
+        if code:
+            raise CtrzooError(f"distributed training failed (torchrun exit code {code})")
+        return
     from ctrzoo.train.run import train_bundle
 
     overrides = {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "regularization": args.reg, "reg_lambda": args.reg_lambda, "patience": args.patience,
         "checkpoint_every": args.checkpoint_every, "threads": args.threads, "max_steps": args.max_steps,
-        "bf16": True if args.bf16 else None,
+        "bf16": args.bf16,
         "sparse_updates": False if args.dense_updates else None,
         "hparams": {k: v for k, v in {"emb_dim": args.emb_dim, "mlp": args.mlp, "dropout": args.dropout}.items()
                     if v is not None},
@@ -147,12 +160,101 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
+    if args.what == "retrieval":
+        _bench_retrieval(args)
+        return
+    if not args.bundle:
+        raise CtrzooError("bench inference: --bundle is required")
     from ctrzoo.runtime.bench import bench_inference, format_table
 
     rows = bench_inference(args.bundle, args.backends, args.batch_sizes, args.seconds, threads=args.threads)
     print(format_table(rows))
     if args.json:
         print(json.dumps(rows))
+
+
+def _index_params(args: argparse.Namespace):
+    from ctrzoo.retrieval.index import IndexParams
+
+    given = {"m": args.m, "ef_construction": args.ef_construction, "ef_search": getattr(args, "ef_search", None),
+             "nlist": args.nlist, "pq_m": args.pq_m, "nprobe": getattr(args, "nprobe", None),
+             "threads": args.index_threads}
+    return IndexParams(**{k: v for k, v in given.items() if v is not None})
+
+
+def _bench_retrieval(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from ctrzoo.retrieval.bench import bench_vectors, format_builds, format_table, goals, plot
+
+    if bool(args.bundle) == bool(args.synthetic):
+        raise CtrzooError("bench retrieval: give either --bundle R (a retrieval bundle) or --synthetic N_ITEMS")
+    n_q = args.queries_n
+    if args.synthetic:
+        from ctrzoo.retrieval.synth import zipf_factorized
+
+        items, users = zipf_factorized(n_items=args.synthetic, n_users=max(args.synthetic // 2, 2 * n_q), seed=args.seed)
+        users = users[np.linalg.norm(users, axis=1) > 0]
+        title = f"synthetic popularity-skewed vectors ({args.synthetic:,d} items)"
+    else:
+        from ctrzoo.retrieval.bundle import load_retrieval_bundle
+        from ctrzoo.retrieval.retriever import catalogue_vectors, held_out_queries
+
+        bundle = load_retrieval_bundle(args.bundle)
+        model = bundle.build_model()
+        items, _ = catalogue_vectors(bundle, model, bundle.catalogue())
+        users = held_out_queries(bundle, model, args.queries, limit=2 * n_q, seed=args.seed)
+        title = f"two-tower item vectors of {args.bundle} ({len(items):,d} items)"
+    rng = np.random.default_rng(args.seed)
+    users = users[rng.permutation(len(users))]
+    if len(users) < 4:
+        raise CtrzooError(f"bench retrieval: only {len(users)} distinct queries; need at least 4")
+    half = min(n_q, len(users) // 2)
+    result = bench_vectors(items, users[:half], users[half : 2 * half], k=args.k, kinds=args.kinds,
+                           params=_index_params(args), targets=args.targets, log=print)
+    result["goals"] = goals(result)
+    result["title"] = title
+    print(format_table(result))
+    print(format_builds(result))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "retrieval.json").write_text(json.dumps(result, indent=1, default=str))
+        (out / "retrieval.md").write_text(f"## {title}\n\n{format_table(result)}\n\n{format_builds(result)}\n")
+        plot(result, out / "retrieval.png", title)
+        print(f"wrote {out / 'retrieval.md'}, retrieval.json, retrieval.png")
+    if args.json:
+        print(json.dumps(result["goals"]))
+
+
+def _cmd_train_retrieval(args: argparse.Namespace) -> None:
+    from ctrzoo.retrieval.towers import TowerSplit
+    from ctrzoo.retrieval.train import RetrievalConfig, train_retrieval
+
+    split = None
+    if args.item_features:
+        from ctrzoo.data.dataset import PreparedDataset
+
+        spec = PreparedDataset.open(args.data).spec
+        item = list(args.item_features)
+        user = args.user_features or [f.name for f in spec.features if f.name not in item]
+        split = TowerSplit(args.item_id or item[0], item, user, args.history_attributes or [])
+    elif args.item_id or args.user_features or args.history_attributes:
+        raise CtrzooError("train-retrieval: --item-id, --user-features and --history-attributes need --item-features")
+    given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "emb_dim": args.emb_dim,
+             "hidden": args.hidden, "out_dim": args.out_dim, "normalize": args.normalize,
+             "temperature": args.temperature, "random_negatives": args.random_negatives,
+             "hard_negatives": args.hard_negatives, "hard_ranks": args.hard_ranks, "recall_k": args.recall_k,
+             "seed": args.seed, "threads": args.threads, "max_steps": args.max_steps, "patience": args.patience}
+    cfg = RetrievalConfig(**{k: v for k, v in given.items() if v is not None}, logq=not args.no_logq)
+    train_retrieval(args.data, args.out, split, cfg)
+
+
+def _cmd_index(args: argparse.Namespace) -> None:
+    from ctrzoo.retrieval.retriever import index_catalogue
+
+    index_catalogue(args.bundle, args.kind, args.items, args.out, args.queries, _index_params(args),
+                    target=args.target, k=args.k, allow_unknown=args.allow_unknown_items)
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
@@ -174,10 +276,33 @@ def _cmd_serve(args: argparse.Namespace) -> None:
                 log_level=args.log_level, access_log=False)
 
 
+def _cmd_tune(args: argparse.Namespace) -> None:
+    from ctrzoo.runtime.tvm_tune import DEFAULT_BUCKETS, require_tvm, tune_tvm
+
+    require_tvm()
+    s = tune_tvm(args.bundle, trials=args.trials, max_minutes=args.minutes,
+                 buckets=tuple(args.buckets) if args.buckets else DEFAULT_BUCKETS)
+    print(f"tuned {args.bundle} for batch buckets {', '.join(map(str, s['buckets']))}: {s['trials']} trials in "
+          f"{s['tuning_seconds']:.0f}s (stopped by {s['stopped_by']}); library rebuilt in {s['build_seconds']:.0f}s")
+    for t in sorted(s["tasks"], key=lambda t: -(t["best_us"] or 0) * t["weight"])[:8]:
+        best = f"{t['best_us']:.1f} us" if t["best_us"] is not None else "n/a"
+        print(f"  {t['task']:<60} x{t['weight']:.0f}  {t['trials']:>5} trials  best {best}")
+    print(f"database and library in {Path(args.bundle) / 'tvm'}; `ctrzoo bench inference --backends onnxruntime tvm` "
+          f"times them")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from ctrzoo.demo import run_demo
 
     run_demo(Path(args.out), rows=args.rows, seed=args.seed, epochs=args.epochs)
+
+
+def _add_index_build_args(p) -> None:
+    p.add_argument("--m", type=int, default=None, help="graph degree M of the HNSW kinds (default 32)")
+    p.add_argument("--ef-construction", type=int, default=None, help="HNSW efConstruction (default 200)")
+    p.add_argument("--nlist", type=int, default=None, help="ivfpq-ip: inverted lists (default 4 sqrt(n))")
+    p.add_argument("--pq-m", type=int, default=None, help="ivfpq-ip: bytes per vector (default d/2)")
+    p.add_argument("--index-threads", type=int, default=None, help="threads for building indexes")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,9 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: each epoch)")
     s.add_argument("--resume", action="store_true", help="continue from OUT.work/checkpoint.pt")
     s.add_argument("--threads", type=int)
-    s.add_argument("--bf16", action="store_true", help="bf16 autocast for the matmuls (AVX512-BF16 CPUs)")
-    s.add_argument("--dense-updates", action="store_true", help="dense Adam on embeddings instead of SparseAdam")
+    s.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast for the matmuls while training (default: on where the CPU has AVX512-BF16 or AMX)")
+    s.add_argument("--dense-updates", action="store_true", help="dense Adam on embeddings instead of row-sparse Adam")
     s.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
+    s.add_argument("--nproc", type=int, default=1,
+                   help="training processes on this machine (torchrun; gloo on CPU, nccl on GPU)")
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("evaluate", help="AUC, logloss and GAUC of a bundle on a prepared split")
@@ -261,15 +389,72 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bundle", required=True)
     s.set_defaults(func=_cmd_export)
 
-    s = sub.add_parser("bench", help="benchmarks: `ctrzoo bench inference --bundle B`")
-    s.add_argument("what", choices=["inference"])
-    s.add_argument("--bundle", required=True)
+    s = sub.add_parser("bench", help="benchmarks: `ctrzoo bench inference --bundle B`, `ctrzoo bench retrieval ...`")
+    s.add_argument("what", choices=["inference", "retrieval"])
+    s.add_argument("--bundle", help="inference: a model bundle; retrieval: a retrieval bundle")
     s.add_argument("--backends", nargs="+", default=["torch", "onnxruntime", "fused"])
     s.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 100, 1024])
     s.add_argument("--seconds", type=float, default=1.0, help="time per (backend, batch size)")
     s.add_argument("--threads", type=int, default=None)
     s.add_argument("--json", action="store_true")
+    g = s.add_argument_group("retrieval", "recall@k vs QPS per index kind (efSearch / nprobe sweeps), auto's picks")
+    g.add_argument("--synthetic", type=int, default=None, metavar="N_ITEMS",
+                   help="popularity-skewed vectors (factorized Zipf clicks) instead of a bundle's catalogue")
+    g.add_argument("--queries", default=None, help="prepared dataset (its test split) or .npy of user vectors")
+    g.add_argument("--queries-n", type=int, default=2000, help="evaluation queries (as many again select auto's)")
+    g.add_argument("--kinds", nargs="+", default=["flat-ip", "hnsw-ip", "mobius-hnsw", "ivfpq-ip"],
+                   choices=["flat-ip", "hnsw-ip", "mobius-hnsw", "ivfpq-ip"])
+    g.add_argument("--k", type=int, default=10)
+    g.add_argument("--targets", type=float, nargs="+", default=[0.9, 0.95, 0.99], help="auto's recall targets")
+    g.add_argument("--out", default=None, help="directory for retrieval.md, retrieval.json, retrieval.png")
+    g.add_argument("--seed", type=int, default=0)
+    _add_index_build_args(g)
     s.set_defaults(func=_cmd_bench)
+
+    s = sub.add_parser("train-retrieval", help="train the two-tower retrieval model and write a retrieval bundle")
+    s.add_argument("--data", required=True, help="prepared dataset directory (clicked rows are the positives)")
+    s.add_argument("--out", required=True, help="retrieval bundle directory to write")
+    s.add_argument("--item-features", nargs="+", default=None, metavar="FEATURE",
+                   help="features of the item tower (default for taobao: the ad's fields)")
+    s.add_argument("--item-id", default=None, help="the item tower feature naming the item (default: the first)")
+    s.add_argument("--user-features", nargs="+", default=None, metavar="FEATURE",
+                   help="features of the user/context tower (default: every other feature)")
+    s.add_argument("--history-attributes", nargs="+", default=None, metavar="FEATURE",
+                   help="item features also pooled over the user's history (e.g. cate_id)")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--batch-size", type=int, help="clicks per batch (each one's negatives are the others)")
+    s.add_argument("--lr", type=float)
+    s.add_argument("--emb-dim", type=int)
+    s.add_argument("--hidden", type=lambda v: [int(x) for x in v.split(",") if x], help="tower MLP sizes, e.g. 128")
+    s.add_argument("--out-dim", type=int, help="vector size")
+    s.add_argument("--normalize", choices=["both", "user", "none"])
+    s.add_argument("--temperature", type=float)
+    s.add_argument("--no-logq", action="store_true", help="no sampling-bias correction of in-batch negatives")
+    s.add_argument("--random-negatives", type=int, help="uniform catalogue negatives added to each batch")
+    s.add_argument("--hard-negatives", type=int, help="per click, mined from the current index each epoch")
+    s.add_argument("--hard-ranks", type=int, nargs=2, metavar=("LO", "HI"), help="ranks hard negatives come from")
+    s.add_argument("--recall-k", type=int, nargs="+", help="cut-offs of the recall report (default 10 50 100)")
+    s.add_argument("--patience", type=int)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--threads", type=int)
+    s.add_argument("--max-steps", type=int)
+    s.set_defaults(func=_cmd_train_retrieval)
+
+    s = sub.add_parser("index", help="index a catalogue with a retrieval bundle's item tower (FAISS)")
+    s.add_argument("--bundle", required=True, help="retrieval bundle directory")
+    s.add_argument("--items", default=None, help="catalogue file (Parquet/CSV; default: the bundle's catalogue)")
+    s.add_argument("--kind", required=True, choices=["flat-ip", "hnsw-ip", "mobius-hnsw", "ivfpq-ip", "auto"])
+    s.add_argument("--out", default=None, help="index directory (default: BUNDLE/index)")
+    s.add_argument("--queries", default=None, help="auto: held-out queries, a prepared dataset (test split) or "
+                   ".npy of user vectors (default: the bundle's training dataset)")
+    s.add_argument("--target", type=float, default=0.95, help="auto: recall@k the index must reach")
+    s.add_argument("--k", type=int, default=10)
+    s.add_argument("--ef-search", type=int, default=None, help="default efSearch of the graph kinds")
+    s.add_argument("--nprobe", type=int, default=None, help="default nprobe of ivfpq-ip")
+    s.add_argument("--allow-unknown-items", action="store_true",
+                   help="index items whose id the model never saw (by their other features)")
+    _add_index_build_args(s)
+    s.set_defaults(func=_cmd_index)
 
     s = sub.add_parser("serve", help="run the /rank service on a bundle under uvicorn")
     s.add_argument("--bundle", required=True)
@@ -280,6 +465,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None, help="inference threads per worker")
     s.add_argument("--log-level", default="info")
     s.set_defaults(func=_cmd_serve)
+
+    s = sub.add_parser("tune", help="tune the tvm backend's kernels for a bundle (MetaSchedule; extra: tvm)")
+    s.add_argument("--bundle", required=True)
+    s.add_argument("--trials", type=int, default=2000, help="measured schedules, in total")
+    s.add_argument("--minutes", type=float, default=10.0, help="time budget, in total")
+    s.add_argument("--buckets", type=int, nargs="+", default=None, metavar="BATCH",
+                   help="batch sizes compiled (default: 1 16 128 1024); other batches are padded or split")
+    s.set_defaults(func=_cmd_tune)
 
     s = sub.add_parser("demo", help="the main job end to end on built-in synthetic data")
     s.add_argument("--out", default="demo")

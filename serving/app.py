@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from contextlib import asynccontextmanager
@@ -94,7 +95,9 @@ class BodyLimit(BaseHTTPMiddleware):
         return await call_next(request)
 
 
-def create_app(bundle: str | None = None, settings: ServeSettings | None = None, **overrides: Any) -> FastAPI:
+def create_app(bundle: str | None = None, settings: ServeSettings | None = None, retrieval: str | None = None,
+               **overrides: Any) -> FastAPI:
+    """``retrieval``: a retrieval bundle (with its index) to also serve ``POST /recommend`` (or CTRZOO_RETRIEVAL)."""
     settings = settings or ServeSettings.from_env(bundle=bundle, **overrides)
     if not settings.bundle:
         raise CtrzooError("no bundle to serve: pass create_app(bundle=...) or set CTRZOO_BUNDLE")
@@ -212,6 +215,11 @@ def create_app(bundle: str | None = None, settings: ServeSettings | None = None,
             return _error(409, f"bundle refused, still serving version {current}: {exc}", "bundle")
         return {"status": "reloaded", "model": model.name, "version": model.version}
 
+    retrieval = retrieval or os.environ.get("CTRZOO_RETRIEVAL") or None
+    if retrieval:
+        from serving.recommend import add_recommend_routes
+
+        add_recommend_routes(app, state, retrieval)
     return app
 
 

@@ -16,6 +16,7 @@ from ctrzoo.nn import (
     Dice,
     FactorizationMachine,
     FeatureEmbedding,
+    RowSparseAdam,
     SequencePooling,
     TargetAttention,
     padding_mask,
@@ -87,6 +88,32 @@ def test_sparse_grad_gives_sparse_gradients(layout: TableLayout) -> None:
     assert not emb.table.weight.grad.is_sparse
 
 
+def test_row_sparse_adam_matches_sparse_adam_on_duplicate_rows(layout: TableLayout) -> None:
+    torch.manual_seed(4)
+    embs = [FeatureEmbedding(layout, dim=3, sparse_grad=True) for _ in range(2)]
+    embs[1].load_state_dict(embs[0].state_dict())
+    opts = [torch.optim.SparseAdam(list(embs[0].parameters()), lr=0.05),
+            RowSparseAdam(list(embs[1].parameters()), lr=0.05)]
+    batches = [torch.tensor([[1, 5, 11], [1, 5, 0], [2, 5, 12]]), torch.tensor([[3, 6, 11], [1, 6, 11]])]
+    for step in range(4):
+        sparse = batches[step % 2]
+        for emb, opt in zip(embs, opts, strict=True):
+            opt.zero_grad(set_to_none=True)
+            (emb(sparse).pow(2).sum() + emb.first_order(sparse).sum() * (step + 1)).backward()
+            opt.step()
+    for a, b in zip(embs[0].parameters(), embs[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert torch.count_nonzero(embs[1].table.weight[0]) == 0  # padding never trains
+    untouched = torch.tensor([4, 7, 8, 9, 10, 13])
+    torch.testing.assert_close(embs[1].table.weight[untouched], embs[0].table.weight[untouched])
+    # the state is SparseAdam's: a checkpoint of one loads into the other
+    opts[0].load_state_dict(opts[1].state_dict())
+    with pytest.raises(CtrzooError, match="sparse gradients"):
+        dense = FeatureEmbedding(layout, dim=3)
+        dense(batches[0]).sum().backward()
+        RowSparseAdam(list(dense.parameters())).step()
+
+
 def test_dense_embedding_is_value_times_vector() -> None:
     de = DenseEmbedding(n_dense=2, dim=3)
     dense = torch.tensor([[2.0, -1.0]])
@@ -108,6 +135,17 @@ def test_fm_equals_sum_of_pairwise_dot_products() -> None:
     out = FactorizationMachine()(x)
     assert out.shape == (3,)
     torch.testing.assert_close(out, expected)
+
+
+def test_fm_training_gradient_equals_autograd_of_the_formula() -> None:
+    torch.manual_seed(3)
+    x = torch.randn(4, 6, 5, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(4, dtype=torch.float64)
+    (FactorizationMachine()(x) * weights).sum().backward()
+    plain = x.detach().clone().requires_grad_()
+    (0.5 * (plain.sum(1).pow(2) - plain.pow(2).sum(1)).sum(-1) * weights).sum().backward()
+    torch.testing.assert_close(x.grad, plain.grad)
+    assert torch.autograd.gradcheck(FactorizationMachine(), (x.detach().requires_grad_(),))
 
 
 def test_vector_cross_layers_by_hand() -> None:
@@ -253,3 +291,22 @@ def test_target_attention_all_padding_is_zero_and_nan_free(use_softmax: bool) ->
     out.sum().backward()
     grads = [query.grad, keys.grad] + [p.grad for p in att.parameters() if p.grad is not None]
     assert all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("activation", ["prelu", "sigmoid"])
+def test_packed_attention_scores_equal_masked_full_scores(activation):
+    """Training scores only the real positions; without batch statistics that must change nothing."""
+    from ctrzoo.nn import TargetAttention
+
+    torch.manual_seed(0)
+    att = TargetAttention(6, (8, 4), activation)
+    q, k = torch.randn(5, 6), torch.randn(5, 7, 6)
+    mask = torch.rand(5, 7) > 0.4
+    mask[0] = False  # an all-padding row
+    full = torch.where(mask, att.scores(q, k), torch.zeros(5, 7))
+    packed = att.packed_scores(q, k, mask)
+    torch.testing.assert_close(packed, full)
+    att.train()
+    out_train = att(q, k, mask)
+    att.eval()
+    torch.testing.assert_close(out_train, att(q, k, mask))

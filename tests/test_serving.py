@@ -220,20 +220,20 @@ def test_hot_reload_under_load_loses_no_request(bundles, tmp_path):
         except httpx.HTTPError:
             time.sleep(0.1)
     v1, v2 = load_bundle(bundles["deepfm"]).version, load_bundle(bundles["deepfm2"]).version
-    seen: list[str] = []
+    seen: list[list[str]] = [[] for _ in range(4)]  # per client: its requests are sequential
     failures: list[str] = []
     stop = threading.Event()
 
-    def hammer() -> None:
+    def hammer(mine: list[str]) -> None:
         with httpx.Client(base_url=base, timeout=10) as c:
             while not stop.is_set():
                 r = c.post("/rank", json={"candidates": [{"C1": "a"}, {"C2": "b"}, {}]})
                 if r.status_code != 200:
                     failures.append(r.text)
                 else:
-                    seen.append(r.json()["model"]["version"])
+                    mine.append(r.json()["model"]["version"])
 
-    workers = [threading.Thread(target=hammer) for _ in range(4)]
+    workers = [threading.Thread(target=hammer, args=(seen[i],)) for i in range(4)]
     for w in workers:
         w.start()
     try:
@@ -252,5 +252,6 @@ def test_hot_reload_under_load_loses_no_request(bundles, tmp_path):
     assert good.status_code == 200 and bad.status_code == 409, (good.text, bad.text)
     assert "still serving version" in bad.json()["error"]
     assert failures == []
-    switches = sum(1 for a, b in itertools.pairwise(seen) if a != b)
-    assert seen[0] == v1 and seen[-1] == v2 and switches == 1, (seen[:3], seen[-3:], switches)
+    for mine in seen:  # each client saw the old version, then the new one, and never went back
+        switches = sum(1 for a, b in itertools.pairwise(mine) if a != b)
+        assert mine[0] == v1 and mine[-1] == v2 and switches == 1, (mine[:3], mine[-3:], switches)

@@ -13,7 +13,7 @@ from ctrzoo.bundle import load_bundle
 from ctrzoo.cli import main
 from ctrzoo.data.dataset import PreparedDataset
 from ctrzoo.data.loader import BatchLoader
-from ctrzoo.data.prepare import prepare
+from ctrzoo.data.prepare import PrepareOptions, prepare
 from ctrzoo.errors import BundleError, CtrzooError
 from ctrzoo.metrics import auc
 from ctrzoo.models import list_models
@@ -142,3 +142,36 @@ def test_config_errors_name_the_key(synth_prepared, tmp_path):
     cfg.write_text("train: [1, 2\n")
     with pytest.raises(CtrzooError, match=r"c.yaml:\d+: not valid YAML"):
         train_bundle("deepfm", synth_prepared["criteo"], tmp_path / "b", config_file=str(cfg), progress=False)
+
+
+def test_no_valid_rows_trains_without_early_stopping(tmp_path):
+    from ctrzoo.data.splits import SplitConfig
+    from ctrzoo.synth import generate
+
+    raw = tmp_path / "criteo.tsv"
+    generate("criteo", 6_000, 5, raw)
+    prepare("criteo", [raw], tmp_path / "ds", options=PrepareOptions(split=SplitConfig("order", (0.9, 0.0, 0.1))))
+    ds = PreparedDataset.open(tmp_path / "ds")
+    assert ds.rows("valid") == 0
+    cfg = TrainConfig(model="deepfm", hparams=SMALL, epochs=2, batch_size=512, patience=1)
+    trainer = Trainer(cfg, ds, tmp_path / "work", progress=False)
+    best = trainer.fit()
+    assert [h["epoch"] for h in trainer.history] == [1, 2] and best["epoch"] == 2
+    assert not any(k.startswith("valid_") for k in best)
+    meta = train_bundle("deepfm", tmp_path / "ds", tmp_path / "bundle", overrides={"epochs": 1, "hparams": SMALL},
+                        progress=False, verbose=True)
+    assert meta["metrics"]["test"]["rows"] == ds.rows("test")
+
+
+def test_bf16_defaults_to_what_the_cpu_does_natively_and_scores_in_fp32(synth_prepared, tmp_path):
+    from ctrzoo.train.trainer import bf16_native
+
+    assert TrainConfig().bf16 is bf16_native()
+    assert TrainConfig(bf16=False).bf16 is False
+    ds = PreparedDataset.open(synth_prepared["criteo"])
+    cfg = TrainConfig(model="deepfm", hparams=SMALL, epochs=1, batch_size=1024, bf16=True, max_steps=3)
+    trainer = Trainer(cfg, ds, tmp_path / "w", progress=False)
+    best = trainer.fit()
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    labels, probs, _ = predict(trainer.model, BatchLoader(ds, "valid", 4096, shuffle=False))
+    assert auc(labels, probs) == best["valid_auc"]  # validation scored in fp32

@@ -50,8 +50,8 @@ class DeepFM(nn.Module):
         self.head = nn.Linear(self.deep.out_dim, 1)
 
     def forward(self, sparse: Tensor, dense: Tensor, seq: Tensor) -> Tensor:
-        fields = self.embedding(sparse)
-        logit = self.embedding.first_order(sparse) + self.bias
+        fields, first_order = self.embedding.lookup(sparse)
+        logit = first_order + self.bias
         if self.dense_embedding is not None and self.dense_linear is not None:
             fields = torch.cat([fields, self.dense_embedding(dense)], dim=1)
             logit = logit + self.dense_linear(dense).squeeze(-1)

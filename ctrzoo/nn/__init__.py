@@ -3,6 +3,7 @@
 from ctrzoo.nn.embedding import DenseEmbedding, FeatureEmbedding, split_sparse_params
 from ctrzoo.nn.interaction import CrossNetwork, FactorizationMachine
 from ctrzoo.nn.mlp import MLP, Dice, LastDim, make_activation
+from ctrzoo.nn.optim import RowSparseAdam
 from ctrzoo.nn.sequence import SequencePooling, TargetAttention, padding_mask
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "FactorizationMachine",
     "FeatureEmbedding",
     "LastDim",
+    "RowSparseAdam",
     "SequencePooling",
     "TargetAttention",
     "make_activation",

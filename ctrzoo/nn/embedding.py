@@ -56,6 +56,23 @@ class FeatureEmbedding(nn.Module):
         """``sparse [B, F]`` -> ``[B]``: the linear (logistic-regression) term, summed over fields."""
         return self.linear_table(sparse).sum(dim=(1, 2))
 
+    def lookup(self, sparse: Tensor) -> tuple[Tensor, Tensor]:
+        """``(self(sparse), self.first_order(sparse))`` in one go: ``[B, F, dim]`` and ``[B]``.
+
+        When training with sparse gradients the batch's ids are deduplicated first (one sort): both tables
+        are read, and their gradients made, for the ``U`` distinct rows only (a batch of 4096 Criteo rows
+        has ~20k distinct ids among 106k), and the per-id gradient sums come from one ``index_add_`` into
+        ``[U, dim]`` instead of a sparse gradient with a row per occurrence that the optimizer must
+        deduplicate per table. The values are the same as the two plain lookups.
+        """
+        if not (self.sparse_grad and torch.is_grad_enabled()):
+            return self(sparse), self.first_order(sparse)
+        rows, inverse = torch.unique(sparse, sorted=True, return_inverse=True)
+        flat = inverse.reshape(-1)
+        fields = self.table(rows).index_select(0, flat).view(*sparse.shape, self.dim)
+        first = self.linear_table(rows).index_select(0, flat).view(sparse.shape).sum(dim=1)
+        return fields, first
+
     def lookup_seq(self, seq: Tensor) -> Tensor:
         """``seq [B, S, L]`` global ids (0 = padding) -> ``[B, S, L, dim]``; padded positions are zeros."""
         return self.table(seq)

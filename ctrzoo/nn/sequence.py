@@ -54,9 +54,14 @@ class TargetAttention(nn.Module):
     (effectively ``-inf``, but a row with no real item becomes uniform instead of NaN) and the weights are
     then masked, so an all-padding history yields zeros in both modes.
 
-    Note: with ``activation="dice"`` the unit's training-mode batch statistics pool over all ``B * L``
-    positions, padded ones included (as in the reference implementation); in eval mode padding has no
-    effect at all.
+    In training mode the unit runs on the real positions only (gathered to ``[N, 4D]``, ``N`` = number of
+    real positions in the batch, then scattered back): with ``activation="dice"`` (or batch norm) the
+    batch statistics then describe real history items, not the padding that fills most of a
+    right-padded ``[B, L]`` batch (pooling over padding, as some implementations do, centres Dice's
+    switch point on the padding rows' ``[q, 0, q, 0]`` inputs, and the running statistics used in eval
+    inherit that bias), and the unit does ``N / (B * L)`` of the work. In eval mode every position is
+    scored (static shapes for export; per-row results do not depend on the batch) and padding is masked,
+    so it has no effect at all.
     """
 
     def __init__(
@@ -77,9 +82,23 @@ class TargetAttention(nn.Module):
         unit_in = torch.cat([q, keys, q - keys, q * keys], dim=-1)
         return self.score(self.mlp(unit_in)).squeeze(-1)
 
+    def packed_scores(self, query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+        """Scores ``[B, L]`` computed on the real positions only; padded positions hold 0.
+
+        Equal to ``scores`` at real positions when the unit has no batch statistics (or is in eval mode);
+        with Dice in training mode the statistics pool over the real positions only.
+        """
+        rows = mask.nonzero(as_tuple=True)  # (batch index, position) of each real item, row-major
+        q, k = query[rows[0]], keys[rows]  # [N, D] each
+        real = self.score(self.mlp(torch.cat([q, k, q - k, q * k], dim=-1))).squeeze(-1)  # [N]
+        return real.new_zeros(mask.shape).masked_scatter(mask, real)
+
     def weights(self, query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
         """Attention weights ``[B, L]``, exactly 0 at padded positions."""
-        scores = self.scores(query, keys)
+        if self.training and int(mask.sum()) >= 2:  # batch statistics need more than one row
+            scores = self.packed_scores(query, keys, mask)
+        else:
+            scores = self.scores(query, keys)
         zeros = torch.zeros_like(scores)
         if self.use_softmax:
             scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)

@@ -1,10 +1,12 @@
 """The training loop: block-loaded batches, sparse embedding updates, early stopping, exact resume.
 
-Speed choices (LightSeq2's training ideas, where they pay on a CPU):
-* embeddings produce sparse gradients and ``SparseAdam`` updates only the rows in the batch, instead of
-  a dense Adam step over the whole table;
+Speed choices (LightSeq2's training ideas, where they pay on a CPU; ``benchmarks/train_speed.py`` measures
+each one):
+* embeddings produce sparse gradients and ``RowSparseAdam`` updates only the rows in the batch, instead of
+  a dense Adam step over the whole table (and without ``SparseAdam``'s coalescing bookkeeping);
 * the dense parameters step with one fused (or multi-tensor) Adam kernel;
-* optional bf16 autocast for the MLP matmuls (AVX512-BF16), loss and optimizer state stay fp32;
+* bf16 autocast for the matmuls where the CPU has native bf16 dot products (AVX512-BF16 or AMX), on by
+  default there: weights, loss and optimizer state stay fp32, and validation and test scoring run in fp32;
 * batches are slices of tensor blocks made once; metrics are computed once per epoch on the validation
   split, never per batch over the epoch.
 """
@@ -32,7 +34,8 @@ from ctrzoo.data.dataset import PreparedDataset
 from ctrzoo.data.loader import BatchLoader
 from ctrzoo.errors import CtrzooError
 from ctrzoo.metrics import auc, gauc, logloss
-from ctrzoo.nn import split_sparse_params
+from ctrzoo.nn import RowSparseAdam, split_sparse_params
+from ctrzoo.train.distributed import DistContext
 from ctrzoo.train.regularization import mba_l2, plain_l2
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -53,7 +56,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between checkpoints; 0 = at the end of each epoch only
     seed: int = 2024
     threads: int | None = None
-    bf16: bool = False
+    bf16: bool | None = None  # bf16 autocast while training; None: on where the CPU has native bf16 (bf16_native)
     eval_batch_size: int = 65536
     max_steps: int | None = None  # stop after this many steps in total (smoke runs)
 
@@ -62,11 +65,19 @@ class TrainConfig:
             raise CtrzooError(f"regularization must be none, l2 or mba, got {self.regularization!r}")
         if self.batch_size < 1 or self.epochs < 1 or self.lr <= 0:
             raise CtrzooError("batch_size and epochs must be >= 1 and lr > 0")
+        if self.bf16 is None:  # resolved here, so a checkpoint records what actually ran
+            self.bf16 = bf16_native()
 
     @property
     def uses_sparse_updates(self) -> bool:
         # plain L2 over the whole table has a dense gradient by definition (the cost MBA avoids)
         return self.sparse_updates and self.regularization != "l2"
+
+
+def bf16_native() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 autocast is emulated and slower."""
+    checks = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(check() for check in checks if check is not None)
 
 
 @torch.inference_mode()
@@ -94,31 +105,41 @@ def evaluate_arrays(labels: np.ndarray, probs: np.ndarray, users: np.ndarray | N
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, dataset: PreparedDataset, workdir: Path, progress: bool | None = None):
+    def __init__(self, config: TrainConfig, dataset: PreparedDataset, workdir: Path, progress: bool | None = None,
+                 dist: DistContext | None = None):
         self.cfg, self.ds, self.workdir = config, dataset, Path(workdir)
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.dist = dist or DistContext()
+        self.progress = (sys.stderr.isatty() if progress is None else progress) and self.dist.is_main
         if config.threads:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
         from ctrzoo.models import build_model
 
         hparams = dict(config.hparams)
-        hparams["sparse_grad"] = config.uses_sparse_updates
+        # several processes: dense gradients, which DistributedDataParallel averages with one all-reduce
+        hparams["sparse_grad"] = config.uses_sparse_updates and not self.dist.enabled
         self.model = build_model(config.model, dataset.spec.layout(), **hparams)
+        self.forward_model: nn.Module = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward_model = DistributedDataParallel(self.model)  # broadcasts rank 0's initial weights
         sparse, dense = split_sparse_params(self.model)
         self.optimizers: list[torch.optim.Optimizer] = [_dense_adam(dense, config.lr)]
         if sparse:
-            self.optimizers.append(torch.optim.SparseAdam(sparse, lr=config.lr))
+            self.optimizers.append(RowSparseAdam(sparse, lr=config.lr))
         self.id_frequency = torch.from_numpy(dataset.spec.id_frequencies().astype(np.float32))
         rows = dataset.rows("train")
         if rows < 2:
             raise CtrzooError(f"{dataset.path}: the training split has {rows} row(s); at least 2 are needed")
         # the last partial batch is dropped (as usual): batch statistics (Dice, batch norm) need > 1 row
+        rank, world = self.dist.rank, self.dist.world_size
         self.train_loader = BatchLoader(dataset, "train", config.batch_size, shuffle=True, seed=config.seed,
-                                        drop_last=rows > config.batch_size)
-        self.valid_loader = BatchLoader(
-            dataset, "valid", config.eval_batch_size, shuffle=False, with_user=dataset.has_user_id
-        )
+                                        drop_last=rows > config.batch_size * world, rank=rank, world_size=world)
+        self.valid_loader = BatchLoader(dataset, "valid", config.eval_batch_size, shuffle=False,
+                                        with_user=dataset.has_user_id, rank=rank, world_size=world)
+        # every rank must run the same number of steps, or the gradient all-reduce waits forever
+        self.steps_per_epoch = self.dist.all_reduce_min(len(self.train_loader))
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"auc": -1.0, "epoch": -1, "state": None}
         self.bad_epochs = 0
@@ -141,7 +162,9 @@ class Trainer:
             t0 = time.perf_counter()
             loss_sum, n_seen = self._run_epoch(on_step)
             seconds = time.perf_counter() - t0
-            metrics = evaluate_arrays(*predict(self.model, self.valid_loader, cfg.bf16))
+            loss_sum, n_seen = self.dist.all_reduce_sum(loss_sum), int(self.dist.all_reduce_sum(n_seen))
+            # scored in fp32 even after bf16 training: the weights are fp32 and so is every later consumer
+            metrics = self.evaluate(self.valid_loader) if self.dist.all_reduce_sum(self.valid_loader.rows) else {}
             record = {
                 "epoch": self.epoch + 1,
                 "train_logloss": loss_sum / max(n_seen, 1),
@@ -150,10 +173,14 @@ class Trainer:
                 "seconds": round(seconds, 3),
                 "samples_per_s": round(n_seen / seconds, 1) if seconds > 0 else None,
             }
+            if self.dist.enabled:
+                record["rank_weight_checksums"] = self._check_ranks_in_sync()
             self.history.append(record)
-            with open(self.workdir / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-            stopped = self._early_stopping(metrics["auc"]) or self._hit_max_steps()
+            if self.dist.is_main:
+                with open(self.workdir / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+            # no validation rows: no early stopping either, the last epoch's weights are the result
+            stopped = (bool(metrics) and self._early_stopping(metrics["auc"])) or self._hit_max_steps()
             self.epoch += 1
             self.step_in_epoch = 0
             self._save_checkpoint()
@@ -162,6 +189,20 @@ class Trainer:
         best = next((h for h in self.history if h["epoch"] == self.best["epoch"] + 1), self.history[-1])
         return best
 
+    def evaluate(self, loader: BatchLoader) -> dict[str, float]:
+        """Metrics over the whole split: each rank scores its part, the parts are gathered."""
+        labels, probs, users = self.dist.gather_concat(list(predict(self.model, loader)))
+        return evaluate_arrays(labels, probs, users)
+
+    def _check_ranks_in_sync(self) -> list[float]:
+        """A weight checksum per rank; data parallel training must keep them identical."""
+        with torch.no_grad():
+            local = float(sum(p.double().sum() for p in self.model.parameters()))
+        sums = self.dist.gather_objects(local)
+        if len(set(sums)) != 1:
+            raise CtrzooError(f"ranks diverged: weight checksums {sums}")
+        return sums
+
     def _run_epoch(self, on_step: Callable[[int], None] | None) -> tuple[float, int]:
         cfg = self.cfg
         self.model.train()
@@ -169,9 +210,11 @@ class Trainer:
         skip = self.step_in_epoch
         if skip == 0:
             self._loss_sum, self._n_seen = torch.zeros((), dtype=torch.float64), 0
-        bar = tqdm(total=len(self.train_loader), initial=skip, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+        bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                    disable=not self.progress, leave=False, unit="batch")
         for i, batch in enumerate(self.train_loader):
+            if i >= self.steps_per_epoch:
+                break
             if i < skip:
                 continue
             loss = self._step(batch)
@@ -194,7 +237,7 @@ class Trainer:
     def _step(self, batch) -> torch.Tensor:
         cfg = self.cfg
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            logits = self.model(batch.sparse, batch.dense, batch.seq)
+            logits = self.forward_model(batch.sparse, batch.dense, batch.seq)
         loss = F.binary_cross_entropy_with_logits(logits.float(), batch.label)
         total = loss
         if cfg.regularization == "mba" and cfg.reg_lambda > 0:
@@ -227,6 +270,10 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _save_checkpoint(self) -> None:
+        rng_states = self.dist.gather_objects(torch.get_rng_state())  # dropout streams differ per rank
+        if not self.dist.is_main:
+            self.dist.barrier()
+            return
         state = {
             "config": json.dumps(asdict(self.cfg), sort_keys=True),
             "model": self.model.state_dict(),
@@ -237,6 +284,8 @@ class Trainer:
             "loss_sum": self._loss_sum,
             "n_seen": self._n_seen,
             "rng": torch.get_rng_state(),
+            "rng_per_rank": rng_states,
+            "world_size": self.dist.world_size,
             "best_auc": float(self.best["auc"]) if not np.isnan(self.best["auc"]) else -1.0,
             "best_epoch": int(self.best["epoch"]),
             "best_state": self.best["state"] or {},
@@ -246,6 +295,7 @@ class Trainer:
         tmp = self.workdir / f"{CHECKPOINT_FILE}.tmp"
         torch.save(state, tmp)
         os.replace(tmp, self.workdir / CHECKPOINT_FILE)
+        self.dist.barrier()
 
     def _load_checkpoint(self) -> None:
         path = self.workdir / CHECKPOINT_FILE
@@ -257,13 +307,16 @@ class Trainer:
         diff = {k for k in current if k not in ("epochs", "max_steps") and saved.get(k) != current[k]}
         if diff:
             raise CtrzooError(f"{path}: checkpoint was made with other settings ({', '.join(sorted(diff))})")
+        if state.get("world_size", 1) != self.dist.world_size:
+            raise CtrzooError(f"{path}: checkpoint was made with {state.get('world_size', 1)} process(es), "
+                              f"resume it with the same number (now {self.dist.world_size})")
         self.model.load_state_dict(state["model"])
         for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
             opt.load_state_dict(s)
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step = state["global_step"]
         self._loss_sum, self._n_seen = state["loss_sum"], state["n_seen"]
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng_per_rank"][self.dist.rank] if "rng_per_rank" in state else state["rng"])
         self.best = {"auc": state["best_auc"], "epoch": state["best_epoch"], "state": state["best_state"] or None}
         self.bad_epochs = state["bad_epochs"]
         self.history = json.loads(state["history"])

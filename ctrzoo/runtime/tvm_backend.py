@@ -1,0 +1,190 @@
+"""``tvm``: the bundle's ``model.onnx`` compiled by Apache TVM (Relax + MetaSchedule), one kernel set per batch
+bucket; a batch is padded up to a bucket (or split into several) and exactly ``B`` scores come back.
+
+    predictor = runtime.load(bundle, "tvm")                  # reuse BUNDLE/tvm/model.so, or build it
+    predictor = runtime.load(bundle, "tvm", tune=True, trials=2000, max_minutes=10)   # tune first
+
+Artefacts, the rebuild rules and tuning live in ``ctrzoo.runtime.tvm_tune``. A library that is missing,
+corrupt (checksum) or built from another ``model.onnx``/TVM/CPU/bucket set is rebuilt (a warning says why);
+a damaged tuning database is refused with a BundleError naming the file. Every load logs the number of
+tuning trials it performed (logger ``ctrzoo.runtime.tvm``), zero unless ``tune=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+
+from ctrzoo.bundle import Bundle
+from ctrzoo.errors import CtrzooError
+from ctrzoo.runtime import tvm_tune
+from ctrzoo.runtime.base import Predictor
+from ctrzoo.runtime.onnxruntime_backend import checked_onnx_path
+
+log = logging.getLogger("ctrzoo.runtime.tvm")
+
+
+class TvmPredictor(Predictor):
+    backend = "tvm"
+
+    def __init__(self, bundle: Bundle, threads: int | None = None, buckets: tuple[int, ...] | None = None,
+                 tune: bool = False, trials: int | None = None, max_minutes: float | None = None):
+        super().__init__(bundle)
+        tvm = tvm_tune.require_tvm()
+        t0 = time.perf_counter()
+        trials_done = 0
+        if tune:
+            summary = tvm_tune.tune_tvm(bundle, trials or tvm_tune.DEFAULT_TRIALS,
+                                        tvm_tune.DEFAULT_MINUTES if max_minutes is None else max_minutes, buckets)
+            trials_done = summary["trials"]
+        onnx_path = checked_onnx_path(bundle)
+        onnx_sha = tvm_tune.sha256_file(onnx_path)
+        art = tvm_tune.artifact_dir(bundle)
+        manifest = tvm_tune.read_manifest(art)
+        self.buckets = tvm_tune.normalize_buckets(
+            buckets or (manifest or {}).get("buckets") or tvm_tune.DEFAULT_BUCKETS)
+        target = tvm_tune.host_target()
+        self.vm, how = self._library(bundle, manifest, target, onnx_path, onnx_sha)
+        if threads:
+            tvm.get_global_func("runtime.config_threadpool")(1, int(threads))  # process-wide TVM thread pool
+        self._setup(onnx_path)
+        self.bucket_ms = self._measure_buckets()
+        self._plan = _chunk_plan(self.bucket_ms)
+        self.warm_up()
+        self.load_seconds = time.perf_counter() - t0
+        log.info("tvm: %s ready in %.2fs (%s; buckets %s); tuning trials performed: %d", bundle.path,
+                 self.load_seconds, how, ",".join(map(str, self.buckets)), trials_done)
+
+    # -- loading -------------------------------------------------------------------------------------------
+
+    def _library(self, bundle, manifest, target, onnx_path, onnx_sha):
+        """The VM from model.so when it is current, else rebuilt (from the database when there is one)."""
+        art = tvm_tune.artifact_dir(bundle)
+        lib = art / tvm_tune.LIBRARY
+        want = tvm_tune.build_key(onnx_sha, target, self.buckets, tvm_tune.database_digest(art))
+        why = None
+        if manifest is None:
+            why = "no manifest" if lib.exists() or art.exists() else None
+        else:
+            stale = [k for k, v in want.items() if manifest.get(k) != v]
+            if stale:
+                why = f"built for another {', '.join(stale)}"
+            elif not lib.exists():
+                why = f"{lib} is missing"
+            elif tvm_tune.sha256_file(lib) != manifest.get("library", {}).get("sha256"):
+                why = f"{lib} does not match its recorded checksum (corrupt)"
+            else:
+                try:
+                    vm = tvm_tune.load_library(lib)
+                    return vm, f"library {lib.name} ({manifest.get('built_from')})"
+                except Exception as exc:
+                    why = f"{lib} cannot be loaded ({exc.__class__.__name__}: {str(exc)[:200]})"
+        if why:
+            log.warning("tvm: rebuilding %s: %s", lib, why)
+        try:
+            path = tvm_tune.build_library(bundle, self.buckets, target, onnx_path, onnx_sha)
+        except OSError as exc:  # a read-only bundle: build in memory instead of failing
+            log.warning("tvm: cannot write %s (%s); compiling in memory for this process", art, exc)
+            mod, _, _ = tvm_tune.import_onnx(onnx_path, self.layout, self.buckets)
+            database = tvm_tune.open_database(art) if art.exists() else None
+            ex = tvm_tune.build(tvm_tune.prepare(mod, target), target, database)
+            import tvm
+            from tvm import relax
+
+            return relax.VirtualMachine(ex, tvm.cpu()), "compiled in memory"
+        built = tvm_tune.read_manifest(art) or {}
+        return tvm_tune.load_library(path), f"rebuilt from {built.get('built_from', '?')}"
+
+    def _setup(self, onnx_path) -> None:
+        """Prepacked weights and preallocated input/output buffers per bucket."""
+        import tvm
+
+        _, params, self.input_names = tvm_tune.import_onnx(onnx_path, self.layout, (1,))
+        self._fn, self._weights, self._buffers, self._views = {}, {}, {}, {}
+        shapes = {"sparse": (self.layout.n_sparse,), "dense": (self.layout.n_dense,),
+                  "seq": (self.layout.n_seq, self.layout.seq_len)}
+        for b in self.buckets:
+            try:
+                self._fn[b] = self.vm[f"b{b}"]
+                prep = self.vm[f"b{b}_transform_params"]
+            except Exception as exc:
+                raise CtrzooError(f"{self.bundle.path}: the tvm library has no function for bucket {b}: {exc}") from None
+            self._weights[b] = list(prep(params))
+            bufs = [tvm.runtime.empty((b, *shapes[n]), tvm_tune.INPUT_DTYPES[n]) for n in self.input_names]
+            self._buffers[b] = bufs
+            self._views[b] = {n: np.from_dlpack(t) for n, t in zip(self.input_names, bufs)}
+            for v in self._views[b].values():
+                v[...] = 0
+        self._lock = threading.Lock()  # the VM and the buffers are shared state
+        self._n_rows = self.layout.num_embeddings
+
+    def _measure_buckets(self) -> dict[int, float]:
+        """Latency of each bucket here and now, so a batch is split into the cheapest set of calls."""
+        out = {}
+        for b in self.buckets:
+            args = (*self._buffers[b], *self._weights[b])
+            self._fn[b](*args)
+            times = []
+            for _ in range(5 if b < 512 else 2):
+                t0 = time.perf_counter()
+                self._fn[b](*args)
+                times.append(time.perf_counter() - t0)
+            out[b] = float(np.median(times) * 1e3)
+        return out
+
+    # -- predicting ----------------------------------------------------------------------------------------
+
+    def _predict(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        n = arrays["sparse"].shape[0]
+        self._check_ids(arrays)
+        out = np.empty(n, dtype=np.float32)
+        with self._lock:
+            start = 0
+            for b, rows in self._chunks(n):
+                views = self._views[b]
+                for name in self.input_names:
+                    views[name][:rows] = arrays[name][start:start + rows]
+                    if rows < b:
+                        views[name][rows:] = 0  # id 0 is the padding row: always in range
+                res = self._fn[b](*self._buffers[b], *self._weights[b])
+                out[start:start + rows] = res.numpy().reshape(-1)[:rows]
+                start += rows
+        return out
+
+    def _chunks(self, n: int):
+        top = self.buckets[-1]
+        while n > top:
+            yield top, top
+            n -= top
+        for b in self._plan[n]:
+            rows = min(b, n)
+            yield b, rows
+            n -= rows
+
+    def _check_ids(self, arrays: dict[str, np.ndarray]) -> None:
+        """TVM's gathers do not bound-check (an out-of-range id would crash the process): check here."""
+        for name in ("sparse", "seq"):
+            v = arrays[name]
+            if v.size and (v.min() < 0 or v.max() >= self._n_rows):
+                raise CtrzooError(f"predict(): input {name!r} has ids outside [0, {self._n_rows}) "
+                                  f"(min {v.min()}, max {v.max()}); encode raw values with the bundle's spec")
+
+
+def _chunk_plan(bucket_ms: dict[int, float]) -> list:
+    """For every batch size up to the largest bucket, the bucket calls of least total measured latency."""
+    top = max(bucket_ms)
+    cost = [0.0] + [float("inf")] * top
+    choice = [0] * (top + 1)
+    for n in range(1, top + 1):
+        for b, ms in bucket_ms.items():
+            c = ms + cost[max(0, n - b)]
+            if c < cost[n]:
+                cost[n], choice[n] = c, b
+    plan: list = [[] for _ in range(top + 1)]
+    for n in range(1, top + 1):
+        b = choice[n]
+        plan[n] = [b, *plan[max(0, n - b)]]
+    return plan

@@ -1,0 +1,133 @@
+"""``POST /recommend``: user tower -> index top-N -> ranking model on those candidates -> top-k.
+
+Mounted on the ranking app by ``add_recommend_routes(app, state, retrieval_bundle)`` (or
+``create_app(..., retrieval=PATH)``): the request carries user/context features only; retrieval picks
+``candidates`` items from the catalogue, whose raw item features are what the ranking model scores, with
+the same encoder, batching and model reference as ``/rank``. ``/rank`` is untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from ctrzoo.retrieval.retriever import Retriever
+from serving.schemas import ErrorResponse, Features, ModelInfo, RawValue
+
+DEFAULT_CANDIDATES = 200
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str | None = Field(default=None, max_length=200)
+    context: Features = Field(default_factory=dict, description="user/context features (profile, device, "
+                              "behaviour sequence); item features come from the catalogue")
+    top_k: int = Field(default=10, ge=1, le=1000, description="items to return, best first")
+    candidates: int | None = Field(default=None, ge=1, description="items retrieval hands to the ranking model "
+                                   f"(default {DEFAULT_CANDIDATES}, at most the service's max_candidates)")
+    exclude: list[RawValue] = Field(default_factory=list, max_length=1000,
+                                    description="item ids never to return (e.g. already bought)")
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    score: float = Field(description="the ranking model's click probability")
+    retrieval_score: float = Field(description="inner product of the user and item vectors")
+
+
+class RetrievalInfo(BaseModel):
+    version: str
+    index: str
+    catalogue_items: int
+
+
+class RecommendTiming(BaseModel):
+    retrieve_ms: float
+    rank_ms: float
+    total_ms: float
+
+
+class RecommendResponse(BaseModel):
+    request_id: str | None
+    model: ModelInfo
+    retrieval: RetrievalInfo
+    candidates: int = Field(description="items retrieved and scored by the ranking model")
+    items: list[RecommendedItem]
+    timing: RecommendTiming
+
+
+def _error(status: int, error: str, field: str | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content=ErrorResponse(error=error, field=field).model_dump())
+
+
+def add_recommend_routes(app: FastAPI, state, retrieval: str | Path | Retriever,
+                         index_dir: str | Path | None = None) -> Retriever:
+    """Load the retriever now (a bad bundle or index fails here, not on the first request) and mount
+    ``POST /recommend`` on ``app``; ``state`` is the app's ``ServiceState`` (ranking model, metrics)."""
+    retriever = retrieval if isinstance(retrieval, Retriever) else Retriever.load(retrieval, index_dir)
+    item_columns = set(retriever.item_columns)
+    retriever_columns = set(retriever.bundle.spec.raw_columns())
+    info = RetrievalInfo(version=retriever.bundle.version, index=retriever.index.kind,
+                         catalogue_items=len(retriever.catalogue))
+    app.state.retriever = retriever
+
+    def refuse(status: int, error: str, field: str | None = None) -> JSONResponse:
+        state.metrics.requests.labels(endpoint="/recommend", status=str(status)).inc()
+        return _error(status, error, field)
+
+    @app.post("/recommend", response_model=RecommendResponse, responses={422: {"model": ErrorResponse}})
+    async def recommend(req: RecommendRequest):
+        t0 = time.perf_counter()
+        m = state.model
+        if m is None:
+            return refuse(503, "model not loaded yet")
+        clash = sorted(set(req.context) & item_columns)
+        if clash:
+            return refuse(422, f"item features {clash} come from the catalogue, not the context", clash[0])
+        if state.settings.unknown_features == "reject":
+            unknown = set(req.context) - m.raw_columns - retriever_columns
+            if unknown:
+                return refuse(422, f"unknown features {sorted(unknown)}", sorted(unknown)[0])
+        limit = state.settings.max_candidates
+        n = req.candidates or min(DEFAULT_CANDIDATES, limit)
+        if n > limit:
+            return refuse(422, f"{n} candidates exceed the limit of {limit}", "candidates")
+        excluded = {str(v) for v in req.exclude}
+        pos, rscores = await asyncio.to_thread(retriever.retrieve, req.context, n + len(excluded))
+        if excluded:
+            ids = np.asarray(retriever.catalogue.ids.take(pos).to_pylist(), dtype=object)
+            keep = ~np.isin(ids, list(excluded))
+            pos, rscores = pos[keep][:n], rscores[keep][:n]
+        t1 = time.perf_counter()
+        if len(pos) == 0:
+            scores = np.zeros(0, dtype=np.float32)
+        else:
+            batch = m.encoder.encode_request(req.context, retriever.catalogue.rows(pos))
+            try:
+                if state.coalescer is not None:
+                    scores = await asyncio.wait_for(state.coalescer.predict(m, batch), state.settings.request_timeout_s)
+                else:
+                    scores = await asyncio.wait_for(asyncio.to_thread(m.predictor.predict, batch),
+                                                    state.settings.request_timeout_s)
+            except TimeoutError:
+                return refuse(503, f"prediction took longer than {state.settings.request_timeout_s}s")
+        t2 = time.perf_counter()
+        order = np.argsort(-scores, kind="stable")[: req.top_k]
+        ids = retriever.catalogue.ids.take(pos[order]).to_pylist() if len(order) else []
+        items = [RecommendedItem(item_id=i, score=float(scores[j]), retrieval_score=float(rscores[j]))
+                 for i, j in zip(ids, order)]
+        state.metrics.requests.labels(endpoint="/recommend", status="200").inc()
+        return RecommendResponse(
+            request_id=req.request_id, model=ModelInfo(name=m.name, version=m.version), retrieval=info,
+            candidates=len(pos), items=items,
+            timing=RecommendTiming(retrieve_ms=(t1 - t0) * 1e3, rank_ms=(t2 - t1) * 1e3, total_ms=(t2 - t0) * 1e3),
+        )
+
+    return retriever

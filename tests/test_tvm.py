@@ -1,0 +1,164 @@
+"""The tvm backend: parity with torch for every model (padding and splitting included), a tuned bundle is
+reused without tuning, and stale, corrupt or foreign artefacts are rebuilt or refused with a clear message.
+
+Skipped as a whole when apache-tvm is not installed (``pip install 'ctrzoo[tvm]'``); CI installs it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+
+try:
+    import tvm  # noqa: F401
+    from tvm import relax  # noqa: F401
+except ImportError as exc:
+    pytest.skip(f"apache-tvm is not installed ({exc}); `pip install 'ctrzoo[tvm]'` runs these tests",
+                allow_module_level=True)
+
+import torch
+
+from ctrzoo import runtime
+from ctrzoo.cli import main
+from ctrzoo.errors import BundleError, CtrzooError
+from ctrzoo.export import example_batch, export_onnx
+from ctrzoo.runtime.tvm_backend import _chunk_plan
+from ctrzoo.runtime.tvm_tune import DB_RECORDS, LIBRARY, MANIFEST
+from ctrzoo.train.run import train_bundle
+
+SMALL = {"emb_dim": 8, "mlp": [32, 16]}
+MODELS = {"wide_deep": "criteo", "deepfm": "criteo", "dcn": "criteo", "din": "taobao"}
+BUCKETS = (8, 64)  # small on purpose: batches 1 and 7 pad up to 8, batch 100 splits and pads
+TOL = runtime.PARITY_TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def bundles(synth_prepared, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tvm")
+    out = {}
+    for model, kind in MODELS.items():
+        hp = dict(SMALL, crosses=[["C1", "C2"]]) if model == "wide_deep" else SMALL
+        train_bundle(model, synth_prepared[kind], root / model, overrides={"epochs": 1, "max_steps": 20, "hparams": hp},
+                     progress=False, verbose=False)
+        with torch.no_grad():  # the inference graph (no training-time deduplicated lookups)
+            export_onnx(root / model)
+        out[model] = root / model
+    return out
+
+
+@pytest.fixture(scope="module")
+def tuned(bundles, tmp_path_factory):
+    """A deepfm bundle tuned through the CLI with a tiny budget (one round of one kernel)."""
+    b = tmp_path_factory.mktemp("tuned") / "deepfm"
+    shutil.copytree(bundles["deepfm"], b)
+    assert main(["tune", "--bundle", str(b), "--trials", "16", "--minutes", "2", "--buckets", "8"]) == 0
+    return b
+
+
+def _agree(predictor, ref, sizes, seed=0):
+    for n in sizes:
+        x = example_batch(ref.layout, n, seed=n + seed)
+        got = predictor.predict(x)
+        assert got.shape == (n,)
+        np.testing.assert_allclose(got, ref.predict(x), rtol=0, atol=TOL)
+
+
+def _messages(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name.startswith("ctrzoo.runtime.tvm")]
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_tvm_matches_torch(bundles, model):
+    ref = runtime.load(bundles[model], "torch")
+    p = runtime.load(bundles[model], "tvm", threads=1, buckets=BUCKETS)
+    assert p.buckets == BUCKETS
+    assert any(rows < b for b, rows in p._chunks(7)), "batch 7 must take the padding path"
+    assert sum(rows for _, rows in p._chunks(100)) == 100
+    _agree(p, ref, (1, 7, 100))
+
+
+def test_chunk_plan_covers_every_batch():
+    plan = _chunk_plan({1: 0.01, 16: 0.05, 128: 0.3})
+    for n in range(1, 129):
+        assert sum(plan[n]) >= n and sum(plan[n][:-1]) < n
+    assert plan[100] == [128]  # one padded call beats seven small ones here
+    assert plan[1] == [1]
+
+
+def test_tuned_bundle_is_reused_without_tuning(tuned, caplog, capsys):
+    art = tuned / "tvm"
+    manifest = json.loads((art / MANIFEST).read_text())
+    assert manifest["built_from"] == "database" and manifest["buckets"] == [8]
+    assert 0 < manifest["tuning"]["trials"] <= 16 and manifest["database_records"] >= 1
+    assert (art / LIBRARY).exists() and (art / DB_RECORDS).stat().st_size > 0
+    with caplog.at_level(logging.INFO, logger="ctrzoo.runtime.tvm"):
+        p = runtime.load(tuned, "tvm", threads=1)
+    msgs = _messages(caplog)
+    assert any("tuning trials performed: 0" in m for m in msgs), msgs
+    assert not any("rebuilding" in m or "built " in m for m in msgs), msgs  # loaded, neither tuned nor compiled
+    assert p.load_seconds < 10, p.load_seconds
+    _agree(p, runtime.load(tuned, "torch"), (1, 7, 20), seed=5)
+
+
+def test_time_budget_is_respected(bundles, tmp_path):
+    from ctrzoo.runtime.tvm_tune import tune_tvm
+
+    b = tmp_path / "b"
+    shutil.copytree(bundles["dcn"], b)
+    s = tune_tvm(b, trials=10_000, max_minutes=0.25, buckets=(8,))
+    assert s["stopped_by"] == "time budget" and s["tuning_seconds"] < 45, s
+    assert s["skipped_tasks"] and all("take" in t for t in s["skipped_tasks"])  # embedding lookups stay untuned
+
+
+def test_corrupt_or_foreign_library_is_rebuilt(tuned, bundles, tmp_path, caplog):
+    b = tmp_path / "corrupt"
+    shutil.copytree(tuned, b)
+    with open(b / "tvm" / LIBRARY, "r+b") as fh:  # flip bytes inside the library
+        fh.seek(4096)
+        fh.write(b"\xff" * 64)
+    with caplog.at_level(logging.INFO, logger="ctrzoo.runtime.tvm"):
+        p = runtime.load(b, "tvm", threads=1)
+    msgs = _messages(caplog)
+    assert any("does not match its recorded checksum (corrupt)" in m for m in msgs), msgs
+    assert any("from the tuning database" in m for m in msgs) and any("trials performed: 0" in m for m in msgs)
+    _agree(p, runtime.load(b, "torch"), (1, 9))
+
+    # tvm/ copied from another model's bundle: built from another model.onnx -> rebuilt for this one
+    other = tmp_path / "other"
+    shutil.copytree(bundles["dcn"], other)
+    shutil.rmtree(other / "tvm", ignore_errors=True)
+    shutil.copytree(tuned / "tvm", other / "tvm")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ctrzoo.runtime.tvm"):
+        p = runtime.load(other, "tvm", threads=1)
+    assert any("built for another onnx_sha256" in m for m in _messages(caplog)), _messages(caplog)
+    _agree(p, runtime.load(other, "torch"), (1, 9))
+
+    # an unreadable manifest: rebuilt too
+    (b / "tvm" / MANIFEST).write_text("{not json")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ctrzoo.runtime.tvm"):
+        runtime.load(b, "tvm", threads=1, buckets=(8,))
+    assert any("unreadable" in m for m in _messages(caplog))
+
+
+def test_corrupt_database_is_refused(tuned, tmp_path):
+    b = tmp_path / "db"
+    shutil.copytree(tuned, b)
+    with open(b / "tvm" / DB_RECORDS, "a") as fh:
+        fh.write('[0, {"trace": \n')
+    (b / "tvm" / LIBRARY).unlink()
+    with pytest.raises(BundleError, match=r"database_tuning_record.json:\d+: not a MetaSchedule record"):
+        runtime.load(b, "tvm")
+
+
+def test_out_of_range_ids_are_rejected(bundles):
+    p = runtime.load(bundles["deepfm"], "tvm", buckets=BUCKETS)
+    x = example_batch(p.layout, 3)
+    x["sparse"][1, 2] = p.layout.num_embeddings
+    with pytest.raises(CtrzooError, match="outside"):
+        p.predict(x)
