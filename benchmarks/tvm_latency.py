@@ -1,6 +1,6 @@
 """Tuned TVM vs onnxruntime: p50 latency of DeepFM (emb 16, MLP 400-400-400, Criteo layout) per batch size.
 
-    python benchmarks/tvm_latency.py [--minutes 10] [--trials 4000] [--buckets 1 16 128 1024] [--threads 2]
+    python benchmarks/tvm_latency.py [--minutes 10] [--trials 4000] [--buckets 1 16 128 1024] [--focus 100]
 
 A bundle shaped like the benchmark's DeepFM is trained for one step on synthetic Criteo rows (latency does
 not depend on the weights), exported, tuned with MetaSchedule within the budget (``ctrzoo.runtime.tvm_tune``),
@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0, help="tuning time budget, in total")
     ap.add_argument("--trials", type=int, default=4000, help="tuning trial budget, in total")
     ap.add_argument("--buckets", type=int, nargs="+", default=[1, 16, 128, 1024])
+    ap.add_argument("--focus", type=int, nargs="*", default=[100], help="batch sizes whose buckets weigh 4x")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 100, 1024])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=3.0, help="timing per (backend, batch size)")
@@ -47,7 +48,8 @@ def main() -> None:
     else:
         _make_bundle(bundle, a.rows)
         t0 = time.perf_counter()
-        tuning = tune_tvm(bundle, trials=a.trials, max_minutes=a.minutes, buckets=tuple(a.buckets))
+        tuning = tune_tvm(bundle, trials=a.trials, max_minutes=a.minutes, buckets=tuple(a.buckets),
+                          focus=tuple(a.focus))
         print(f"tuned in {time.perf_counter() - t0:.0f} s wall: {tuning['trials']} trials, stopped by "
               f"{tuning['stopped_by']}; library built in {tuning['build_seconds']} s")
     rows = bench_inference(bundle, ["onnxruntime", "tvm"], a.batch_sizes, a.seconds, threads=a.threads)

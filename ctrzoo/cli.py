@@ -281,7 +281,7 @@ def _cmd_tune(args: argparse.Namespace) -> None:
 
     require_tvm()
     s = tune_tvm(args.bundle, trials=args.trials, max_minutes=args.minutes,
-                 buckets=tuple(args.buckets) if args.buckets else DEFAULT_BUCKETS)
+                 buckets=tuple(args.buckets) if args.buckets else DEFAULT_BUCKETS, focus=tuple(args.focus))
     print(f"tuned {args.bundle} for batch buckets {', '.join(map(str, s['buckets']))}: {s['trials']} trials in "
           f"{s['tuning_seconds']:.0f}s (stopped by {s['stopped_by']}); library rebuilt in {s['build_seconds']:.0f}s")
     for t in sorted(s["tasks"], key=lambda t: -(t["best_us"] or 0) * t["weight"])[:8]:
@@ -472,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--minutes", type=float, default=10.0, help="time budget, in total")
     s.add_argument("--buckets", type=int, nargs="+", default=None, metavar="BATCH",
                    help="batch sizes compiled (default: 1 16 128 1024); other batches are padded or split")
+    s.add_argument("--focus", type=int, nargs="+", default=[], metavar="BATCH",
+                   help="batch sizes that matter most: the buckets serving them get 4x the tuning weight")
     s.set_defaults(func=_cmd_tune)
 
     s = sub.add_parser("demo", help="the main job end to end on built-in synthetic data")

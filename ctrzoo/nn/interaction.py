@@ -30,14 +30,14 @@ class _FMTerm(torch.autograd.Function):
     """FM's pairwise term with its gradient in one expression: ``grad_v_f = g * (sum_g v_g - v_f)``."""
 
     @staticmethod
-    def forward(ctx, fields: Tensor) -> Tensor:  # noqa: ANN001
+    def forward(ctx, fields: Tensor) -> Tensor:
         total = fields.sum(dim=1)  # [B, D]
         ctx.save_for_backward(fields, total)
         sum_of_square = torch.linalg.vector_norm(fields.flatten(1), dim=1).square()  # one pass, no temporary
         return 0.5 * (total.square().sum(dim=1) - sum_of_square)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: ANN001
+    def backward(ctx, grad: Tensor) -> Tensor:
         fields, total = ctx.saved_tensors
         return (total.unsqueeze(1) - fields).mul_(grad.view(-1, 1, 1))
 

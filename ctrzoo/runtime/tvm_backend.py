@@ -31,14 +31,16 @@ class TvmPredictor(Predictor):
     backend = "tvm"
 
     def __init__(self, bundle: Bundle, threads: int | None = None, buckets: tuple[int, ...] | None = None,
-                 tune: bool = False, trials: int | None = None, max_minutes: float | None = None):
+                 tune: bool = False, trials: int | None = None, max_minutes: float | None = None,
+                 focus: tuple[int, ...] = ()):
         super().__init__(bundle)
         tvm = tvm_tune.require_tvm()
         t0 = time.perf_counter()
         trials_done = 0
         if tune:
             summary = tvm_tune.tune_tvm(bundle, trials or tvm_tune.DEFAULT_TRIALS,
-                                        tvm_tune.DEFAULT_MINUTES if max_minutes is None else max_minutes, buckets)
+                                        tvm_tune.DEFAULT_MINUTES if max_minutes is None else max_minutes, buckets,
+                                        focus=focus)
             trials_done = summary["trials"]
         onnx_path = checked_onnx_path(bundle)
         onnx_sha = tvm_tune.sha256_file(onnx_path)

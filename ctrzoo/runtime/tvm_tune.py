@@ -49,7 +49,11 @@ DEFAULT_BUCKETS = (1, 16, 128, 1024)
 DEFAULT_TRIALS = 2000
 DEFAULT_MINUTES = 10.0
 INPUT_DTYPES = {"sparse": "int64", "dense": "float32", "seq": "int64"}
-DATA_DEPENDENT_OPS = {"Unique", "NonZero"}  # output shapes depend on values: no fixed-batch kernels
+DATA_DEPENDENT_OPS = {"Unique", "NonZero"}
+PER_ROUND = 32  # trials per tuning round of one task (the search costs seconds per round, whatever its size)
+REJECT_FACTOR = 2.0  # a candidate slower than this times the task's best gets one timed run, not three
+FOCUS_WEIGHT = 4.0
+CONSTANT_MAX_ELEMENTS = 16  # initializers this small are compiled in as constants, not passed as weights  # output shapes depend on values: no fixed-batch kernels
 # apache-tvm-ffi 0.1.15.post2 crashed while MetaSchedule saved records; 0.1.14.post0 works (pinned in the extra).
 TESTED_TVM_FFI = "0.1.14"
 
@@ -106,6 +110,7 @@ def import_onnx(onnx_path: Path, layout: TableLayout, batches: tuple[int, ...]):
     """One Relax module with a function ``b{B}`` per batch, and the weights (a list of tensors) they take."""
     import onnx
     import tvm
+    from tvm import relax
     from tvm.relax.frontend import detach_params
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -123,9 +128,21 @@ def import_onnx(onnx_path: Path, layout: TableLayout, batches: tuple[int, ...]):
             mod = from_onnx(model, shape_dict={n: shapes[n] for n in names},
                             dtype_dict={n: INPUT_DTYPES[n] for n in names}, keep_params_in_input=True)
         mod, detached = detach_params(mod)
-        funcs[f"b{b}"] = mod["main"].with_attr("global_symbol", f"b{b}")
-        params = params if params is not None else list(detached["main"])
+        # Scalars and shape-sized initializers become constants again: as runtime inputs `x ** two` is a
+        # powf per element (FM's square: 0.35 ms of 2 ms at batch 128) where a constant 2.0 folds to x * x.
+        func, values = mod["main"], list(detached["main"])
+        n_in = int(func.attrs["num_input"])
+        small = {v: tvm.runtime.tensor(t.numpy()) for v, t in zip(func.params[n_in:], values)
+                 if _size(t) <= CONSTANT_MAX_ELEMENTS}
+        func = relax.transform.BindParams("main", small)(tvm.IRModule({"main": func}))["main"]
+        funcs[f"b{b}"] = func.with_attr("global_symbol", f"b{b}")
+        if params is None:
+            params = [t for t in values if _size(t) > CONSTANT_MAX_ELEMENTS]
     return tvm.IRModule(funcs), params, names
+
+
+def _size(t) -> int:
+    return int(math.prod(int(d) for d in t.shape))
 
 
 def prepare(mod, target):
@@ -312,15 +329,16 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def tune_tvm(bundle_path: str | Path | Bundle, trials: int = DEFAULT_TRIALS, max_minutes: float = DEFAULT_MINUTES,
-             buckets: tuple[int, ...] | None = None, seed: int = 0) -> dict:
+             buckets: tuple[int, ...] | None = None, focus: tuple[int, ...] = (), seed: int = 0) -> dict:
     """Tune every bucket's kernels with MetaSchedule within ``trials`` and ``max_minutes`` (both in total),
     save the database into the bundle, and rebuild ``model.so`` from it. Returns a summary.
 
     Trial allocation: every kernel (task) of every bucket is first timed untuned (~0.1 s each); then each
-    round of 16 trials goes to the task whose tuning promises the largest cut of its bucket's latency
+    round of 32 trials goes to the task whose tuning promises the largest cut of its bucket's latency
     *relative to that bucket's latency* (MetaSchedule's gradient rule, normalised per bucket so bucket
     1024 does not starve bucket 1, seeded with the untuned times so kernels too cheap to matter cost no
-    round). The embedding lookups stay untuned (random ids read out of bounds in measurement). Tuning
+    round). ``focus`` names the batch sizes that matter most (e.g. the service's usual candidate count):
+    the buckets serving them weigh ``FOCUS_WEIGHT`` times more. The embedding lookups stay untuned (random ids read out of bounds in measurement). Tuning
     stops when the chosen task's next round would end past the time budget; the database keeps all
     measured so far (also on an interrupt), and tuning again continues from it.
     """
@@ -349,7 +367,9 @@ def tune_tvm(bundle_path: str | Path | Bundle, trials: int = DEFAULT_TRIALS, max
             mod, _, _ = import_onnx(onnx_path, layout, (b,))
             tasks.append((b, prepare(mod, target)))
         try:
-            result = _tune(tasks, target, work_dir, trials, deadline, seed)
+            served = {min([b for b in buckets if b >= f] or [buckets[-1]]) for f in focus}
+            bucket_weight = {b: FOCUS_WEIGHT if b in served else 1.0 for b in buckets}
+            result = _tune(tasks, target, work_dir, trials, deadline, seed, bucket_weight)
         finally:
             if (work_dir / DB_RECORDS).exists():  # the whole database replaces the bundle's, one rename each
                 for name in (DB_WORKLOAD, DB_RECORDS):
@@ -363,7 +383,7 @@ def tune_tvm(bundle_path: str | Path | Bundle, trials: int = DEFAULT_TRIALS, max
         "trials": result["trials"], "trials_budget": trials, "max_minutes": max_minutes,
         "tuning_seconds": round(tuning_seconds, 1), "buckets": list(buckets), "target": target,
         "tvm_version": tvm.__version__, "tasks": result["tasks"], "skipped_tasks": result["skipped"],
-        "stopped_by": result["stopped_by"],
+        "stopped_by": result["stopped_by"], "focus": list(focus), "bucket_weights": result["bucket_weights"],
     }
     build_library(bundle, buckets, target, onnx_path, onnx_sha, tuning=summary)
     summary["build_seconds"] = round(time.monotonic() - start - tuning_seconds, 1)
@@ -441,7 +461,8 @@ def _schedule_rules():
     return rules
 
 
-def _tune(bucket_mods: list, target: dict, work_dir: Path, trials: int, deadline: float, seed: int) -> dict:
+def _tune(bucket_mods: list, target: dict, work_dir: Path, trials: int, deadline: float, seed: int,
+          bucket_weight: dict[int, float]) -> dict:
     import tvm
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
@@ -461,7 +482,8 @@ def _tune(bucket_mods: list, target: dict, work_dir: Path, trials: int, deadline
             (skipped if _is_lookup(task) else entries).append((bucket, task))
     skipped = sorted({f"b{b}/{t.task_name}" for b, t in skipped})
     if not entries:
-        return {"trials": 0, "tasks": [], "skipped": skipped, "stopped_by": "no tunable tasks"}
+        return {"trials": 0, "tasks": [], "skipped": skipped, "stopped_by": "no tunable tasks",
+                "bucket_weights": bucket_weight}
 
     ms_log, restore = _metaschedule_logging(work_dir)
     try:
@@ -473,13 +495,15 @@ def _tune(bucket_mods: list, target: dict, work_dir: Path, trials: int, deadline
             contexts.append(ms.TuneContext(
                 mod=task.dispatched[0], target=tvm_target, task_name=f"b{bucket}/{task.task_name}",
                 space_generator=ms.space_generator.PostOrderApply(sch_rules=rules),
-                search_strategy=ms.search_strategy.EvolutionarySearch(population_size=256, init_min_unmeasured=32,
-                                                                      genetic_num_iters=3),
+                search_strategy=ms.search_strategy.EvolutionarySearch(population_size=192, init_min_unmeasured=24,
+                                                                      genetic_num_iters=2),
                 logger=ms_log, rand_state=rand, num_threads=cores,
             ).clone())
             weights.append(float(task.weight))
 
         evaluator = ms.runner.EvaluatorConfig(number=1, repeat=3, min_repeat_ms=10, enable_cpu_cache_flush=False)
+        probe = ms.runner.EvaluatorConfig(number=1, repeat=1, min_repeat_ms=0, enable_cpu_cache_flush=False)
+        state: dict[str, int | None] = {"task": None}
         progress = _Progress([_untuned_seconds(task, tvm_target, evaluator) for _, task in entries])
 
         @derived_object
@@ -512,9 +536,10 @@ def _tune(bucket_mods: list, target: dict, work_dir: Path, trials: int, deadline
 
         @derived_object
         class InProcessRunner(PyRunner):
-            """Times the in-memory candidates here with ``time_evaluator`` on random inputs (median of 3
-            repeats of >= 20 ms). The embedding lookups, whose random ids would read out of bounds, are
-            never sent."""
+            """Times the in-memory candidates here with ``time_evaluator`` on random inputs: one run first,
+            and only candidates within ``REJECT_FACTOR`` of the task's best get the full median of 3
+            repeats of >= 10 ms (early random candidates of a 1024-row kernel take up to 0.5 s a run).
+            The embedding lookups, whose random ids would read out of bounds, are never sent."""
 
             def run(self, inputs):
                 from tvm.s_tir.meta_schedule.runner.local_runner import LocalRunnerFuture
@@ -527,7 +552,10 @@ def _tune(bucket_mods: list, target: dict, work_dir: Path, trials: int, deadline
                     try:
                         mod = built.pop(str(item.artifact_path))
                         args = alloc_argument_common(fill, dev, [a.as_json() for a in item.args_info], 1)
-                        costs = run_evaluator_common(mod, dev, evaluator, args)
+                        costs = run_evaluator_common(mod, dev, probe, args)
+                        best = progress.best[state["task"]] if state["task"] is not None else math.inf
+                        if costs[0] < REJECT_FACTOR * best:  # a contender: time it properly
+                            costs = run_evaluator_common(mod, dev, evaluator, args)
                         futures.append(LocalRunnerFuture(res=costs, error_message=None))
                     except Exception as exc:
                         futures.append(LocalRunnerFuture(res=None, error_message=f"{exc.__class__.__name__}: {exc}"))
@@ -560,13 +588,14 @@ def _tune(bucket_mods: list, target: dict, work_dir: Path, trials: int, deadline
                 if not alive:
                     self.stopped_by = "search space exhausted"
                     return -1
-                i = progress.pick(alive, weights, buckets)
+                i = progress.pick(alive, weights, buckets, bucket_weight)
                 known = sorted(self.round_seconds.values())
                 expected = self.round_seconds.get(i, known[len(known) // 2] if known else 3.0)
                 if now + expected > deadline:
                     self.stopped_by = "time budget"
                     return -1
                 self.current, self.since = i, now
+                state["task"] = i
                 return i
 
         scheduler = BudgetScheduler()
@@ -575,7 +604,7 @@ def _tune(bucket_mods: list, target: dict, work_dir: Path, trials: int, deadline
         callbacks = [ms.measure_callback.AddToDatabase(), ms.measure_callback.UpdateCostModel(), Record()]
         if time.monotonic() < deadline:
             ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=trials,
-                          max_trials_per_task=trials, num_trials_per_iter=16, builder=InProcessBuilder(),
+                          max_trials_per_task=trials, num_trials_per_iter=PER_ROUND, builder=InProcessBuilder(),
                           runner=InProcessRunner(), database=database,
                           cost_model=ms.CostModel.create("xgb", num_tuning_cores=cores, tree_method="auto"),
                           measure_callbacks=callbacks, task_scheduler=scheduler)
@@ -587,7 +616,8 @@ def _tune(bucket_mods: list, target: dict, work_dir: Path, trials: int, deadline
     tasks = [{"task": f"b{b}/{t.task_name}", "weight": weights[i], "trials": progress.trials[i],
               "best_us": round(progress.best[i] * 1e6, 2) if math.isfinite(progress.best[i]) else None}
              for i, (b, t) in enumerate(entries)]
-    return {"trials": sum(progress.trials), "tasks": tasks, "skipped": skipped, "stopped_by": stopped_by}
+    return {"trials": sum(progress.trials), "tasks": tasks, "skipped": skipped, "stopped_by": stopped_by,
+            "bucket_weights": bucket_weight}
 
 
 def _untuned_seconds(task, target, evaluator) -> float:
@@ -631,7 +661,7 @@ class _Progress:
                 self.best[task_id] = min(self.best[task_id], vals[len(vals) // 2])
         self.history[task_id].append(self.best[task_id])
 
-    def pick(self, alive: list[int], weights: list[float], buckets: list[int]) -> int:
+    def pick(self, alive: list[int], weights: list[float], buckets: list[int], bucket_weight: dict[int, float]) -> int:
         bucket_latency: dict[int, float] = {}
         for i, b in enumerate(buckets):
             if math.isfinite(self.best[i]):
@@ -646,7 +676,8 @@ class _Progress:
             g1 = (hist[n - 1 - self.WINDOW] - best) / self.WINDOW if n >= 1 + self.WINDOW else 0.0
             g2 = best / n
             g = self.ALPHA * g1 + (1 - self.ALPHA) * g2
-            scores.append(g * weights[i] / max(bucket_latency.get(buckets[i], 1.0), 1e-12))
+            scores.append(g * weights[i] * bucket_weight.get(buckets[i], 1.0)
+                          / max(bucket_latency.get(buckets[i], 1.0), 1e-12))
         return alive[max(range(len(alive)), key=lambda k: scores[k])]
 
 
