@@ -178,3 +178,10 @@ def test_request_encoding_broadcasts_context_like_merged_rows():
         np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
     empty = enc.encode_request(context, [])
     assert empty.sparse.shape == (0, 2) and empty.seq.shape == (0, 1, 3)
+
+
+def test_spec_saves_after_its_vocabularies_were_used(tmp_path):
+    spec = _fit(_spec(), _table())
+    FeatureEncoder(spec).encode(_table())  # builds the lookup tables
+    spec.save(tmp_path)
+    assert FeatureSpec.load(tmp_path).equals(spec)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -177,7 +177,8 @@ class FeatureSpec:
         """JSON-ready dict; large vocabularies are written to ``vocab_dir`` as Parquet and referenced."""
         feats = []
         for f in self.features:
-            d = {"kind": f.kind, **{k: v for k, v in asdict(f).items() if k != "vocab"}}
+            # not dataclasses.asdict: it would deep-copy the vocabulary and its built lookup table
+            d = {"kind": f.kind, **{fl.name: getattr(f, fl.name) for fl in fields(f) if fl.name != "vocab"}}
             if isinstance(f, Categorical) and f.vocab is not None:
                 d["vocab"] = _vocab_to_json(f, vocab_dir)
             feats.append(d)
