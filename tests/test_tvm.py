@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 
 import numpy as np
@@ -74,7 +75,9 @@ def _messages(caplog) -> list[str]:
 @pytest.mark.parametrize("model", list(MODELS))
 def test_tvm_matches_torch(bundles, model):
     ref = runtime.load(bundles[model], "torch")
+    cpus = os.sched_getaffinity(0)
     p = runtime.load(bundles[model], "tvm", threads=1, buckets=BUCKETS)
+    assert os.sched_getaffinity(0) == cpus, "sizing TVM's thread pool must not pin the caller to a core"
     assert p.buckets == BUCKETS
     assert any(rows < b for b, rows in p._chunks(7)), "batch 7 must take the padding path"
     assert sum(rows for _, rows in p._chunks(100)) == 100
