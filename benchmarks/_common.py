@@ -89,3 +89,44 @@ def bench_bundle(model: str, kind: str, rows: int = 50_000, steps: int | None = 
         train_bundle(model, data, out, overrides={"epochs": 1, "max_steps": steps}, progress=False, verbose=False)
         export_onnx(out)
     return out, data
+
+
+def isolated_bench(script: Path, bundle: Path, backends: list[str], batch_sizes: list[int], seconds: float,
+                   threads: int, rounds: int) -> list[dict]:
+    """Each backend timed alone in its own child process (``script --child``), ``rounds`` times in alternating order.
+
+    In one process the idle thread pool of one backend (onnxruntime's and TVM's spin-wait) steals the cores
+    from the next, and sequential cells drift with the machine's load. Reported: the median over rounds of
+    each cell's p50/p99, and every round's ratio to onnxruntime's p50 in the same round.
+    """
+    import statistics
+
+    per: dict[tuple[str, int], list[dict]] = {}
+    order = list(backends)
+    for _ in range(rounds):
+        for backend in order:
+            for r in run_child(script, str(bundle), backend, str(seconds), str(threads), *map(str, batch_sizes))["rows"]:
+                per.setdefault((backend, r["batch"]), []).append(r)
+        order.reverse()
+    rows = []
+    for (backend, n), rs in per.items():
+        rows.append({"backend": backend, "batch": n, "p50_ms": statistics.median(r["p50_ms"] for r in rs),
+                     "p99_ms": statistics.median(r["p99_ms"] for r in rs),
+                     "rows_per_s": statistics.median(r["rows_per_s"] for r in rs), "runs": sum(r["runs"] for r in rs),
+                     "max_abs_diff": max(r["max_abs_diff"] for r in rs),
+                     "round_p50_ms": [round(r["p50_ms"], 4) for r in rs]})
+    base = {r["batch"]: r for r in rows if r["backend"] == "onnxruntime"}
+    for r in rows:
+        b = base.get(r["batch"])
+        r["p50_vs_onnxruntime"] = r["p50_ms"] / b["p50_ms"] if b else float("nan")
+        r["round_ratios"] = [round(t / o, 3) for t, o in zip(r["round_p50_ms"], b["round_p50_ms"])] if b else []
+    return sorted(rows, key=lambda r: (backends.index(r["backend"]), r["batch"]))
+
+
+def child_bench(argv: list[str]) -> None:
+    """The child side of ``isolated_bench``: ``BUNDLE BACKEND SECONDS THREADS SIZE...`` -> one JSON line."""
+    from ctrzoo.runtime.bench import bench_inference
+
+    bundle, backend, seconds, threads, *sizes = argv
+    rows = bench_inference(bundle, [backend], [int(x) for x in sizes], float(seconds), threads=int(threads))
+    print(json.dumps({"rows": rows}))

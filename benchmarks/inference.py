@@ -1,11 +1,13 @@
 """Inference latency and throughput: every backend x model x batch size, plus the int8 AUC cost.
 
-    python benchmarks/inference.py [--seconds 1.0] [--threads 2] [--models deepfm din ...]
+    python benchmarks/inference.py [--seconds 1.0] [--threads 2] [--rounds 2] [--models deepfm din ...]
 
 Models have the benchmark shapes (Criteo layout, embedding 16, MLP 400-400-400; DIN on the Taobao
 layout with its default 200-80 MLP) and are trained briefly on synthetic data: latency does not depend
 on the weights, the int8 AUC comparison uses a DeepFM trained for one epoch. The TVM rows appear when
-apache-tvm is installed (extra `tvm`); tuned libraries are used when the bundle has them.
+apache-tvm is installed (extra `tvm`); tuned libraries are used when the bundle has them. Each backend is
+timed alone in its own child process (an idle backend's spinning thread pool would steal the cores of the
+one being timed), ``--rounds`` times in alternating order; cells are medians over rounds.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from _common import WORK, bench_bundle
+from _common import WORK, bench_bundle, child_bench, isolated_bench
 
 MODELS = {"wide_deep": "criteo", "deepfm": "criteo", "dcn": "criteo", "din": "taobao"}
 
@@ -38,13 +41,16 @@ def _int8_auc_cost(threads: int) -> dict:
 
 
 def main() -> None:
-    from ctrzoo.runtime.bench import bench_inference, format_table
+    from ctrzoo.runtime.bench import format_table
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2, help="alternating child-process rounds per backend")
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--backends", nargs="+", default=["torch", "onnxruntime", "onnxruntime-int8", "fused", "tvm"])
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        return child_bench(sys.argv[2:])
     a = ap.parse_args()
     try:
         import tvm  # noqa: F401
@@ -55,9 +61,12 @@ def main() -> None:
     results = {}
     for model in a.models:
         bundle, _ = bench_bundle(model, MODELS[model])
-        rows = bench_inference(bundle, a.backends, [1, 100, 1024], a.seconds, threads=a.threads)
+        rows = isolated_bench(Path(__file__), bundle, a.backends, [1, 100, 1024], a.seconds, a.threads, a.rounds)
         results[model] = rows
         print(f"\n## {model}\n{format_table(rows)}", flush=True)
+        for r in rows:
+            if r["backend"] != "onnxruntime":
+                print(f"  {r['backend']}/onnxruntime p50 per round at batch {r['batch']}: {r['round_ratios']}")
     cost = _int8_auc_cost(a.threads)
     results["int8_auc_cost"] = cost
     print(f"\nint8 dynamic quantization, DeepFM trained 1 epoch on 240k rows, {cost['rows']:,d} test rows: "

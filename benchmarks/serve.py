@@ -52,31 +52,74 @@ def _floor(bundle, bodies: list[dict], threads: int, runs: int = 300) -> float:
     return float(np.median(times) * 1e3)
 
 
-async def _load(url: str, payloads: list[bytes], concurrency: int, total: int, max_seconds: float) -> dict:
-    import httpx
+class _Connection:
+    """A minimal HTTP/1.1 keep-alive client for one connection: pre-built request bytes out, one response in.
 
+    The load generator shares the 2 cores with the server, so it must be cheap: an httpx client spent
+    about as much CPU per request as the server's whole /rank handler.
+    """
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, request: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        body = await self.reader.readexactly(length)
+        if b"connection: close" in head.lower():
+            self.close()
+        return status, body
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def _http_request(host: str, port: int, body: bytes) -> bytes:
+    return (f"POST /rank HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def _load(host: str, port: int, payloads: list[bytes], concurrency: int, total: int, max_seconds: float) -> dict:
     latencies, server_ms, errors = [], [], 0
     sent = 0
     deadline = time.perf_counter() + max_seconds
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    requests = [_http_request(host, port, p) for p in payloads]
 
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-        async def worker(k: int) -> None:
-            nonlocal sent, errors
+    async def worker(k: int) -> None:
+        nonlocal sent, errors
+        conn = _Connection(host, port)
+        try:
             while sent < total and time.perf_counter() < deadline:
                 sent += 1
-                body = payloads[(k * 7919 + sent) % len(payloads)]
+                req = requests[(k * 7919 + sent) % len(requests)]
                 t0 = time.perf_counter()
-                r = await client.post("/rank", content=body, headers={"content-type": "application/json"})
+                try:
+                    status, body = await conn.post(req)
+                except (OSError, asyncio.IncompleteReadError, ValueError):
+                    status, body = 0, b""
+                    conn.close()
                 latencies.append(time.perf_counter() - t0)
-                if r.status_code != 200:
+                if status != 200:
                     errors += 1
                 else:
-                    server_ms.append(r.json()["timing"]["total_ms"])
+                    server_ms.append(json.loads(body)["timing"]["total_ms"])
+        finally:
+            conn.close()
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
-        wall = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    wall = time.perf_counter() - t0
     lat = np.array(latencies) * 1e3
     return {"concurrency": concurrency, "requests": len(latencies), "errors": errors, "rps": len(latencies) / wall,
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
@@ -113,7 +156,8 @@ def main() -> None:
                 pass
             time.sleep(0.1)
         share = {1: 0.2, 8: 0.4, 32: 0.4}
-        rows = [asyncio.run(_load(url, payloads, c, int(a.requests * f), a.max_seconds)) for c, f in share.items()]
+        rows = [asyncio.run(_load("127.0.0.1", port, payloads, c, int(a.requests * f), a.max_seconds))
+                for c, f in share.items()]
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=30)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import WORK, run_child, synth_file
+from _common import WORK, child_bench, isolated_bench, synth_file
 
 
 def main() -> None:
@@ -37,8 +37,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="alternating child-process rounds per backend")
     ap.add_argument("--json", action="store_true")
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        bundle, backend, seconds, threads, *sizes = sys.argv[2:]
-        return _child(bundle, backend, float(seconds), int(threads), [int(x) for x in sizes])
+        return child_bench(sys.argv[2:])
     a = ap.parse_args()
 
     from ctrzoo.runtime.bench import bench_inference, format_table
@@ -59,7 +58,7 @@ def main() -> None:
     rows = bench_inference(bundle, ["onnxruntime", "tvm"], a.batch_sizes, a.seconds, threads=a.threads)
     print("sequential (bench_inference: all onnxruntime cells, then all tvm cells):")
     print(format_table(rows))
-    rows = isolated(bundle, a.batch_sizes, a.seconds, a.threads, a.rounds)
+    rows = isolated_bench(Path(__file__), bundle, ["onnxruntime", "tvm"], a.batch_sizes, a.seconds, a.threads, a.rounds)
     print(f"isolated (each backend alone in a child process, {a.rounds} alternating rounds, median of p50s):")
     print(format_table(rows))
     for r in rows:
@@ -70,44 +69,6 @@ def main() -> None:
         print(f"tvm / onnxruntime p50 at batch 100: {ratio[100]:.2f}x -> goal 1.3x {'met' if ratio[100] <= 1.3 else 'NOT met'}")
     if a.json:
         print(json.dumps({"rows": rows, "tuning": tuning}))
-
-
-def isolated(bundle: Path, batch_sizes: list[int], seconds: float, threads: int, rounds: int) -> list[dict]:
-    """Each backend timed alone in its own child process, alternating ORT/TVM child runs ``rounds`` times.
-
-    In one process the idle thread pool of one backend (both spin-wait) steals the 2 cores from the other;
-    sequential cells in one process also drift with the machine's load. Reported: the median over rounds
-    of each cell's p50/p99, and every round's tvm/ort ratio at each batch size."""
-    import statistics
-
-    per: dict[tuple[str, int], list[dict]] = {}
-    order = ["onnxruntime", "tvm"]
-    for _ in range(rounds):
-        for backend in order:
-            for r in run_child(Path(__file__), str(bundle), backend, str(seconds), str(threads),
-                               *map(str, batch_sizes))["rows"]:
-                per.setdefault((backend, r["batch"]), []).append(r)
-        order.reverse()
-    rows = []
-    for (backend, n), rs in per.items():
-        rows.append({"backend": backend, "batch": n, "p50_ms": statistics.median(r["p50_ms"] for r in rs),
-                     "p99_ms": statistics.median(r["p99_ms"] for r in rs),
-                     "rows_per_s": statistics.median(r["rows_per_s"] for r in rs), "runs": sum(r["runs"] for r in rs),
-                     "max_abs_diff": max(r["max_abs_diff"] for r in rs),
-                     "round_p50_ms": [round(r["p50_ms"], 4) for r in rs]})
-    base = {r["batch"]: r for r in rows if r["backend"] == "onnxruntime"}
-    for r in rows:
-        b = base[r["batch"]]
-        r["p50_vs_onnxruntime"] = r["p50_ms"] / b["p50_ms"]
-        r["round_ratios"] = [round(t / o, 3) for t, o in zip(r["round_p50_ms"], b["round_p50_ms"])]
-    return sorted(rows, key=lambda r: (r["backend"], r["batch"]))
-
-
-def _child(bundle: str, backend: str, seconds: float, threads: int, batch_sizes: list[int]) -> None:
-    from ctrzoo.runtime.bench import bench_inference
-
-    rows = bench_inference(bundle, [backend], batch_sizes, seconds, threads=threads)
-    print(json.dumps({"rows": rows}))
 
 
 def _bundle(path: Path):

@@ -25,7 +25,7 @@ import pyarrow as pa
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from starlette.middleware.base import BaseHTTPMiddleware
+from pydantic import ValidationError
 
 from ctrzoo.errors import CtrzooError, SpecError
 from serving.batcher import Coalescer
@@ -76,23 +76,46 @@ def _error(status: int, error: str, field: str | None = None, detail: list | Non
     return JSONResponse(status_code=status, content=ErrorResponse(error=error, field=field, detail=detail).model_dump())
 
 
-class BodyLimit(BaseHTTPMiddleware):
-    """Refuse bodies over the limit before parsing them (413), by header or by counting."""
+class BodyLimit:
+    """Refuse bodies over the limit (413) before anything parses them: by Content-Length, or by counting the
+    chunks of a body without one. Plain ASGI (no ``BaseHTTPMiddleware``: its per-request task and stream
+    wrapping cost more than a whole /rank encoding)."""
 
     def __init__(self, app, state: ServiceState):
-        super().__init__(app)
+        self.app = app
         self.state = state
 
-    async def dispatch(self, request: Request, call_next):
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
         limit = self.state.settings.max_body_bytes
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            return _error(413, f"request body of {length} bytes exceeds the limit of {limit}", "body")
-        if request.method == "POST" and length is None:
-            body = await request.body()
-            if len(body) > limit:
-                return _error(413, f"request body exceeds the limit of {limit} bytes", "body")
-        return await call_next(request)
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if length is not None:
+            if length.isdigit() and int(length) > limit:
+                text = length.decode()
+                return await _error(413, f"request body of {text} bytes exceeds the limit of {limit}", "body")(
+                    scope, receive, send)
+            return await self.app(scope, receive, send)
+        if scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        messages, size = [], 0
+        while True:  # chunked body: buffer it, counting, then replay it to the app
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > limit:
+                return await _error(413, f"request body exceeds the limit of {limit} bytes", "body")(
+                    scope, receive, send)
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        return await self.app(scope, replay, send)
+
+
+_RANK_BODY = {"required": True, "content": {"application/json": {"schema": RankRequest.model_json_schema()}}}
 
 
 def create_app(bundle: str | None = None, settings: ServeSettings | None = None, retrieval: str | None = None,
@@ -122,14 +145,16 @@ def create_app(bundle: str | None = None, settings: ServeSettings | None = None,
     def get_state() -> ServiceState:
         return state
 
-    @app.exception_handler(RequestValidationError)
-    async def on_validation_error(request: Request, exc: RequestValidationError):
-        errors = exc.errors()
+    def validation_error(path: str, errors: list) -> JSONResponse:
         first = errors[0] if errors else {}
         field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
-        state.metrics.requests.labels(endpoint=request.url.path, status="422").inc()
+        state.metrics.requests.labels(endpoint=path, status="422").inc()
         detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors[:20]]
         return _error(422, first.get("msg", "invalid request"), field, detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError):
+        return validation_error(request.url.path, exc.errors())
 
     @app.exception_handler(SpecError)
     async def on_spec_error(request: Request, exc: SpecError):
@@ -158,9 +183,15 @@ def create_app(bundle: str | None = None, settings: ServeSettings | None = None,
                                                           "max_body_bytes": s.settings.max_body_bytes},
                 "unknown_features": s.settings.unknown_features}
 
-    @app.post("/rank", response_model=RankResponse, response_class=Response)
-    async def rank(req: RankRequest, s: ServiceState = Depends(get_state)):
+    # The body is parsed and validated in one pass by pydantic-core (Rust) from the raw bytes: FastAPI's own
+    # path (json.loads, then validating the Python objects) cost 2.5x as much for 100 candidates.
+    @app.post("/rank", response_model=RankResponse, response_class=Response, openapi_extra={"requestBody": _RANK_BODY})
+    async def rank(request: Request, s: ServiceState = Depends(get_state)):
         t0 = time.perf_counter()
+        try:
+            req = RankRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            return validation_error("/rank", exc.errors())
         m = _require_model(s)  # this request keeps this model even if a reload swaps it meanwhile
         if len(req.candidates) > s.settings.max_candidates:
             s.metrics.requests.labels(endpoint="/rank", status="422").inc()

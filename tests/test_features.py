@@ -185,3 +185,71 @@ def test_spec_saves_after_its_vocabularies_were_used(tmp_path):
     FeatureEncoder(spec).encode(_table())  # builds the lookup tables
     spec.save(tmp_path)
     assert FeatureSpec.load(tmp_path).equals(spec)
+
+
+def _request_spec() -> FeatureSpec:
+    table = pa.table({"item": ["a", "b", "a", "12", "7", "a"], "shop": ["s1", "s2", "s1", "s1", None, "s3"],
+                      "user": [7, 7, 8, 9, 9, 8], "price": [1.0, None, 3.0, 100.0, 5.0, 2.0],
+                      "clicks": [0, 3, 40, 2, None, 1], "hist": ["a^b", "", None, "b^a", "zz", "a"],
+                      "label": [1, 0, 1, 0, 0, 1]})
+    spec = FeatureSpec([Categorical("item"), Categorical("shop"), Categorical("user", hash_buckets=16),
+                        Numeric("price", transform="log1p", standardize=True, fill=-1.0),
+                        Numeric("clicks", transform="criteo_log", fill=0.5),
+                        SequenceFeature("hist", shares="item", max_len=3)], label="label")
+    return _fit(spec, table)
+
+
+REQUEST_VALUES = {
+    "item": ["a", "b", "12", 12, "zz", None, "", 7.0, 7.5, True],
+    "shop": ["s1", "s3", "nope", None, 3],
+    "user": [7, "7", 8, None, "x"],
+    "price": [1.0, 3, None, 0.25, 1e6, -2.0, "4.5", True],
+    "clicks": [0, 2, 40, None, 1.5, 1000, "7"],
+    "hist": ["a^b", ["b", "a"], "", None],
+}
+
+
+def test_request_fast_path_equals_per_column_encoding_on_random_requests():
+    """The joint-lookup path (ctrzoo.features.request) must give the per-column encoding exactly, whatever
+    mix of types, missing values and context fields a request has (odd mixes fall back per column), and
+    refuse exactly what the per-column path refuses, naming the same field."""
+    enc = FeatureEncoder(_request_spec())
+    rng = np.random.default_rng(0)
+    names = list(REQUEST_VALUES)
+    outcomes = {"equal": 0, "refused": 0}
+    for _ in range(400):
+        in_context = {n for n in names if rng.random() < 0.3}
+
+        def draw(n):
+            values = REQUEST_VALUES[n]
+            return values[rng.integers(len(values))]
+
+        context = {n: draw(n) for n in in_context}
+        candidates = [{n: draw(n) for n in names if n not in in_context and rng.random() < 0.9}
+                      for _ in range(int(rng.integers(0, 6)))]
+        results = []
+        for encode in (enc.encode_request, enc.encode_request_columns):
+            try:
+                results.append(encode(context, candidates))
+            except SpecError as exc:
+                results.append(exc.field)
+        fast, slow = results
+        if isinstance(slow, str) or isinstance(fast, str):
+            assert fast == slow, (context, candidates)
+            outcomes["refused"] += 1
+            continue
+        merged = enc.encode([{**c, **context} for c in candidates]) if candidates else slow
+        for k in ("sparse", "dense", "seq"):
+            np.testing.assert_array_equal(getattr(fast, k), getattr(slow, k), err_msg=f"{k}: {context} {candidates}")
+            np.testing.assert_array_equal(getattr(fast, k), getattr(merged, k), err_msg=k)
+        outcomes["equal"] += 1
+    assert outcomes["equal"] > 200 and outcomes["refused"] > 10, outcomes
+
+
+def test_request_fast_path_refuses_what_the_per_column_path_refuses():
+    enc = FeatureEncoder(_request_spec())
+    for bad, field in (({"price": float("nan")}, "price"), ({"clicks": float("inf")}, "clicks"),
+                       ({"price": "cheap"}, "price"), ({"item": {"x": 1}}, "item")):
+        with pytest.raises(SpecError) as err:
+            enc.encode_request({}, [{"item": "a"}, bad])
+        assert err.value.field == field

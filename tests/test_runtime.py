@@ -41,6 +41,11 @@ def test_onnxruntime_matches_torch(bundles, model):
         np.testing.assert_allclose(ort.predict(x), ref.predict(x), rtol=0, atol=runtime.PARITY_TOLERANCE)
     record = json.loads((bundles[model] / "bundle.json").read_text())["artifacts"]["onnx"]
     assert record["parity_max_abs_diff"] <= runtime.PARITY_TOLERANCE
+    # the inference graph: the training-time id dedup (torch.unique) must not be exported
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(bundles[model] / "model.onnx")).graph.node}
+    assert "Unique" not in ops, f"{model}: exported graph has training-only ops: {sorted(ops)}"
 
 
 @pytest.mark.parametrize("model", ["deepfm", "din"])
@@ -108,3 +113,25 @@ def test_cli_export_and_bench(bundles, capsys):
     assert {(r["backend"], r["batch"]) for r in rows} == {(b, n) for b in ("torch", "onnxruntime") for n in (1, 8)}
     assert all(r["max_abs_diff"] <= 1e-5 for r in rows)
     assert load_bundle(bundles["dcn"]).meta["artifacts"]["onnx"]["file"] == "model.onnx"
+
+
+@pytest.mark.parametrize("hparams", [
+    {"use_softmax": True},
+    {"pooling": "sum", "concat_sum_pool": True},
+    {"concat_sum_pool": True, "batch_norm": True, "att_activation": "prelu", "activation": "relu"},
+])
+def test_fused_din_variants_match_torch(synth_prepared, tmp_path, hparams):
+    """FusedDIN (padding removed, split first layer) equals the reference for every DIN configuration,
+    including histories that are all padding and batches of one."""
+    from ctrzoo.runtime.fused_din import FusedDIN
+
+    train_bundle("din", synth_prepared["taobao"], tmp_path / "din",
+                 overrides={"epochs": 1, "max_steps": 10, "hparams": {**SMALL, **hparams}}, progress=False,
+                 verbose=False)
+    ref = runtime.load(tmp_path / "din", "torch")
+    fused = runtime.load(tmp_path / "din", "fused")
+    assert isinstance(fused.module.model, FusedDIN)
+    for n in (1, 57, 300):
+        x = example_batch(ref.layout, n, seed=n)
+        x["seq"][: n // 3] = 0  # no history at all for some rows
+        np.testing.assert_allclose(fused.predict(x), ref.predict(x), rtol=0, atol=runtime.PARITY_TOLERANCE)

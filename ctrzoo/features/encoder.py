@@ -115,6 +115,7 @@ class FeatureEncoder:
         self.layout = spec.layout()
         self._offsets = {f.name: f.offset for f in self.layout.sparse}
         self._by_name = {c.name: c for c in spec.categorical}
+        self._request = None  # RequestEncoder, built on the first request
 
     def encode(self, data: Any) -> EncodedBatch:
         table = as_table(data, self.spec.raw_columns())
@@ -124,15 +125,33 @@ class FeatureEncoder:
         """Features whose raw column is in ``context`` are encoded once and broadcast to every candidate.
 
         This is the ranking request's shape: user, device, time and behaviour sequence once, then the
-        candidate items; the result equals encoding each candidate merged with the context.
+        candidate items; the result equals encoding each candidate merged with the context. Plain
+        vocabulary and numeric features take ``RequestEncoder``'s path (a few vectorized calls for all
+        columns together); the rest, and any request that path cannot type exactly, the per-column one.
         """
-        columns = self.spec.raw_columns()
+        if self._request is None:
+            from ctrzoo.features.request import RequestEncoder
+
+            self._request = RequestEncoder(self)
+        return self._request.encode(context, candidates)
+
+    def encode_request_columns(self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]],
+                               only: set[str] | None = None, out: EncodedBatch | None = None) -> EncodedBatch:
+        """The per-column path of ``encode_request``, for the features in ``only`` (all when None), into ``out``."""
+        features = [f for f in self.spec.features if only is None or f.name in only]
+        columns = list(dict.fromkeys(source_of(f) for f in features))
         shared = [c for c in columns if c in context]
         ctx = as_table([context], shared) if shared else None
         rows = as_table(candidates, [c for c in columns if c not in context])
-        return self._encode(rows, ctx, len(candidates))
+        return self._encode(rows, ctx, len(candidates), only, out)
 
-    def _encode(self, rows: pa.Table, shared: pa.Table | None, n: int) -> EncodedBatch:
+    def empty_batch(self, n: int) -> EncodedBatch:
+        return EncodedBatch(np.empty((n, len(self.spec.categorical)), dtype=np.int64),
+                            np.empty((n, len(self.spec.numeric)), dtype=np.float32),
+                            np.zeros((n, len(self.spec.sequence), self.layout.seq_len), dtype=np.int64))
+
+    def _encode(self, rows: pa.Table, shared: pa.Table | None, n: int, only: set[str] | None = None,
+                out: EncodedBatch | None = None) -> EncodedBatch:
         def pick(f) -> pa.Table:
             use_shared = shared is not None and source_of(f) in shared.column_names
             return shared if use_shared else rows
@@ -140,19 +159,27 @@ class FeatureEncoder:
         def fill(out: np.ndarray, values: np.ndarray) -> None:
             out[...] = values  # a 1-row context value broadcasts over all n rows here
 
-        sparse = np.empty((n, len(self.spec.categorical)), dtype=np.int64)
+        def wanted(f) -> bool:
+            return only is None or f.name in only
+
+        out = out if out is not None else self.empty_batch(n)
         for i, c in enumerate(self.spec.categorical):
-            fill(sparse[:, i], self._global_ids(c, _category_codes(pick(c), c)))
-        dense = np.empty((n, len(self.spec.numeric)), dtype=np.float32)
+            if wanted(c):
+                fill(out.sparse[:, i], self._global_ids(c, _category_codes(pick(c), c)))
         for j, f in enumerate(self.spec.numeric):
-            x = _numeric_column(pick(f), f)
-            if f.standardize:
-                x = (x - f.mean) / f.std
-            fill(dense[:, j], np.where(np.isnan(x), f.fill, x))
-        seq = np.zeros((n, len(self.spec.sequence), self.layout.seq_len), dtype=np.int64)
+            if wanted(f):
+                fill(out.dense[:, j], self.finish_numeric(f, _numeric_column(pick(f), f)))
         for k, s in enumerate(self.spec.sequence):
-            fill(seq[:, k, : s.max_len], self._sequence_ids(s, _sequence_column(pick(s), s)))
-        return EncodedBatch(sparse, dense, seq)
+            if wanted(s):
+                fill(out.seq[:, k, : s.max_len], self._sequence_ids(s, _sequence_column(pick(s), s)))
+        return out
+
+    @staticmethod
+    def finish_numeric(f: Numeric, x: np.ndarray) -> np.ndarray:
+        """Transformed values (NaN = missing) -> standardized (when fitted so), missing filled."""
+        if f.standardize:
+            x = (x - f.mean) / f.std
+        return np.where(np.isnan(x), f.fill, x)
 
     def _global_ids(self, c: Categorical, codes: Codes) -> np.ndarray:
         local = hash_lookup(codes, c.hash_buckets) if c.hash_buckets else c.vocab.lookup(codes)

@@ -1,8 +1,10 @@
-"""``torch``: the reference every other backend is checked against; ``fused``: the same graph compiled.
+"""``torch``: the reference every other backend is checked against; ``fused``: inference-only rewrites.
 
-``fused`` follows LightSeq's inference ideas on a CPU through TorchInductor: elementwise chains (Dice,
-attention's [q, k, q-k, q*k] and its masking, FM's sums, sigmoid) are fused into generated C++ loops and
-intermediate buffers are planned and reused, instead of one eager kernel and one allocation per op.
+``fused`` follows LightSeq's inference ideas on a CPU. DIN runs ``FusedDIN`` (``fused_din``): history
+padding removed and the activation unit's first layer split algebraically, which measured faster than
+compiling the padded graph (its shapes depend on the data, so it runs eagerly). The other models go
+through TorchInductor: elementwise chains (FM's sums, cross layers, sigmoid) are fused into generated C++
+loops and intermediate buffers are planned and reused, instead of one eager kernel and one allocation per op.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ class FusedPredictor(TorchPredictor):
 
     def __init__(self, bundle: Bundle, threads: int | None = None):
         super().__init__(bundle, threads)
-        # one graph for every batch size (dynamic=True) so serving never recompiles on a new size
-        self.module = torch.compile(self.module, dynamic=True, fullgraph=True)
+        from ctrzoo.models.din import DIN
+
+        if isinstance(self.module.model, DIN):
+            from ctrzoo.runtime.fused_din import FusedDIN
+
+            self.module = ProbabilityModel(FusedDIN(self.module.model)).eval()
+        else:  # one graph for every batch size (dynamic=True) so serving never recompiles on a new size
+            self.module = torch.compile(self.module, dynamic=True, fullgraph=True)
         self.warm_up()
