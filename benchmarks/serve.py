@@ -39,10 +39,10 @@ def _requests(data_dir, n_candidates: int, pool: int = 50) -> list[dict]:
     return [{"candidates": rows[i * n_candidates:(i + 1) * n_candidates]} for i in range(pool)]
 
 
-def _floor(bundle, bodies: list[dict], threads: int, runs: int = 300) -> float:
+def _floor(bundle, bodies: list[dict], backend: str, threads: int, runs: int = 300) -> float:
     from serving.model_state import load_model
 
-    m = load_model(bundle, "onnxruntime", threads)
+    m = load_model(bundle, backend, threads)
     times = []
     for i in range(runs):
         body = bodies[i % len(bodies)]
@@ -132,18 +132,19 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=100)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="inference threads per server worker")
+    ap.add_argument("--backend", default="onnxruntime", help="e.g. onnxruntime-int8 (not exact; see BENCHMARKS.md)")
     ap.add_argument("--max-seconds", type=float, default=90, help="per concurrency level")
     a = ap.parse_args()
 
     bundle, data = bench_bundle("deepfm", "criteo")
     bodies = _requests(data, a.candidates)
     payloads = [json.dumps(b).encode() for b in bodies]
-    floor_ms = _floor(bundle, bodies, a.threads)
+    floor_ms = _floor(bundle, bodies, a.backend, a.threads)
 
     port = _free_port()
     env = dict(os.environ, CTRZOO_THREADS=str(a.threads))
     server = subprocess.Popen([sys.executable, "-m", "ctrzoo", "serve", "--bundle", str(bundle), "--port", str(port),
-                               "--workers", str(a.workers), "--log-level", "warning"], env=env)
+                               "--workers", str(a.workers), "--backend", a.backend, "--log-level", "warning"], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         import httpx
@@ -163,7 +164,7 @@ def main() -> None:
         server.wait(timeout=30)
 
     print(f"DeepFM (Criteo layout, emb 16, MLP 400-400-400), {a.candidates} candidates per request, "
-          f"{a.workers} uvicorn worker(s), {a.threads} inference thread(s)")
+          f"{a.workers} uvicorn worker(s), backend {a.backend}, {a.threads} inference thread(s)")
     print(f"in-process floor (encode + predict, no HTTP/JSON): p50 {floor_ms:.2f} ms")
     print(f"{'concurrency':>11}{'requests':>10}{'errors':>8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'server p50':>12}")
     for r in rows:

@@ -458,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the /rank service on a bundle under uvicorn")
     s.add_argument("--bundle", required=True)
-    s.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "fused", "tvm"])
+    s.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "onnxruntime-int8", "torch", "fused", "tvm"])
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--workers", type=int, default=1)

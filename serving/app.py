@@ -16,22 +16,24 @@ import contextlib
 import logging
 import os
 import signal
-import time
 from contextlib import asynccontextmanager
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import ValidationError
 
 from ctrzoo.errors import CtrzooError, SpecError
 from serving.batcher import Coalescer
 from serving.metrics import ServiceMetrics
 from serving.model_state import LoadedModel, load_model
-from serving.schemas import ErrorResponse, ModelInfo, RankRequest, RankResponse, ReloadRequest, Timing
+from serving.rank import RankLane, handle_rank, validation_error_body
+from serving.schemas import (
+    ErrorResponse,
+    RankRequest,
+    RankResponse,
+    ReloadRequest,
+)
 from serving.settings import ServeSettings
 
 log = logging.getLogger("ctrzoo.serving")
@@ -140,21 +142,17 @@ def create_app(bundle: str | None = None, settings: ServeSettings | None = None,
     app = FastAPI(title="ctrzoo ranking service", lifespan=lifespan,
                   responses={422: {"model": ErrorResponse}, 413: {"model": ErrorResponse}})
     app.state.service = state
-    app.add_middleware(BodyLimit, state=state)
+    if settings.rank_lane:
+        app.add_middleware(RankLane, state=state)
+    app.add_middleware(BodyLimit, state=state)  # added last: outermost, so the lane sees checked bodies
 
-    def get_state() -> ServiceState:
+    async def get_state() -> ServiceState:  # async: FastAPI runs a sync dependency in a worker thread
         return state
-
-    def validation_error(path: str, errors: list) -> JSONResponse:
-        first = errors[0] if errors else {}
-        field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
-        state.metrics.requests.labels(endpoint=path, status="422").inc()
-        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors[:20]]
-        return _error(422, first.get("msg", "invalid request"), field, detail)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError):
-        return validation_error(request.url.path, exc.errors())
+        state.metrics.requests.labels(endpoint=request.url.path, status="422").inc()
+        return Response(validation_error_body(exc.errors()), status_code=422, media_type="application/json")
 
     @app.exception_handler(SpecError)
     async def on_spec_error(request: Request, exc: SpecError):
@@ -183,53 +181,13 @@ def create_app(bundle: str | None = None, settings: ServeSettings | None = None,
                                                           "max_body_bytes": s.settings.max_body_bytes},
                 "unknown_features": s.settings.unknown_features}
 
-    # The body is parsed and validated in one pass by pydantic-core (Rust) from the raw bytes: FastAPI's own
-    # path (json.loads, then validating the Python objects) cost 2.5x as much for 100 candidates.
+    # The work is serving.rank.handle_rank, which RankLane (below) calls without FastAPI's routing; this
+    # route documents the endpoint (request and response schemas in /openapi.json) and serves it when the
+    # app is mounted without the lane. The body is parsed from the raw bytes (parse_rank_request).
     @app.post("/rank", response_model=RankResponse, response_class=Response, openapi_extra={"requestBody": _RANK_BODY})
-    async def rank(request: Request, s: ServiceState = Depends(get_state)):
-        t0 = time.perf_counter()
-        try:
-            req = RankRequest.model_validate_json(await request.body())
-        except ValidationError as exc:
-            return validation_error("/rank", exc.errors())
-        m = _require_model(s)  # this request keeps this model even if a reload swaps it meanwhile
-        if len(req.candidates) > s.settings.max_candidates:
-            s.metrics.requests.labels(endpoint="/rank", status="422").inc()
-            return _error(422, f"{len(req.candidates)} candidates exceed the limit of {s.settings.max_candidates}",
-                          "candidates")
-        problem = _check_names(req, m, s.settings.unknown_features)
-        if problem is not None:
-            s.metrics.requests.labels(endpoint="/rank", status="422").inc()
-            return problem
-        try:
-            batch = m.encoder.encode_request(req.context, req.candidates)
-        except (pa.ArrowException, ValueError, TypeError) as exc:  # a value shape the checks above missed
-            log.warning("request could not be encoded: %s", exc)
-            s.metrics.requests.labels(endpoint="/rank", status="422").inc()
-            return _error(422, f"a feature value could not be encoded: {exc}")
-        t1 = time.perf_counter()
-        try:
-            if s.coalescer is not None:
-                scores = await asyncio.wait_for(s.coalescer.predict(m, batch), s.settings.request_timeout_s)
-            else:
-                scores = await asyncio.wait_for(asyncio.to_thread(m.predictor.predict, batch),
-                                                s.settings.request_timeout_s)
-        except TimeoutError:
-            s.metrics.requests.labels(endpoint="/rank", status="503").inc()
-            return _error(503, f"prediction took longer than {s.settings.request_timeout_s}s")
-        t2 = time.perf_counter()
-        order = np.argsort(-scores, kind="stable")
-        if req.top_k is not None:
-            order = order[: req.top_k]
-        s.metrics.requests.labels(endpoint="/rank", status="200").inc()
-        s.metrics.candidates.inc(len(req.candidates))
-        s.metrics.latency.observe(t2 - t0)
-        body = RankResponse(
-            request_id=req.request_id, model=ModelInfo(name=m.name, version=m.version),
-            scores=scores.astype(float).tolist(), ranking=order.tolist(),
-            timing=Timing(encode_ms=(t1 - t0) * 1e3, predict_ms=(t2 - t1) * 1e3, total_ms=(t2 - t0) * 1e3),
-        )
-        return Response(body.model_dump_json(), media_type="application/json")  # serialized in Rust
+    async def rank(request: Request):
+        status, payload = await handle_rank(state, await request.body())
+        return Response(payload, status_code=status, media_type="application/json")
 
     @app.post("/admin/reload")
     async def reload(body: ReloadRequest | None = None, authorization: str | None = Header(default=None),
@@ -265,22 +223,6 @@ def _require_model(s: ServiceState) -> LoadedModel:
     if s.model is None:
         raise CtrzooError("model not loaded")
     return s.model
-
-
-def _check_names(req: RankRequest, m: LoadedModel, policy: str) -> JSONResponse | None:
-    ctx = set(req.context)
-    seen: set[str] = set()
-    for c in req.candidates:
-        seen.update(c)
-    both = ctx & seen
-    if both:
-        return _error(422, f"features given both in context and in candidates: {sorted(both)}", sorted(both)[0])
-    if policy == "reject":
-        unknown = (ctx | seen) - m.raw_columns
-        if unknown:
-            return _error(422, f"unknown features {sorted(unknown)} (this model reads {sorted(m.raw_columns)})",
-                          sorted(unknown)[0])
-    return None
 
 
 def _feature_docs(m: LoadedModel) -> list[dict]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 _SCHEMA = {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}, {"type": "null"},
@@ -53,3 +54,33 @@ class ErrorResponse(BaseModel):
 class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     bundle: str | None = Field(default=None, description="bundle directory; default: the one being served")
+
+
+_RANK_KEYS = frozenset(RankRequest.model_fields)
+
+
+def parse_rank_request(body: bytes) -> RankRequest:
+    """The /rank body as a ``RankRequest``; raises pydantic's ``ValidationError`` (with its messages) when invalid.
+
+    The well-formed common case is parsed by orjson and checked structurally (values are checked by the
+    encoder, column by column), which costs half of pydantic-core's parse-and-validate of 100 candidate
+    dicts; anything else goes through pydantic, so errors read the same either way. (orjson refuses the
+    NaN and Infinity that pydantic reads: those then reach the encoder, which refuses them naming the field.)
+    """
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return RankRequest.model_validate_json(body)
+    if _well_formed(data):
+        return RankRequest.model_construct(**data)
+    return RankRequest.model_validate(data)
+
+
+def _well_formed(data: Any) -> bool:
+    if type(data) is not dict or "candidates" not in data or not _RANK_KEYS.issuperset(data):
+        return False
+    candidates, context = data["candidates"], data.get("context", {})
+    request_id, top_k = data.get("request_id"), data.get("top_k")
+    return (type(candidates) is list and all(type(c) is dict for c in candidates) and type(context) is dict
+            and (request_id is None or (type(request_id) is str and len(request_id) <= 200))
+            and (top_k is None or (type(top_k) is int and top_k >= 1)))

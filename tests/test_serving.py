@@ -59,14 +59,19 @@ def _offline_scores(bundle_dir, data_dir):
     return raw, probs
 
 
-def test_deepfm_rank_equals_offline_scores(bundles, synth_prepared):
+@pytest.mark.parametrize("rank_lane", [True, False], ids=["plain-asgi-lane", "fastapi-route"])
+def test_deepfm_rank_equals_offline_scores(bundles, synth_prepared, rank_lane):
     raw, offline = _offline_scores(bundles["deepfm"], synth_prepared["criteo"])
     rows = [{k: v for k, v in r.items() if k != "label"} for r in raw[:300]]
-    with TestClient(create_app(str(bundles["deepfm"]))) as client:
+    with TestClient(create_app(str(bundles["deepfm"]), rank_lane=rank_lane)) as client:
         for start in range(0, 300, 100):
             r = client.post("/rank", json={"candidates": rows[start:start + 100]})
             assert r.status_code == 200, r.text
             np.testing.assert_allclose(r.json()["scores"], offline[start:start + 100], rtol=0, atol=1e-6)
+        bad = client.post("/rank", content=b'{"candidates": [{"I1": "many"}]}')
+        assert bad.status_code == 422 and bad.json()["field"] == "I1"
+        schema = client.get("/openapi.json").json()["paths"]["/rank"]["post"]["requestBody"]
+        assert "candidates" in schema["content"]["application/json"]["schema"]["properties"]
 
 
 def test_din_rank_with_sequence_in_context_equals_offline_scores(bundles, synth_prepared, din_client):

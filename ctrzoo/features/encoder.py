@@ -129,6 +129,8 @@ class FeatureEncoder:
         vocabulary and numeric features take ``RequestEncoder``'s path (a few vectorized calls for all
         columns together); the rest, and any request that path cannot type exactly, the per-column one.
         """
+        if not isinstance(candidates, list | tuple):  # a table (e.g. a retrieval catalogue's rows): per column
+            return self.encode_request_columns(context, candidates)
         if self._request is None:
             from ctrzoo.features.request import RequestEncoder
 
