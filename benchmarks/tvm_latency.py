@@ -64,9 +64,16 @@ def main() -> None:
     for r in rows:
         if r["backend"] == "tvm":
             print(f"  tvm/ort per round at batch {r['batch']}: {r['round_ratios']}")
-    ratio = {r["batch"]: r["p50_vs_onnxruntime"] for r in rows if r["backend"] == "tvm"}
+    # The verdict compares TVM's median with onnxruntime's *best* round: onnxruntime's p50 on this machine is
+    # bimodal (~0.77 ms with both cores to itself, ~1.2 ms in some child runs), and the medians would credit
+    # TVM with onnxruntime's bad minutes.
+    ort_best = {r["batch"]: min(r["round_p50_ms"]) for r in rows if r["backend"] == "onnxruntime"}
+    ratio = {r["batch"]: r["p50_ms"] / ort_best[r["batch"]] for r in rows if r["backend"] == "tvm"}
+    for n, x in sorted(ratio.items()):
+        print(f"tvm median p50 / onnxruntime best-round p50 at batch {n}: {x:.2f}x")
     if 100 in ratio:
-        print(f"tvm / onnxruntime p50 at batch 100: {ratio[100]:.2f}x -> goal 1.3x {'met' if ratio[100] <= 1.3 else 'NOT met'}")
+        print(f"goal tvm within 1.3x of onnxruntime at batch 100: {ratio[100]:.2f}x -> "
+              f"{'met' if ratio[100] <= 1.3 else 'NOT met'}")
     if a.json:
         print(json.dumps({"rows": rows, "tuning": tuning}))
 
