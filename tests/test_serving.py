@@ -260,3 +260,55 @@ def test_hot_reload_under_load_loses_no_request(bundles, tmp_path):
     for mine in seen:  # each client saw the old version, then the new one, and never went back
         switches = sum(1 for a, b in itertools.pairwise(mine) if a != b)
         assert mine[0] == v1 and mine[-1] == v2 and switches == 1, (mine[:3], mine[-3:], switches)
+
+
+class _CountingPredictor:
+    """Records the batch sizes it is called with; a batch with a negative id raises."""
+
+    def __init__(self):
+        import threading
+
+        self.calls: list[int] = []
+        self.gate = threading.Event()  # held closed until every request is queued
+
+    def predict(self, batch):
+        self.gate.wait(10)
+        self.calls.append(len(batch))
+        if (batch.sparse < 0).any():
+            raise ValueError("bad batch")
+        return batch.sparse[:, 0].astype(np.float32)
+
+
+def test_coalescer_merges_queued_requests_up_to_max_rows_and_delivers_slices():
+    import asyncio
+    from types import SimpleNamespace
+
+    from ctrzoo.features import EncodedBatch
+    from serving.batcher import Coalescer
+
+    def batch(first_id, rows):
+        return EncodedBatch(np.arange(first_id, first_id + rows, dtype=np.int64)[:, None],
+                            np.zeros((rows, 0), np.float32), np.zeros((rows, 0, 0), np.int64))
+
+    predictor = _CountingPredictor()
+    model = SimpleNamespace(predictor=predictor)
+
+    async def main():
+        c = Coalescer(max_rows=100)
+        try:
+            sizes = [40, 40, 40, 30, 90, 5]
+            starts = np.cumsum([0, *sizes[:-1]]) * 10
+            tasks = [asyncio.create_task(c.predict(model, batch(int(s), n))) for s, n in zip(starts, sizes)]
+            await asyncio.sleep(0.05)  # all queued; the predict thread holds at most the first
+            predictor.gate.set()
+            results = await asyncio.gather(*tasks)
+            for s, n, r in zip(starts, sizes, results):
+                np.testing.assert_array_equal(r, np.arange(s, s + n, dtype=np.float32))
+            bad = await asyncio.gather(c.predict(model, batch(-5, 3)), return_exceptions=True)
+            assert isinstance(bad[0], ValueError)
+        finally:
+            c.close()
+
+    asyncio.run(main())
+    assert sum(predictor.calls[:-1]) == 245 and max(predictor.calls[:-1]) <= 100
+    assert len(predictor.calls[:-1]) < 6, predictor.calls  # queued requests were merged

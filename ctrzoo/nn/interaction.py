@@ -70,7 +70,9 @@ class CrossNetwork(nn.Module):
         x = x0
         for layer in range(self.num_layers):
             if self.form == "vector":
-                x = x0 * (x @ self.weight[layer]).unsqueeze(-1) + self.bias[layer] + x
+                # x_l . w_l as a multiply and a row sum, not a matrix-vector product: onnxruntime runs a
+                # MatMul with a 1-d operand as a GEMM of width 1, 70 us a layer at batch 100 instead of ~5
+                x = x0 * (x * self.weight[layer]).sum(dim=-1, keepdim=True) + self.bias[layer] + x
             else:
                 x = x0 * self.linears[layer](x) + x
         return x
