@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -62,10 +63,25 @@ class ServiceState:
                 self.metrics.reloads.labels(outcome="refused").inc()
                 raise
             self.install(model)
+            _settle_gc(self.settings.gc_gen0_threshold, collect=False)  # a full collection would stall serving
             self.settings = _replace_bundle(self.settings, target)
             self.metrics.reloads.labels(outcome="ok").inc()
             log.info("serving %s version %s from %s", model.name, model.version, target)
             return model
+
+
+def _settle_gc(gen0_threshold: int, collect: bool = True) -> None:
+    """Keep the cyclic GC off the loaded model: ``gc.freeze()`` moves everything alive now (the bundle, the
+    vocabulary tables with their Python strings, millions for a Criteo-sized vocabulary) out of the
+    collector's sight, so full collections no longer walk them in the middle of requests. Optionally a
+    larger generation-0 threshold (a 100-candidate request allocates ~8000 objects). On the benchmark's small
+    vocabularies neither changed throughput beyond this machine's run-to-run noise (±15%)."""
+    if collect:
+        gc.collect()
+    gc.freeze()
+    if gen0_threshold > 0:
+        _, gen1, gen2 = gc.get_threshold()
+        gc.set_threshold(gen0_threshold, gen1, gen2)
 
 
 def _replace_bundle(settings: ServeSettings, bundle: str) -> ServeSettings:
@@ -131,6 +147,7 @@ def create_app(bundle: str | None = None, settings: ServeSettings | None = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state.install(await asyncio.to_thread(load_model, settings.bundle, settings.backend, settings.threads))
+        _settle_gc(settings.gc_gen0_threshold)
         loop = asyncio.get_running_loop()
         # not possible outside the main thread (tests) or without signals: reload stays available over HTTP
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):

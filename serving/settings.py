@@ -25,6 +25,8 @@ class ServeSettings:
     admin_token: str | None = None
     # POST /rank through serving.rank.RankLane (plain ASGI) instead of FastAPI's routing: same answers, less work
     rank_lane: bool = True
+    # after a model is loaded: gc.freeze(), and this generation-0 threshold if > 0 (else Python's); app._settle_gc
+    gc_gen0_threshold: int = 0
 
     @classmethod
     def from_env(cls, **overrides) -> ServeSettings:
