@@ -256,6 +256,36 @@ def test_a_model_bundle_is_not_a_retrieval_bundle(ranker):
         load_retrieval_bundle(ranker)
 
 
+def test_saving_replaces_a_retrieval_bundle_but_never_a_model_bundle_or_other_files(rbundle, ranker, tmp_path):
+    import shutil
+
+    from ctrzoo.errors import CtrzooError
+    from ctrzoo.retrieval.bundle import save_retrieval_bundle
+
+    rb = load_retrieval_bundle(rbundle[0])
+    model, spec, catalogue = rb.build_model(), rb.spec, rb.catalogue()
+
+    def save(out):
+        return save_retrieval_bundle(out, model, spec, catalogue, {"note": "resaved"})
+
+    copy = tmp_path / "copy"
+    shutil.copytree(rbundle[0], copy)
+    save(copy)  # an earlier retrieval bundle is replaced
+    assert json.loads((copy / "bundle.json").read_text())["note"] == "resaved"
+    assert load_retrieval_bundle(copy).catalogue().ids.to_pylist() == catalogue.ids.to_pylist()
+    before = sorted(p.name for p in ranker.iterdir())
+    with pytest.raises(CtrzooError, match="model bundle, not a retrieval bundle"):
+        save(ranker)
+    assert sorted(p.name for p in ranker.iterdir()) == before  # untouched
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(CtrzooError, match="not a retrieval bundle"):
+        save(other)
+    assert (other / "notes.txt").read_text() == "keep me"
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary directories left
+
+
 def test_cli_train_index_and_bench(shop, tmp_path, capsys):
     out = tmp_path / "r"
     assert main(["train-retrieval", "--data", str(shop / "data"), "--out", str(out), "--epochs", "1",

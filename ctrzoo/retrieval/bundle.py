@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 import torch
 
 import ctrzoo
+from ctrzoo.atomic import building, read_json
 from ctrzoo.errors import CtrzooError
 from ctrzoo.features import FeatureSpec
 from ctrzoo.retrieval.catalogue import CATALOGUE_FILE, Catalogue
@@ -82,10 +81,9 @@ def save_retrieval_bundle(out: str | Path, model: TwoTower, spec: FeatureSpec, c
                           meta: dict[str, Any]) -> Path:
     """Write a retrieval bundle atomically; an existing one is replaced, any other directory is refused."""
     out = Path(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    if (out / META_FILE).exists() and read_json(out / META_FILE, CtrzooError, "bundle metadata").get("kind") != "retrieval":
+        raise CtrzooError(f"{out} is a model bundle, not a retrieval bundle: refusing to replace it")
+    with building(out, META_FILE, "retrieval bundle") as tmp:
         spec.save(tmp)
         torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp / WEIGHTS_FILE)
         catalogue.save(tmp / CATALOGUE_FILE)
@@ -102,23 +100,7 @@ def save_retrieval_bundle(out: str | Path, model: TwoTower, spec: FeatureSpec, c
                           "columns": catalogue.feature_columns},
             **meta,
         }
-        (tmp / META_FILE).write_text(json.dumps(full, indent=1, default=str))
-        if out.exists():
-            if (out / META_FILE).exists():
-                kind = json.loads((out / META_FILE).read_text()).get("kind")
-                if kind != "retrieval":
-                    raise CtrzooError(f"{out} is a model bundle, not a retrieval bundle: refusing to replace it")
-            elif any(out.iterdir()):
-                raise CtrzooError(f"{out} exists and is not a retrieval bundle: refusing to replace it")
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / META_FILE).write_text(json.dumps(full, indent=1, default=str))  # the marker, written last
     return out
 
 
