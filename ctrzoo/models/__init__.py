@@ -22,6 +22,16 @@ _MODELS: dict[str, type[nn.Module]] = {}
 ModelClass = TypeVar("ModelClass", bound=type[nn.Module])
 
 
+def constructor_hparams(arguments: dict[str, object]) -> dict[str, object]:
+    """A model's hyper-parameters from its constructor's ``locals()`` (taken first thing in ``__init__``):
+    every argument but ``self`` and ``layout``, sequences as JSON lists, so a bundle can rebuild the model."""
+
+    def plain(v: object) -> object:
+        return [plain(x) for x in v] if isinstance(v, list | tuple) else v
+
+    return {k: plain(v) for k, v in arguments.items() if k not in ("self", "layout", "__class__")}
+
+
 def register_model(name: str) -> Callable[[ModelClass], ModelClass]:
     """Class decorator: make the model constructible as ``build_model(name, ...)``."""
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ctrzoo.features.layout import TableLayout
-from ctrzoo.models import register_model
+from ctrzoo.models import constructor_hparams, register_model
 from ctrzoo.nn import MLP, CrossNetwork, FeatureEmbedding
 
 
@@ -32,17 +32,9 @@ class DCN(nn.Module):
         cross_form: str = "vector",
         sparse_grad: bool = False,
     ) -> None:
+        hparams = constructor_hparams(locals())
         super().__init__()
-        self.hparams = {
-            "emb_dim": emb_dim,
-            "mlp": [int(h) for h in mlp],
-            "dropout": dropout,
-            "activation": activation,
-            "batch_norm": batch_norm,
-            "num_cross_layers": num_cross_layers,
-            "cross_form": cross_form,
-            "sparse_grad": sparse_grad,
-        }
+        self.hparams = hparams
         in_dim = layout.n_sparse * emb_dim + layout.n_dense
         self.embedding = FeatureEmbedding(layout, emb_dim, sparse_grad=sparse_grad)
         self.cross = CrossNetwork(in_dim, num_cross_layers, form=cross_form)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ctrzoo.features.layout import TableLayout
-from ctrzoo.models import register_model
+from ctrzoo.models import constructor_hparams, register_model
 from ctrzoo.nn import MLP, DenseEmbedding, FactorizationMachine, FeatureEmbedding
 
 
@@ -31,15 +31,9 @@ class DeepFM(nn.Module):
         batch_norm: bool = False,
         sparse_grad: bool = False,
     ) -> None:
+        hparams = constructor_hparams(locals())
         super().__init__()
-        self.hparams = {
-            "emb_dim": emb_dim,
-            "mlp": [int(h) for h in mlp],
-            "dropout": dropout,
-            "activation": activation,
-            "batch_norm": batch_norm,
-            "sparse_grad": sparse_grad,
-        }
+        self.hparams = hparams
         self.embedding = FeatureEmbedding(layout, emb_dim, sparse_grad=sparse_grad)
         self.dense_embedding = DenseEmbedding(layout.n_dense, emb_dim) if layout.n_dense else None
         self.dense_linear = nn.Linear(layout.n_dense, 1, bias=False) if layout.n_dense else None

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ctrzoo.errors import CtrzooError
 from ctrzoo.features.layout import TableLayout
-from ctrzoo.models import register_model
+from ctrzoo.models import constructor_hparams, register_model
 from ctrzoo.nn import MLP, FeatureEmbedding, SequencePooling, TargetAttention, padding_mask
 
 
@@ -40,22 +40,11 @@ class DIN(nn.Module):
         concat_sum_pool: bool = False,
         sparse_grad: bool = False,
     ) -> None:
+        hparams = constructor_hparams(locals())
         super().__init__()
         if pooling not in ("attention", "sum"):
             raise CtrzooError(f"unknown DIN pooling {pooling!r}; expected 'attention' or 'sum'")
-        self.hparams = {
-            "emb_dim": emb_dim,
-            "mlp": [int(h) for h in mlp],
-            "dropout": dropout,
-            "activation": activation,
-            "batch_norm": batch_norm,
-            "att_hidden": [int(h) for h in att_hidden],
-            "att_activation": att_activation,
-            "use_softmax": use_softmax,
-            "pooling": pooling,
-            "concat_sum_pool": concat_sum_pool,
-            "sparse_grad": sparse_grad,
-        }
+        self.hparams = hparams
         self.shares = [s.shares_index for s in layout.seq]
         self.pooling = pooling
         self.concat_sum_pool = concat_sum_pool

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ctrzoo.errors import CtrzooError
 from ctrzoo.features.layout import TableLayout
-from ctrzoo.models import register_model
+from ctrzoo.models import constructor_hparams, register_model
 from ctrzoo.nn import MLP, FeatureEmbedding
 
 # Multipliers of the cross-product hash; ids stay far below 2**32, so products never overflow int64.
@@ -39,18 +39,10 @@ class WideDeep(nn.Module):
         cross_buckets: int = 200_003,
         sparse_grad: bool = False,
     ) -> None:
+        hparams = constructor_hparams(locals())
         super().__init__()
         pairs = [_cross_pair(layout, c) for c in crosses]
-        self.hparams = {
-            "emb_dim": emb_dim,
-            "mlp": [int(h) for h in mlp],
-            "dropout": dropout,
-            "activation": activation,
-            "batch_norm": batch_norm,
-            "crosses": [[str(a), str(b)] for a, b in crosses],
-            "cross_buckets": cross_buckets,
-            "sparse_grad": sparse_grad,
-        }
+        self.hparams = hparams
         self.embedding = FeatureEmbedding(layout, emb_dim, sparse_grad=sparse_grad)
         self.dense_linear = nn.Linear(layout.n_dense, 1, bias=False) if layout.n_dense else None
         self.bias = nn.Parameter(torch.zeros(1))
