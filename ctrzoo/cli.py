@@ -267,11 +267,17 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     from ctrzoo.bundle import load_bundle
 
     load_bundle(args.bundle)  # fail here, clearly, before starting workers
+    if args.retrieval:
+        from ctrzoo.retrieval.bundle import load_retrieval_bundle
+
+        load_retrieval_bundle(args.retrieval)
     # workers are separate processes: they read their settings from the environment
     os.environ["CTRZOO_BUNDLE"] = str(Path(args.bundle).resolve())
     os.environ["CTRZOO_BACKEND"] = args.backend
     if args.threads:
         os.environ["CTRZOO_THREADS"] = str(args.threads)
+    if args.retrieval:
+        os.environ["CTRZOO_RETRIEVAL"] = str(Path(args.retrieval).resolve())
     uvicorn.run("serving.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
                 log_level=args.log_level, access_log=False)
 
@@ -463,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--workers", type=int, default=1)
     s.add_argument("--threads", type=int, default=None, help="inference threads per worker")
+    s.add_argument("--retrieval", default=None, help="a retrieval bundle with its index: also serve POST /recommend")
     s.add_argument("--log-level", default="info")
     s.set_defaults(func=_cmd_serve)
 

@@ -256,6 +256,17 @@ def test_a_model_bundle_is_not_a_retrieval_bundle(ranker):
         load_retrieval_bundle(ranker)
 
 
+def test_serve_refuses_a_missing_retrieval_bundle_before_starting(ranker, tmp_path, capsys, monkeypatch):
+    for name in ("CTRZOO_RETRIEVAL", "CTRZOO_BUNDLE", "CTRZOO_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["serve", "--bundle", str(ranker), "--retrieval", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "error" in err
+    import os
+
+    assert not {"CTRZOO_RETRIEVAL", "CTRZOO_BUNDLE", "CTRZOO_BACKEND"} & set(os.environ)  # nothing half-set
+
+
 def test_saving_replaces_a_retrieval_bundle_but_never_a_model_bundle_or_other_files(rbundle, ranker, tmp_path):
     import shutil
 
