@@ -133,6 +133,25 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
 
+class RankingApp(FastAPI):
+    """FastAPI, except that ``POST /rank`` is answered by ``lane`` before Starlette's middleware stack.
+
+    The stack (error and telemetry wrappers, body limit, routing) cost ~0.1 ms of event-loop time per
+    request, 8% of a 100-candidate /rank; the lane does the body limit itself and its handler turns every
+    bad input into a JSON 4xx. Everything else, /rank included when ``lane`` is None, goes through FastAPI.
+    """
+
+    lane = None
+
+    async def __call__(self, scope, receive, send):
+        if self.lane is not None and scope["type"] == "http" and scope["path"] == "/rank" and scope["method"] == "POST":
+            return await self.lane(scope, receive, send)
+        return await super().__call__(scope, receive, send)
+
+    async def call_through(self, scope, receive, send):
+        return await super().__call__(scope, receive, send)
+
+
 _RANK_BODY = {"required": True, "content": {"application/json": {"schema": RankRequest.model_json_schema()}}}
 
 
@@ -156,11 +175,11 @@ def create_app(bundle: str | None = None, settings: ServeSettings | None = None,
         if state.coalescer is not None:
             state.coalescer.close()
 
-    app = FastAPI(title="ctrzoo ranking service", lifespan=lifespan,
+    app = RankingApp(title="ctrzoo ranking service", lifespan=lifespan,
                   responses={422: {"model": ErrorResponse}, 413: {"model": ErrorResponse}})
     app.state.service = state
-    if settings.rank_lane:
-        app.add_middleware(RankLane, state=state)
+    if settings.rank_lane:  # POST /rank, size-checked, straight to its handler (RankingApp.__call__)
+        app.lane = BodyLimit(RankLane(app.call_through, state), state)
     app.add_middleware(BodyLimit, state=state)  # added last: outermost, so the lane sees checked bodies
 
     async def get_state() -> ServiceState:  # async: FastAPI runs a sync dependency in a worker thread
@@ -198,7 +217,7 @@ def create_app(bundle: str | None = None, settings: ServeSettings | None = None,
                                                           "max_body_bytes": s.settings.max_body_bytes},
                 "unknown_features": s.settings.unknown_features}
 
-    # The work is serving.rank.handle_rank, which RankLane (below) calls without FastAPI's routing; this
+    # The work is serving.rank.handle_rank, which RankingApp's lane calls without FastAPI's routing; this
     # route documents the endpoint (request and response schemas in /openapi.json) and serves it when the
     # app is mounted without the lane. The body is parsed from the raw bytes (parse_rank_request).
     @app.post("/rank", response_model=RankResponse, response_class=Response, openapi_extra={"requestBody": _RANK_BODY})

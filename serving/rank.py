@@ -106,10 +106,10 @@ def check_names(req: RankRequest, known: frozenset[str], policy: str) -> bytes |
 
 
 class RankLane:
-    """Plain-ASGI middleware: ``POST /rank`` goes straight to ``handle_rank``; everything else to the app.
+    """Plain ASGI: ``POST /rank`` goes straight to ``handle_rank``; anything else to ``app``.
 
-    Placed inside ``BodyLimit``, so bodies are size-checked first. Anything but a well-formed request
-    still gets the same JSON answers as through the FastAPI route, which the lane bypasses.
+    Wrapped in ``BodyLimit``, so bodies are size-checked first. Anything but a well-formed request still
+    gets the same JSON answers as through the FastAPI route, which the lane bypasses.
     """
 
     def __init__(self, app, state: Any):

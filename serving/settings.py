@@ -23,7 +23,7 @@ class ServeSettings:
     # merging up to 4096 rows lowered throughput 25% (a long batch leaves the event loop idle, then busy).
     coalesce_max_rows: int = 128
     admin_token: str | None = None
-    # POST /rank through serving.rank.RankLane (plain ASGI) instead of FastAPI's routing: same answers, less work
+    # POST /rank answered before Starlette's middleware stack (serving.app.RankingApp): same answers, less work
     rank_lane: bool = True
     # after a model is loaded: gc.freeze(), and this generation-0 threshold if > 0 (else Python's); app._settle_gc
     gc_gen0_threshold: int = 0
