@@ -22,13 +22,13 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 
 from ctrzoo.errors import CtrzooError, SpecError
 from serving.batcher import Coalescer
 from serving.metrics import ServiceMetrics
 from serving.model_state import LoadedModel, load_model
-from serving.rank import RankLane, handle_rank, validation_error_body
+from serving.rank import RankLane, error_body, handle_rank, validation_error_body
 from serving.schemas import (
     ErrorResponse,
     RankRequest,
@@ -90,8 +90,8 @@ def _replace_bundle(settings: ServeSettings, bundle: str) -> ServeSettings:
     return replace(settings, bundle=bundle)
 
 
-def _error(status: int, error: str, field: str | None = None, detail: list | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content=ErrorResponse(error=error, field=field, detail=detail).model_dump())
+def _error(status: int, error: str, field: str | None = None, detail: list | None = None) -> Response:
+    return Response(error_body(error, field, detail), status_code=status, media_type="application/json")
 
 
 class BodyLimit:
@@ -148,9 +148,6 @@ class RankingApp(FastAPI):
             return await self.lane(scope, receive, send)
         return await super().__call__(scope, receive, send)
 
-    async def call_through(self, scope, receive, send):
-        return await super().__call__(scope, receive, send)
-
 
 _RANK_BODY = {"required": True, "content": {"application/json": {"schema": RankRequest.model_json_schema()}}}
 
@@ -179,7 +176,7 @@ def create_app(bundle: str | None = None, settings: ServeSettings | None = None,
                   responses={422: {"model": ErrorResponse}, 413: {"model": ErrorResponse}})
     app.state.service = state
     if settings.rank_lane:  # POST /rank, size-checked, straight to its handler (RankingApp.__call__)
-        app.lane = BodyLimit(RankLane(app.call_through, state), state)
+        app.lane = BodyLimit(RankLane(state), state)
     app.add_middleware(BodyLimit, state=state)  # added last: outermost, so the lane sees checked bodies
 
     async def get_state() -> ServiceState:  # async: FastAPI runs a sync dependency in a worker thread

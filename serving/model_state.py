@@ -40,5 +40,5 @@ def load_model(path: str | Path, backend: str, threads: int | None = None) -> Lo
     if smoke.shape != (8,) or not np.all(np.isfinite(smoke)) or smoke.min() < 0 or smoke.max() > 1:
         raise CtrzooError(f"{path}: smoke prediction failed (got {smoke!r})")
     encoder = FeatureEncoder(bundle.spec)
-    encoder.encode_request({}, [{}])  # builds the joint vocabulary table now, not on the first request
+    encoder.encode_request({}, [{}])  # builds the vocabulary lookup tables now, not on the first request
     return LoadedModel(bundle, encoder, predictor, frozenset(bundle.spec.raw_columns()))

@@ -1,9 +1,9 @@
 """``POST /rank`` from body bytes to response bytes: parse, check, encode, predict, rank, serialize.
 
 One implementation serves both ways in: the FastAPI route (which documents the endpoint in
-``/openapi.json``) and ``RankLane``, a plain-ASGI lane in front of the app that calls the same handler
-without Starlette's request object, routing, exception middleware and dependency solving: per request
-that machinery cost ~0.3 ms, a sixth of a 100-candidate request's server time.
+``/openapi.json``) and ``RankLane``, a plain-ASGI lane that ``serving.app.RankingApp`` sends the request
+down before Starlette's middleware, request object, routing and dependency solving: per request that
+machinery cost ~0.3 ms, a sixth of a 100-candidate request's server time.
 """
 
 from __future__ import annotations
@@ -106,19 +106,16 @@ def check_names(req: RankRequest, known: frozenset[str], policy: str) -> bytes |
 
 
 class RankLane:
-    """Plain ASGI: ``POST /rank`` goes straight to ``handle_rank``; anything else to ``app``.
+    """Plain ASGI for ``POST /rank`` only: the body in, ``handle_rank``'s answer out.
 
-    Wrapped in ``BodyLimit``, so bodies are size-checked first. Anything but a well-formed request still
-    gets the same JSON answers as through the FastAPI route, which the lane bypasses.
+    ``RankingApp`` routes that one request here, wrapped in ``BodyLimit`` so bodies are size-checked
+    first; every answer is the same JSON as through the FastAPI route, which the lane bypasses.
     """
 
-    def __init__(self, app, state: Any):
-        self.app = app
+    def __init__(self, state: Any):
         self.state = state
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] != "/rank" or scope["method"] != "POST":
-            return await self.app(scope, receive, send)
         chunks = []
         while True:
             message = await receive()

@@ -200,7 +200,7 @@ def _request_spec() -> FeatureSpec:
 
 
 REQUEST_VALUES = {
-    "item": ["a", "b", "12", 12, "zz", None, "", 7.0, 7.5, True],
+    "item": ["a", "b", "12", 12, "zz", None, "", 7.0, 7.5, True, np.int64(12), np.str_("b")],  # numpy: via arrow
     "shop": ["s1", "s3", "nope", None, 3],
     "user": [7, "7", 8, None, "x"],
     "price": [1.0, 3, None, 0.25, 1e6, -2.0, "4.5", True],

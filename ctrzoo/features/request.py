@@ -2,18 +2,16 @@
 
 A request is ~100 candidate dicts over dozens of features. Encoded column by column, each column pays a
 dozen pyarrow calls of fixed overhead (~90 us a column, ~3.5 ms for Criteo's 39), several times the cost
-of the model itself. Here every plain vocabulary field's values go into one array, are canonicalized once
-(``categorical_strings``, the same function as offline), prefixed with their field's position and looked up
-in one hash table of all vocabularies that maps straight to global embedding rows; numeric fields likewise
-become one float array. Only a request whose values cannot be typed exactly that way (mixed strings and
-numbers, floats used as categories, text in a numeric field, NaN) goes through the per-column path, which
-is also what produces the precise error naming the field. Hashed, derived and sequence features always
-take the per-column path. Results are identical to ``FeatureEncoder.encode`` of the merged rows (tested).
-
-The commonest request, JSON strings and integers only, skips arrow altogether: each field's values are
-looked up as the Python objects the JSON parser made, in a per-field table that also holds the integer
-form of every decimal-integer vocabulary value (``5`` finds ``"5"``, as canonicalization would make it)
-and maps ``None`` and ``""`` to missing; numbers become one float array directly.
+of the model itself. Here all plain vocabulary fields are gathered at once and each field's values are
+looked up as the Python objects the JSON parser made, one C hash lookup per field, in a table that maps
+straight to global embedding rows: it also holds the integer form of every decimal-integer vocabulary value
+(``5`` finds ``"5"``, as canonicalization would make it) and maps ``None`` and ``""`` to missing. Values of
+other types (bools, mixes) are canonicalized by arrow first (``categorical_strings``, the same function as
+offline); numeric fields become one float array. Only a request whose values cannot be typed exactly that
+way (mixed strings and numbers, floats used as categories, text in a numeric field, NaN) goes through the
+per-column path, which is also what produces the precise error naming the field. Hashed, derived and
+sequence features always take the per-column path. Results are identical to ``FeatureEncoder.encode`` of
+the merged rows (tested).
 """
 
 from __future__ import annotations
@@ -37,7 +35,6 @@ from ctrzoo.features.vocab import FIRST_ID, MISSING_ID, OOV_ID
 if TYPE_CHECKING:
     from ctrzoo.features.encoder import EncodedBatch, FeatureEncoder
 
-_KEY_SEP = "\x1f"  # unit separator: between a field's position and a canonical value in a lookup key
 _EXACT_CATEGORY_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_integer, pa.types.is_null)
 _NUMBER_TYPES = (pa.types.is_integer, pa.types.is_floating, pa.types.is_null, pa.types.is_boolean)
 _PLAIN_CATEGORY_TYPES = frozenset({str, int, type(None)})  # bool is its own type: it is not among them
@@ -46,7 +43,7 @@ _CANONICAL_INT = re.compile(r"0|-?[1-9][0-9]*")  # what categorical_strings make
 
 
 class RequestEncoder:
-    """``encode(context, candidates)`` for one ``FeatureEncoder``; the joint vocabulary table is built once."""
+    """``encode(context, candidates)`` for one ``FeatureEncoder``; the lookup tables are built once."""
 
     def __init__(self, encoder: FeatureEncoder):
         self.encoder = encoder
@@ -57,16 +54,8 @@ class RequestEncoder:
         self._nums = [(j, f, source_of(f)) for j, f in enumerate(spec.numeric) if not f.derive]
         fast = {c.name for _, c, _, _ in self._cats} | {f.name for _, f, _ in self._nums}
         self._rest = {f.name for f in spec.features} - fast
-        self._prefixes = pa.array([f"{k}{_KEY_SEP}" for k in range(len(self._cats))], pa.string())
-        self._table: hashtable.PyObjectHashTable | None = None
-        self._rows: np.ndarray | None = None  # position in the joint table -> global embedding row
         self._plain: list[tuple[hashtable.PyObjectHashTable, np.ndarray]] | None = None  # per field
         self._num_params = _NumericParams([f for _, f, _ in self._nums])
-
-    def warm_up(self) -> None:
-        """Build the lookup tables now (at load), not on the first request."""
-        self._joint_table()
-        self._plain_tables()
 
     def encode(self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]) -> EncodedBatch:
         n = len(candidates)
@@ -92,9 +81,10 @@ class RequestEncoder:
         if set(map(type, values)) <= _PLAIN_CATEGORY_TYPES:
             ids = self._plain_ids(values, row_fields, ctx_fields, n)
         else:
-            ids = self._arrow_ids(values, row_fields, ctx_fields, n)
-            if ids is None:
+            canonical = _canonical_categories(values)
+            if canonical is None:
                 return False
+            ids = self._plain_ids(canonical, row_fields, ctx_fields, n)
         cols = [self._cats[k][0] for k in row_fields]
         if cols:
             sparse[:, cols] = ids[: len(cols) * n].reshape(len(cols), n).T
@@ -102,7 +92,8 @@ class RequestEncoder:
             sparse[:, self._cats[k][0]] = v
         return True
 
-    def _plain_ids(self, values: list, row_fields: list[int], ctx_fields: list[int], n: int) -> np.ndarray:
+    def _plain_ids(self, values: list | np.ndarray, row_fields: list[int], ctx_fields: list[int],
+                   n: int) -> np.ndarray:
         """Global ids of str/int/None values: one C hash lookup per field, no conversion."""
         tables = self._plain_tables()
         objects = np.empty(len(values), dtype=object)
@@ -137,39 +128,6 @@ class RequestEncoder:
             self._plain = plain
         return self._plain
 
-    def _arrow_ids(self, values: list, row_fields: list[int], ctx_fields: list[int], n: int) -> np.ndarray | None:
-        """Global ids through arrow's canonicalization and the joint table; None when the per-column path must decide."""
-        try:
-            arr = pa.array(values)
-        except (pa.ArrowException, TypeError, ValueError, OverflowError):
-            return None  # mixed or odd types: per column, with its exact rules and errors
-        if not any(is_type(arr.type) for is_type in _EXACT_CATEGORY_TYPES):
-            return None  # floats (precision of large ids depends on the column), bools, nested values
-        canon = categorical_strings(arr, "?")
-        field_of_value = np.concatenate([np.repeat(np.asarray(row_fields, np.int64), n),
-                                         np.asarray(ctx_fields, np.int64)])
-        keys = pc.binary_join_element_wise(self._prefixes.take(field_of_value), canon, "")
-        table, rows = self._joint_table()
-        found = table.lookup(keys.to_numpy(zero_copy_only=False))
-        offsets = np.asarray([o for _, _, _, o in self._cats], np.int64)[field_of_value]
-        ids = np.where(found >= 0, rows[np.maximum(found, 0)], offsets + OOV_ID)
-        return np.where(canon.is_valid().to_numpy(zero_copy_only=False), ids, offsets + MISSING_ID)
-
-    def _joint_table(self) -> tuple[hashtable.PyObjectHashTable, np.ndarray]:
-        """One hash table over all vocabulary fields: key ``'<position>\\x1f<value>'`` -> global row."""
-        if self._table is None:
-            keys, rows = [], []
-            for k, (_, c, _, offset) in enumerate(self._cats):
-                keys.append(pc.binary_join_element_wise(self._prefixes[k], c.vocab.values, "")
-                            .to_numpy(zero_copy_only=False))
-                rows.append(offset + FIRST_ID + np.arange(len(c.vocab), dtype=np.int64))
-            all_keys = np.concatenate(keys) if keys else np.empty(0, dtype=object)
-            table = hashtable.PyObjectHashTable(max(len(all_keys), 1))
-            table.map_locations(all_keys.astype(object, copy=False))
-            self._rows = np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
-            self._table = table
-        return self._table, self._rows
-
     # -- numeric -------------------------------------------------------------------------------
     def _numerics(self, context, columns: list, row_fields: list[int], n: int, dense: np.ndarray) -> bool:
         """Fill ``dense`` for the numeric fields; False (nothing written) when the values need the slow path."""
@@ -201,6 +159,18 @@ def _columns(rows: Sequence[Mapping[str, Any]], sources: list[str]) -> list[tupl
     if len(sources) == 1:
         return [tuple(table)]
     return list(zip(*table))
+
+
+def _canonical_categories(values: list) -> np.ndarray | None:
+    """Values of other types as canonical strings (None = missing), by arrow's offline rules; None when
+    the per-column path must decide (mixed types, floats whose precision depends on the column, nesting)."""
+    try:
+        arr = pa.array(values)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        return None
+    if not any(is_type(arr.type) for is_type in _EXACT_CATEGORY_TYPES):
+        return None
+    return categorical_strings(arr, "?").to_numpy(zero_copy_only=False)
 
 
 def _plain_floats(values: list) -> np.ndarray | None:
