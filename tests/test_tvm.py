@@ -84,6 +84,62 @@ def test_tvm_matches_torch(bundles, model):
     _agree(p, ref, (1, 7, 100))
 
 
+_THREADS_AFTER_PREDICT = """
+import os, sys
+from ctrzoo import runtime
+from ctrzoo.export import example_batch
+p = runtime.load(sys.argv[1], "tvm", threads=int(sys.argv[2]), buckets=(8,))
+p.predict(example_batch(p.layout, 8))
+print(len(os.listdir("/proc/self/task")))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc (Linux)")
+def test_thread_pool_is_sized_as_asked(bundles):
+    """TVM's default on x86 is half the logical CPUs (no worker at all on a 2-core host without SMT); a load
+    with ``threads`` must get that many, or the backend silently runs every kernel on one core. Counted as
+    OS threads of a fresh process (the pool is process-wide): one more thread for one more in the pool."""
+    import subprocess
+    import sys
+
+    def threads_after(n: int) -> int:
+        out = subprocess.run([sys.executable, "-c", _THREADS_AFTER_PREDICT, str(bundles["deepfm"]), str(n)],
+                             capture_output=True, text=True, timeout=300, check=True)
+        return int(out.stdout.split()[-1])
+
+    assert threads_after(2) == threads_after(1) + 1
+
+
+def test_dense_space_schedules_dense_layers_exactly(bundles):
+    """The micro-kernel space applies to the MLP's matmul+bias+relu kernels, not to other kernels, and a
+    kernel it schedules computes what the unscheduled one does."""
+    from tvm.s_tir import Schedule
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    from ctrzoo.runtime.tvm_dense import dense_space, is_dense
+    from ctrzoo.runtime.tvm_tune import host_target, import_onnx, prepare
+
+    b = runtime.load(bundles["deepfm"], "torch")
+    target = host_target(1)
+    mod, _, _ = import_onnx(bundles["deepfm"] / "model.onnx", b.layout, (8,))
+    tasks = ms.relax_integration.extract_tasks(prepare(mod, target), tvm.target.Target(target))
+    dense = [t.dispatched[0] for t in tasks if is_dense(t.dispatched[0])]
+    assert len(dense) == 2, [t.task_name for t in tasks]  # hidden layers 32 and 16 (the 1-wide head is not)
+    assert not any(is_dense(t.dispatched[0]) for t in tasks if "matmul" not in t.task_name)
+    rng = np.random.default_rng(0)
+    for fn in dense:
+        sch = Schedule(fn)
+        dense_space(sch)
+        args = [tvm.runtime.tensor(rng.standard_normal([int(d) for d in info.as_json()[2]], dtype=np.float32))
+                for info in ArgInfo.from_prim_func(fn["main"])]
+        want = [tvm.runtime.tensor(a.numpy()) for a in args]
+        tvm.tirx.build(sch.mod, target=target)(*args)
+        tvm.tirx.build(fn, target=target)(*want)
+        np.testing.assert_allclose(args[-1].numpy(), want[-1].numpy(), rtol=1e-5, atol=1e-5)
+        assert "parallel" in str(sch.mod) and "vectorized" in str(sch.mod)
+
+
 def test_chunk_plan_covers_every_batch():
     plan = _chunk_plan({1: 0.01, 16: 0.05, 128: 0.3})
     for n in range(1, 129):
@@ -97,6 +153,8 @@ def test_tuned_bundle_is_reused_without_tuning(tuned, caplog, capsys):
     manifest = json.loads((art / MANIFEST).read_text())
     assert manifest["built_from"] == "database" and manifest["buckets"] == [8]
     assert 0 < manifest["tuning"]["trials"] <= 16 and manifest["database_records"] >= 1
+    spaces = {t["space"] for t in manifest["tuning"]["tasks"] if t["trials"]}
+    assert spaces == {"dense"}, manifest["tuning"]["tasks"]  # the costliest kernel, a dense layer, got the round
     assert (art / LIBRARY).exists() and (art / DB_RECORDS).stat().st_size > 0
     with caplog.at_level(logging.INFO, logger="ctrzoo.runtime.tvm"):
         p = runtime.load(tuned, "tvm", threads=1)

@@ -52,8 +52,7 @@ class TvmPredictor(Predictor):
             buckets or (manifest or {}).get("buckets") or tvm_tune.DEFAULT_BUCKETS)
         target = tvm_tune.host_target()
         self.vm, how = self._library(bundle, manifest, target, onnx_path, onnx_sha)
-        if threads:
-            _set_threads(tvm, int(threads))
+        self.threads = tvm_tune.size_thread_pool(threads)
         self._setup(onnx_path)
         self.bucket_ms = self._measure_buckets()
         self._plan = _chunk_plan(self.bucket_ms)
@@ -183,20 +182,6 @@ class TvmPredictor(Predictor):
             if v.size and (v.min() < 0 or v.max() >= self._n_rows):
                 raise CtrzooError(f"predict(): input {name!r} has ids outside [0, {self._n_rows}) "
                                   f"(min {v.min()}, max {v.max()}); encode raw values with the bundle's spec")
-
-
-def _set_threads(tvm, threads: int) -> None:
-    """Size TVM's process-wide thread pool without pinning anybody's threads.
-
-    By default TVM binds its workers, and the calling thread, to cores: after a load with ``threads`` the
-    process's main thread (and every process it forks) was left on one core, which halved onnxruntime's
-    speed in the same process. ``TVM_BIND_THREADS=0`` (unless the user set it) turns the binding off, and
-    the caller's CPU set is restored in case this TVM binds anyway."""
-    os.environ.setdefault("TVM_BIND_THREADS", "0")
-    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    tvm.get_global_func("runtime.config_threadpool")(1, threads)
-    if allowed is not None and os.sched_getaffinity(0) != allowed:
-        os.sched_setaffinity(0, allowed)
 
 
 def _chunk_plan(bucket_ms: dict[int, float]) -> list:

@@ -35,6 +35,7 @@ from typing import Any
 
 from ctrzoo.bundle import Bundle, load_bundle
 from ctrzoo.errors import BundleError, CtrzooError
+from ctrzoo.runtime.tvm_dense import dense_space, is_dense
 from ctrzoo.features import TableLayout
 
 log = logging.getLogger("ctrzoo.runtime.tvm")
@@ -83,6 +84,28 @@ def host_target(cores: int | None = None) -> dict[str, Any]:
     except Exception as exc:  # an LLVM without host detection: generic x86-64/aarch64 code still runs
         log.warning("tvm: cannot detect the host CPU for LLVM (%s); compiling for a generic CPU", exc)
     return target
+
+
+def size_thread_pool(threads: int | None = None) -> int:
+    """Size TVM's process-wide thread pool to ``threads`` (default: ``TVM_NUM_THREADS``, else the physical
+    cores, as onnxruntime does), pinning nobody's threads; returns the size.
+
+    TVM's own default on x86 is half the logical CPUs (it assumes 2-way SMT): ONE thread on a 2-core host
+    without SMT, where every kernel ran on one core and tuning timed them there. ``config_threadpool`` cannot
+    grow the pool past that maximum, which it reads from ``TVM_NUM_THREADS`` each time: so that is set first.
+    TVM also binds its workers, and the calling thread, to cores: after a load the process's main thread (and
+    every process it forks) was left on one core, which halved onnxruntime's speed in the same process.
+    ``TVM_BIND_THREADS=0`` (unless the user set it) turns the binding off, and the caller's CPU set is
+    restored in case this TVM binds anyway."""
+    tvm = require_tvm()
+    n = int(threads or os.environ.get("TVM_NUM_THREADS") or _physical_cores())
+    os.environ["TVM_NUM_THREADS"] = str(n)
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    tvm.get_global_func("runtime.config_threadpool")(1, n)
+    if allowed is not None and os.sched_getaffinity(0) != allowed:
+        os.sched_setaffinity(0, allowed)
+    return int(tvm.get_global_func("runtime.NumThreads")())
 
 
 def _physical_cores() -> int:
@@ -474,6 +497,7 @@ def _tune(bucket_mods: list, target: dict, work_dir: Path, trials: int, deadline
     _host_intrinsics_only()
     tvm_target = tvm.target.Target(target)
     cores = int(target.get("num-cores", 1))
+    size_thread_pool(cores)  # candidates are timed on as many threads as the library will run with
     entries, skipped = [], []
     for bucket, prepared in bucket_mods:
         serving = tvm.IRModule({gv: f for gv, f in prepared.functions_items()  # not the run-once weight transforms
@@ -488,13 +512,16 @@ def _tune(bucket_mods: list, target: dict, work_dir: Path, trials: int, deadline
     ms_log, restore = _metaschedule_logging(work_dir)
     try:
         rules = _schedule_rules()
-        contexts, weights = [], []
+        contexts, weights, spaces = [], [], []
         rand = seed
         for bucket, task in entries:
             rand += 1
+            mod = task.dispatched[0]
+            spaces.append("dense" if is_dense(mod) else "generic")  # dense layers: the micro-kernel space
+            space = (ms.space_generator.ScheduleFn(dense_space) if spaces[-1] == "dense"
+                     else ms.space_generator.PostOrderApply(sch_rules=rules))
             contexts.append(ms.TuneContext(
-                mod=task.dispatched[0], target=tvm_target, task_name=f"b{bucket}/{task.task_name}",
-                space_generator=ms.space_generator.PostOrderApply(sch_rules=rules),
+                mod=mod, target=tvm_target, task_name=f"b{bucket}/{task.task_name}", space_generator=space,
                 search_strategy=ms.search_strategy.EvolutionarySearch(population_size=192, init_min_unmeasured=24,
                                                                       genetic_num_iters=2),
                 logger=ms_log, rand_state=rand, num_threads=cores,
@@ -613,7 +640,7 @@ def _tune(bucket_mods: list, target: dict, work_dir: Path, trials: int, deadline
             stopped_by = "time budget"
     finally:
         restore()
-    tasks = [{"task": f"b{b}/{t.task_name}", "weight": weights[i], "trials": progress.trials[i],
+    tasks = [{"task": f"b{b}/{t.task_name}", "space": spaces[i], "weight": weights[i], "trials": progress.trials[i],
               "best_us": round(progress.best[i] * 1e6, 2) if math.isfinite(progress.best[i]) else None}
              for i, (b, t) in enumerate(entries)]
     return {"trials": sum(progress.trials), "tasks": tasks, "skipped": skipped, "stopped_by": stopped_by,
