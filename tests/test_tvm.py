@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 try:
-    import tvm  # noqa: F401
+    import tvm
     from tvm import relax  # noqa: F401
 except ImportError as exc:
     pytest.skip(f"apache-tvm is not installed ({exc}); `pip install 'ctrzoo[tvm]'` runs these tests",

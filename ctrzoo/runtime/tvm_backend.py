@@ -13,7 +13,6 @@ tuning trials it performed (logger ``ctrzoo.runtime.tvm``), zero unless ``tune=T
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
@@ -36,7 +35,7 @@ class TvmPredictor(Predictor):
                  tune: bool = False, trials: int | None = None, max_minutes: float | None = None,
                  focus: tuple[int, ...] = ()):
         super().__init__(bundle)
-        tvm = tvm_tune.require_tvm()
+        tvm_tune.require_tvm()
         t0 = time.perf_counter()
         trials_done = 0
         if tune:

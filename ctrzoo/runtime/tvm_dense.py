@@ -40,6 +40,8 @@ def dense_space(sch) -> None:
     if n % LANES:
         raise ValueError(f"output width {n} is not a multiple of {LANES}")
     out = _inline_epilogue(sch, mm)
+    if out is None:
+        raise ValueError("the matmul has no elementwise epilogue to write its tile out")
 
     j_panel, j_lane = sch.split(j, [None, LANES])
     i_out, i_tile = sch.split(i, [None, _sample_factor(sch, _extent(sch, i), MAX_ROWS)])
@@ -47,13 +49,9 @@ def dense_space(sch) -> None:
     k_out, k_step = sch.split(k, sch.sample_perfect_tile(k, n=2, max_innermost_factor=MAX_UNROLL))
     sch.reorder(j_out, i_out, k_out, k_step, i_tile, j_tile, j_lane)
     sch.set_scope(mm, 0, "local")  # the accumulator tile
-    if out is not None:
-        sch.reverse_compute_at(out, i_out)
-        e_row, e_col = sch.get_loops(out)[-2:]
-        _, e_lane = sch.split(e_col, [None, LANES])
-        sch.vectorize(e_lane)
-    else:
-        raise ValueError("the matmul has no epilogue to write its tile out")
+    sch.reverse_compute_at(out, i_out)  # bias and activation on the tile, in registers
+    _, e_lane = sch.split(sch.get_loops(out)[-1], [None, LANES])
+    sch.vectorize(e_lane)
     sch.vectorize(j_lane)
     for loop in (j_tile, i_tile, k_step):
         sch.unroll(loop)
@@ -98,5 +96,5 @@ def is_dense(mod) -> bool:
     try:
         dense_space(tvm.s_tir.Schedule(mod))
         return True
-    except Exception:  # noqa: BLE001  (ScheduleError, ValueError: any refusal means "not a dense layer")
+    except Exception:  # ScheduleError, ValueError: any refusal means "not a dense layer"
         return False

@@ -35,8 +35,8 @@ from typing import Any
 
 from ctrzoo.bundle import Bundle, load_bundle
 from ctrzoo.errors import BundleError, CtrzooError
-from ctrzoo.runtime.tvm_dense import dense_space, is_dense
 from ctrzoo.features import TableLayout
+from ctrzoo.runtime.tvm_dense import dense_space, is_dense
 
 log = logging.getLogger("ctrzoo.runtime.tvm")
 
