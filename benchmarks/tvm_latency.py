@@ -36,6 +36,8 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="keep an existing tuned bundle")
     ap.add_argument("--rounds", type=int, default=3, help="alternating child-process rounds per backend")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--generic-only", action="store_true",
+                    help="tune dense layers with MetaSchedule's generic rules instead of ctrzoo's micro-kernel space")
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         return child_bench(sys.argv[2:])
     a = ap.parse_args()
@@ -52,7 +54,7 @@ def main() -> None:
         _make_bundle(bundle, a.rows)
         t0 = time.perf_counter()
         tuning = tune_tvm(bundle, trials=a.trials, max_minutes=a.minutes, buckets=tuple(a.buckets),
-                          focus=tuple(a.focus))
+                          focus=tuple(a.focus), micro_kernels=not a.generic_only)
         print(f"tuned in {time.perf_counter() - t0:.0f} s wall: {tuning['trials']} trials, stopped by "
               f"{tuning['stopped_by']}; library built in {tuning['build_seconds']} s")
     rows = isolated_bench(Path(__file__), bundle, ["onnxruntime", "tvm"], a.batch_sizes, a.seconds, a.threads, a.rounds)

@@ -352,7 +352,8 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def tune_tvm(bundle_path: str | Path | Bundle, trials: int = DEFAULT_TRIALS, max_minutes: float = DEFAULT_MINUTES,
-             buckets: tuple[int, ...] | None = None, focus: tuple[int, ...] = (), seed: int = 0) -> dict:
+             buckets: tuple[int, ...] | None = None, focus: tuple[int, ...] = (), seed: int = 0,
+             micro_kernels: bool = True) -> dict:
     """Tune every bucket's kernels with MetaSchedule within ``trials`` and ``max_minutes`` (both in total),
     save the database into the bundle, and rebuild ``model.so`` from it. Returns a summary.
 
@@ -360,7 +361,8 @@ def tune_tvm(bundle_path: str | Path | Bundle, trials: int = DEFAULT_TRIALS, max
     round of 32 trials goes to the task whose tuning promises the largest cut of its bucket's latency
     *relative to that bucket's latency* (MetaSchedule's gradient rule, normalised per bucket so bucket
     1024 does not starve bucket 1, seeded with the untuned times so kernels too cheap to matter cost no
-    round). ``focus`` names the batch sizes that matter most (e.g. the service's usual candidate count):
+    round). Dense layers (matmul + bias + ReLU) are searched in ``tvm_dense``'s register-blocked micro-kernel
+    space unless ``micro_kernels`` is False (then MetaSchedule's generic rules, for comparison). ``focus`` names the batch sizes that matter most (e.g. the service's usual candidate count):
     the buckets serving them weigh ``FOCUS_WEIGHT`` times more. The embedding lookups stay untuned (random ids read out of bounds in measurement). Tuning
     stops when the chosen task's next round would end past the time budget; the database keeps all
     measured so far (also on an interrupt), and tuning again continues from it.
@@ -392,7 +394,7 @@ def tune_tvm(bundle_path: str | Path | Bundle, trials: int = DEFAULT_TRIALS, max
         try:
             served = {min([b for b in buckets if b >= f] or [buckets[-1]]) for f in focus}
             bucket_weight = {b: FOCUS_WEIGHT if b in served else 1.0 for b in buckets}
-            result = _tune(tasks, target, work_dir, trials, deadline, seed, bucket_weight)
+            result = _tune(tasks, target, work_dir, trials, deadline, seed, bucket_weight, micro_kernels)
         finally:
             if (work_dir / DB_RECORDS).exists():  # the whole database replaces the bundle's, one rename each
                 for name in (DB_WORKLOAD, DB_RECORDS):
@@ -407,6 +409,7 @@ def tune_tvm(bundle_path: str | Path | Bundle, trials: int = DEFAULT_TRIALS, max
         "tuning_seconds": round(tuning_seconds, 1), "buckets": list(buckets), "target": target,
         "tvm_version": tvm.__version__, "tasks": result["tasks"], "skipped_tasks": result["skipped"],
         "stopped_by": result["stopped_by"], "focus": list(focus), "bucket_weights": result["bucket_weights"],
+        "micro_kernels": micro_kernels,
     }
     build_library(bundle, buckets, target, onnx_path, onnx_sha, tuning=summary)
     summary["build_seconds"] = round(time.monotonic() - start - tuning_seconds, 1)
@@ -485,7 +488,7 @@ def _schedule_rules():
 
 
 def _tune(bucket_mods: list, target: dict, work_dir: Path, trials: int, deadline: float, seed: int,
-          bucket_weight: dict[int, float]) -> dict:
+          bucket_weight: dict[int, float], micro_kernels: bool = True) -> dict:
     import tvm
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
@@ -517,7 +520,7 @@ def _tune(bucket_mods: list, target: dict, work_dir: Path, trials: int, deadline
         for bucket, task in entries:
             rand += 1
             mod = task.dispatched[0]
-            spaces.append("dense" if is_dense(mod) else "generic")  # dense layers: the micro-kernel space
+            spaces.append("dense" if micro_kernels and is_dense(mod) else "generic")  # dense layers: the micro-kernel space
             space = (ms.space_generator.ScheduleFn(dense_space) if spaces[-1] == "dense"
                      else ms.space_generator.PostOrderApply(sch_rules=rules))
             contexts.append(ms.TuneContext(
