@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -17,6 +19,7 @@ from ctrzoo.features import (
     SequenceFeature,
     SpecFitter,
 )
+from ctrzoo.features import request as request_module
 
 
 def _table() -> pa.Table:
@@ -209,11 +212,49 @@ REQUEST_VALUES = {
 }
 
 
-def test_request_fast_path_equals_per_column_encoding_on_random_requests():
+NATIVE = pytest.param(True, id="c-gathers"), pytest.param(False, id="python-steps")
+
+
+def _request_encoder(native: bool) -> FeatureEncoder:
+    enc = FeatureEncoder(_request_spec())
+    if native and request_module.native is None:
+        pytest.skip("ctrzoo.features._gather was not built (no C compiler): the Python steps serve")
+    enc.request_encoder.use_native = native
+    return enc
+
+
+def test_the_c_gathers_are_built_where_a_compiler_is():
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler here: the optional extension is skipped by design")
+    assert request_module.native is not None, "pip install -e . should have built ctrzoo.features._gather"
+
+
+class _CountingGathers:
+    """The C gathers, counting the calls that decided a request (returned True) and those that passed."""
+
+    def __init__(self, module):
+        self.module, self.decided, self.passed = module, 0, 0
+
+    def _count(self, ok: bool) -> bool:
+        self.decided += ok
+        self.passed += not ok
+        return ok
+
+    def gather_ids(self, *args):
+        return self._count(self.module.gather_ids(*args))
+
+    def gather_floats(self, *args):
+        return self._count(self.module.gather_floats(*args))
+
+
+@pytest.mark.parametrize("native", NATIVE)
+def test_request_fast_path_equals_per_column_encoding_on_random_requests(native, monkeypatch):
     """The joint-lookup path (ctrzoo.features.request) must give the per-column encoding exactly, whatever
     mix of types, missing values and context fields a request has (odd mixes fall back per column), and
-    refuse exactly what the per-column path refuses, naming the same field."""
-    enc = FeatureEncoder(_request_spec())
+    refuse exactly what the per-column path refuses, naming the same field: with the C gathers and without."""
+    enc = _request_encoder(native)
+    gathers = _CountingGathers(request_module.native)
+    monkeypatch.setattr(request_module, "native", gathers)
     rng = np.random.default_rng(0)
     names = list(REQUEST_VALUES)
     outcomes = {"equal": 0, "refused": 0}
@@ -244,12 +285,35 @@ def test_request_fast_path_equals_per_column_encoding_on_random_requests():
             np.testing.assert_array_equal(getattr(fast, k), getattr(merged, k), err_msg=k)
         outcomes["equal"] += 1
     assert outcomes["equal"] > 200 and outcomes["refused"] > 10, outcomes
+    if native:  # both outcomes of the C gathers were exercised
+        assert gathers.decided > 200 and gathers.passed > 50, vars(gathers)
+    else:
+        assert gathers.decided == gathers.passed == 0
 
 
-def test_request_fast_path_refuses_what_the_per_column_path_refuses():
-    enc = FeatureEncoder(_request_spec())
+@pytest.mark.parametrize("native", NATIVE)
+def test_request_fast_path_refuses_what_the_per_column_path_refuses(native):
+    enc = _request_encoder(native)
     for bad, field in (({"price": float("nan")}, "price"), ({"clicks": float("inf")}, "clicks"),
                        ({"price": "cheap"}, "price"), ({"item": {"x": 1}}, "item")):
         with pytest.raises(SpecError) as err:
             enc.encode_request({}, [{"item": "a"}, bad])
         assert err.value.field == field
+
+
+def test_c_gathers_check_their_arguments_and_pass_what_they_do_not_decide():
+    gather = request_module.native
+    if gather is None:
+        pytest.skip("ctrzoo.features._gather was not built (no C compiler)")
+    rows = [{"a": "x", "b": 2}, {"b": None}]
+    ids = np.zeros((2, 2), dtype=np.int64)
+    assert gather.gather_ids(rows, ("a", "b"), ({"x": 5, None: 1}, {2: 7, None: 1}), (9, 9), ids)
+    np.testing.assert_array_equal(ids, [[5, 1], [7, 1]])  # [field, row]; absent key = None = missing
+    assert not gather.gather_ids([{"a": True}], ("a",), ({1: 5},), (9,), np.zeros((1, 1), dtype=np.int64))
+    with pytest.raises(ValueError, match="8-byte cells"):
+        gather.gather_ids(rows, ("a",), ({},), (0,), np.zeros(3, dtype=np.int64))
+    x = np.zeros((1, 3))
+    assert gather.gather_floats([{"v": 1}, {"v": 2.5}, {}], ("v",), x)
+    np.testing.assert_array_equal(x, [[1.0, 2.5, np.nan]])
+    for odd in (10**400, float("inf"), "1", np.float64(1.0)):  # too large, non-finite, text, numpy: not decided
+        assert not gather.gather_floats([{"v": odd}], ("v",), np.zeros((1, 1)))

@@ -116,6 +116,7 @@ class FeatureEncoder:
         self._offsets = {f.name: f.offset for f in self.layout.sparse}
         self._by_name = {c.name: c for c in spec.categorical}
         self._request = None  # RequestEncoder, built on the first request
+        self._width_cache: tuple[int, int, int] | None = None
 
     def encode(self, data: Any) -> EncodedBatch:
         table = as_table(data, self.spec.raw_columns())
@@ -131,11 +132,16 @@ class FeatureEncoder:
         """
         if not isinstance(candidates, list | tuple):  # a table (e.g. a retrieval catalogue's rows): per column
             return self.encode_request_columns(context, candidates)
+        return self.request_encoder.encode(context, candidates)
+
+    @property
+    def request_encoder(self):
+        """The ``RequestEncoder`` of this encoder (its lookup tables are built on first use)."""
         if self._request is None:
             from ctrzoo.features.request import RequestEncoder
 
             self._request = RequestEncoder(self)
-        return self._request.encode(context, candidates)
+        return self._request
 
     def encode_request_columns(self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]],
                                only: set[str] | None = None, out: EncodedBatch | None = None) -> EncodedBatch:
@@ -148,9 +154,15 @@ class FeatureEncoder:
         return self._encode(rows, ctx, len(candidates), only, out)
 
     def empty_batch(self, n: int) -> EncodedBatch:
-        return EncodedBatch(np.empty((n, len(self.spec.categorical)), dtype=np.int64),
-                            np.empty((n, len(self.spec.numeric)), dtype=np.float32),
-                            np.zeros((n, len(self.spec.sequence), self.layout.seq_len), dtype=np.int64))
+        c, d, s = self._widths()
+        return EncodedBatch(np.empty((n, c), dtype=np.int64), np.empty((n, d), dtype=np.float32),
+                            np.zeros((n, s, self.layout.seq_len), dtype=np.int64))
+
+    def _widths(self) -> tuple[int, int, int]:
+        """Numbers of categorical, numeric and sequence features (once: the spec's views rebuild lists)."""
+        if self._width_cache is None:
+            self._width_cache = len(self.spec.categorical), len(self.spec.numeric), len(self.spec.sequence)
+        return self._width_cache
 
     def _encode(self, rows: pa.Table, shared: pa.Table | None, n: int, only: set[str] | None = None,
                 out: EncodedBatch | None = None) -> EncodedBatch:
