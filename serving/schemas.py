@@ -71,8 +71,9 @@ def parse_rank_request(body: bytes) -> RankRequest:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         return RankRequest.model_validate_json(body)
-    if _well_formed(data):
-        return RankRequest.model_construct(**data)
+    if _well_formed(data):  # every field given: model_construct then skips its default-factory introspection
+        return RankRequest.model_construct(request_id=data.get("request_id"), context=data.get("context", {}),
+                                           candidates=data["candidates"], top_k=data.get("top_k"))
     return RankRequest.model_validate(data)
 
 

@@ -305,13 +305,16 @@ def test_c_gathers_check_their_arguments_and_pass_what_they_do_not_decide():
     gather = request_module.native
     if gather is None:
         pytest.skip("ctrzoo.features._gather was not built (no C compiler)")
-    rows = [{"a": "x", "b": 2}, {"b": None}]
-    ids = np.zeros((2, 2), dtype=np.int64)
-    assert gather.gather_ids(rows, ("a", "b"), ({"x": 5, None: 1}, {2: 7, None: 1}), (9, 9), ids)
-    np.testing.assert_array_equal(ids, [[5, 1], [7, 1]])  # [field, row]; absent key = None = missing
-    assert not gather.gather_ids([{"a": True}], ("a",), ({1: 5},), (9,), np.zeros((1, 1), dtype=np.int64))
-    with pytest.raises(ValueError, match="8-byte cells"):
-        gather.gather_ids(rows, ("a",), ({},), (0,), np.zeros(3, dtype=np.int64))
+    rows = [{"a": "x", "b": 2}, {"b": None, "a": "y"}]
+    ids = np.zeros((2, 3), dtype=np.int64)
+    assert gather.gather_ids(rows, ("a", "b"), ({"x": 5, None: 1}, {2: 7, None: 1}), (9, 8), (2, 0), ids)
+    np.testing.assert_array_equal(ids, [[7, 0, 5], [1, 0, 9]])  # [row, col]; None = missing; "y" = OOV
+    assert gather.gather_ids(rows, ("c",), ({None: 1},), (9,), (1,), ids) and (ids[:, 1] == 1).all()  # absent key
+    assert not gather.gather_ids([{"a": True}], ("a",), ({1: 5},), (9,), (0,), np.zeros((1, 1), dtype=np.int64))
+    with pytest.raises(ValueError, match="8-byte cells with 2 rows"):
+        gather.gather_ids(rows, ("a",), ({},), (0,), (0,), np.zeros(3, dtype=np.int64))
+    with pytest.raises(ValueError, match="outside"):
+        gather.gather_ids(rows, ("a",), ({},), (0,), (3,), ids)
     x = np.zeros((1, 3))
     assert gather.gather_floats([{"v": 1}, {"v": 2.5}, {}], ("v",), x)
     np.testing.assert_array_equal(x, [[1.0, 2.5, np.nan]])

@@ -110,28 +110,26 @@ class RequestEncoder:
 
     def _native_categoricals(self, context, candidates: list, row_fields: list[int], n: int,
                              sparse: np.ndarray) -> bool:
-        """``_categoricals`` with the candidates' values gathered and looked up in C; False when a value
-        needs the Python steps (which then redo the whole group)."""
+        """``_categoricals`` with the candidates' values gathered and looked up in C, straight into ``sparse``;
+        False when a value needs the Python steps (which then redo the whole group)."""
         ctx_fields = [k for k, (_, _, src, _) in enumerate(self._cats) if src in context]
         ctx_values = [context[self._cats[k][2]] for k in ctx_fields]
         if not set(map(type, ctx_values)) <= _PLAIN_CATEGORY_TYPES:
             return False
-        tables = self._plain_tables()
-        keys, lookups, oov = self._native_args(tuple(row_fields))
-        ids = np.empty((len(row_fields), n), dtype=np.int64)
-        if not native.gather_ids(candidates, keys, lookups, oov, ids):
+        if row_fields and not native.gather_ids(candidates, *self._native_args(tuple(row_fields)), sparse):
             return False
-        ctx_ids = [tables[k][0].get(v, tables[k][1]) for k, v in zip(ctx_fields, ctx_values)]
-        self._write_ids(sparse, ids, row_fields, ctx_fields, ctx_ids)
+        tables = self._plain_tables()
+        for k, v in zip(ctx_fields, ctx_values):
+            sparse[:, self._cats[k][0]] = tables[k][0].get(v, tables[k][1])
         return True
 
     def _native_args(self, row_fields: tuple[int, ...]) -> tuple:
-        """(source names, lookup dicts, OOV rows) of these vocabulary fields, as tuples for ``gather_ids``."""
+        """(source names, lookup dicts, OOV rows, batch columns) of these vocabulary fields, for ``gather_ids``."""
         args = self._keys.get(row_fields)
         if args is None:
             tables = self._plain_tables()
             args = (tuple(self._cats[k][2] for k in row_fields), tuple(tables[k][0] for k in row_fields),
-                    tuple(tables[k][1] for k in row_fields))
+                    tuple(tables[k][1] for k in row_fields), tuple(self._cats[k][0] for k in row_fields))
             self._keys[row_fields] = args
         return args
 
