@@ -65,8 +65,8 @@ class RequestEncoder:
         self._plain: list[tuple[dict, int]] | None = None  # per field: value -> global row, and the OOV row
         self._num_params = _NumericParams([f for _, f, _ in self._nums])
         self.use_native = native is not None  # tests switch it off to check the Python steps
-        self._keys: dict[tuple[int, ...], tuple] = {}  # row-field selections -> argument tuples for the C gathers
-        self._num_keys: dict[tuple[int, ...], tuple[str, ...]] = {}
+        self._id_gather_args: dict[tuple[int, ...], tuple] = {}  # row-field selections -> argument tuples for the C gathers
+        self._float_gather_keys: dict[tuple[int, ...], tuple[str, ...]] = {}
 
     def encode(self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]) -> EncodedBatch:
         n = len(candidates)
@@ -125,12 +125,12 @@ class RequestEncoder:
 
     def _native_args(self, row_fields: tuple[int, ...]) -> tuple:
         """(source names, lookup dicts, OOV rows, batch columns) of these vocabulary fields, for ``gather_ids``."""
-        args = self._keys.get(row_fields)
+        args = self._id_gather_args.get(row_fields)
         if args is None:
             tables = self._plain_tables()
             args = (tuple(self._cats[k][2] for k in row_fields), tuple(tables[k][0] for k in row_fields),
                     tuple(tables[k][1] for k in row_fields), tuple(self._cats[k][0] for k in row_fields))
-            self._keys[row_fields] = args
+            self._id_gather_args[row_fields] = args
         return args
 
     def _write_ids(self, sparse: np.ndarray, row_ids: np.ndarray, row_fields: list[int], ctx_fields: list[int],
@@ -197,9 +197,9 @@ class RequestEncoder:
             return False
         x = np.empty((len(self._nums), n), dtype=np.float64)
         if row_fields:
-            keys = self._num_keys.get(tuple(row_fields))
+            keys = self._float_gather_keys.get(tuple(row_fields))
             if keys is None:
-                keys = self._num_keys[tuple(row_fields)] = tuple(self._nums[k][2] for k in row_fields)
+                keys = self._float_gather_keys[tuple(row_fields)] = tuple(self._nums[k][2] for k in row_fields)
             rows = np.empty((len(row_fields), n), dtype=np.float64)
             if not native.gather_floats(candidates, keys, rows):
                 return False
