@@ -178,12 +178,8 @@ class RequestEncoder:
         flat = _plain_floats(values) if set(map(type, values)) <= _PLAIN_NUMBER_TYPES else _arrow_floats(values)
         if flat is None:
             return False  # text, NaN, infinity, odd types: parsed or refused (naming the field) per column
-        x = np.empty((len(self._nums), n), dtype=np.float64)
-        if row_fields:
-            x[row_fields] = flat[: len(row_fields) * n].reshape(len(row_fields), n)
-        for k, v in zip(ctx_fields, flat[len(row_fields) * n:]):
-            x[k] = v
-        dense[:, [j for j, _, _ in self._nums]] = self._num_params.finish(x).T
+        self._write_floats(dense, flat[: len(row_fields) * n].reshape(len(row_fields), n), row_fields,
+                           ctx_fields, flat[len(row_fields) * n:])
         return True
 
     def _native_numerics(self, context, candidates: list, row_fields: list[int], n: int, dense: np.ndarray) -> bool:
@@ -195,19 +191,25 @@ class RequestEncoder:
         ctx = _plain_floats(ctx_values)
         if ctx is None:
             return False
-        x = np.empty((len(self._nums), n), dtype=np.float64)
+        rows = np.empty((len(row_fields), n), dtype=np.float64)
         if row_fields:
             keys = self._float_gather_keys.get(tuple(row_fields))
             if keys is None:
                 keys = self._float_gather_keys[tuple(row_fields)] = tuple(self._nums[k][2] for k in row_fields)
-            rows = np.empty((len(row_fields), n), dtype=np.float64)
             if not native.gather_floats(candidates, keys, rows):
                 return False
-            x[row_fields] = rows
-        for k, v in zip(ctx_fields, ctx):
+        self._write_floats(dense, rows, row_fields, ctx_fields, ctx)
+        return True
+
+    def _write_floats(self, dense: np.ndarray, row_values: np.ndarray, row_fields: list[int], ctx_fields: list[int],
+                      ctx_values) -> None:
+        """Raw numerics (row fields ``[fields, rows]``, context fields one value each) transformed into ``dense``."""
+        x = np.empty((len(self._nums), row_values.shape[1]), dtype=np.float64)
+        if row_fields:
+            x[row_fields] = row_values
+        for k, v in zip(ctx_fields, ctx_values):
             x[k] = v
         dense[:, [j for j, _, _ in self._nums]] = self._num_params.finish(x).T
-        return True
 
 
 def _columns(rows: Sequence[Mapping[str, Any]], sources: list[str]) -> list[tuple]:

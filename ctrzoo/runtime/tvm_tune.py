@@ -362,8 +362,9 @@ def tune_tvm(bundle_path: str | Path | Bundle, trials: int = DEFAULT_TRIALS, max
     *relative to that bucket's latency* (MetaSchedule's gradient rule, normalised per bucket so bucket
     1024 does not starve bucket 1, seeded with the untuned times so kernels too cheap to matter cost no
     round). Dense layers (matmul + bias + ReLU) are searched in ``tvm_dense``'s register-blocked micro-kernel
-    space unless ``micro_kernels`` is False (then MetaSchedule's generic rules, for comparison). ``focus`` names the batch sizes that matter most (e.g. the service's usual candidate count):
-    the buckets serving them weigh ``FOCUS_WEIGHT`` times more. The embedding lookups stay untuned (random ids read out of bounds in measurement). Tuning
+    space unless ``micro_kernels`` is False (then MetaSchedule's generic rules, for comparison). ``focus``
+    names the batch sizes that matter most (e.g. the service's usual candidate count): the buckets serving
+    them weigh ``FOCUS_WEIGHT`` times more. The embedding lookups stay untuned (random ids read out of bounds in measurement). Tuning
     stops when the chosen task's next round would end past the time budget; the database keeps all
     measured so far (also on an interrupt), and tuning again continues from it.
     """
@@ -520,7 +521,8 @@ def _tune(bucket_mods: list, target: dict, work_dir: Path, trials: int, deadline
         for bucket, task in entries:
             rand += 1
             mod = task.dispatched[0]
-            spaces.append("dense" if micro_kernels and is_dense(mod) else "generic")  # dense layers: the micro-kernel space
+            # dense layers get the micro-kernel space
+            spaces.append("dense" if micro_kernels and is_dense(mod) else "generic")
             space = (ms.space_generator.ScheduleFn(dense_space) if spaces[-1] == "dense"
                      else ms.space_generator.PostOrderApply(sch_rules=rules))
             contexts.append(ms.TuneContext(
