@@ -48,7 +48,7 @@ def test_onnxruntime_matches_torch(bundles, model):
     assert "Unique" not in ops, f"{model}: exported graph has training-only ops: {sorted(ops)}"
 
 
-@pytest.mark.parametrize("model", ["deepfm", "din"])
+@pytest.mark.parametrize("model", list(MODELS))
 def test_fused_matches_torch(bundles, model):
     ref = runtime.load(bundles[model], "torch")
     fused = runtime.load(bundles[model], "fused")
