@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -66,7 +67,9 @@ def test_int8_variant_reports_auc_cost(bundles, synth_prepared):
     ds = PreparedDataset.open(synth_prepared["criteo"])
     batch = next(iter(BatchLoader(ds, "test", 100_000, shuffle=False)))
     p32 = runtime.load(bundles["deepfm"], "onnxruntime").predict(batch)
+    root_level = logging.getLogger().level
     p8 = runtime.load(bundles["deepfm"], "onnxruntime-int8").predict(batch)
+    assert logging.getLogger().level == root_level, "quantizing must not change the root logger for good"
     y = batch.label.numpy()
     change = auc(y, p8) - auc(y, p32)
     print(f"int8 AUC change on {y.size} rows: {change:+.5f}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from pathlib import Path
@@ -66,11 +67,25 @@ class OnnxRuntimePredictor(Predictor):
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             tmp = out.with_name(f".{INT8_FILE}.tmp")
-            logging.getLogger().setLevel(logging.ERROR)  # its "consider pre-processing" hint is not actionable here
-            quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+            with _root_log_level(logging.ERROR):  # its "consider pre-processing" hint is not actionable here
+                quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8,
+                                 op_types_to_quantize=["MatMul", "Gemm"])
             tmp.replace(out)
         return out
 
     def _predict(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
         feeds = {name: arrays[name] for name in self.input_names}
         return self.session.run(None, feeds)[0].reshape(-1)
+
+
+@contextlib.contextmanager
+def _root_log_level(level: int):
+    """onnxruntime's quantizer logs through the root logger: quiet it for the call only, then restore it
+    (setting it for good silenced every ctrzoo warning after one int8 quantization)."""
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.setLevel(before)
