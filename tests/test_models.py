@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 from ctrzoo.errors import CtrzooError
 from ctrzoo.features.layout import TableLayout
-from ctrzoo.models import build_model, list_models, model_hparam_names
+from ctrzoo.models import CTRModel, build_model, list_models, model_hparam_names, register_model
 from ctrzoo.models.wide_deep import _HASH_A, _HASH_B, _HASH_SALT
-from ctrzoo.nn import split_sparse_params
+from ctrzoo.nn import FeatureEmbedding, split_sparse_params
 
 B = 32
 SMALL = {"emb_dim": 4, "mlp": (16, 8)}
@@ -65,6 +65,30 @@ def test_registry_lists_models_and_rejects_unknown_names(layout: TableLayout) ->
     with pytest.raises(CtrzooError, match="emb_size"):
         build_model("deepfm", layout, emb_size=8)
     assert "emb_dim" in model_hparam_names("din")
+
+
+@pytest.mark.parametrize(("name", "hparams"), VARIANTS, ids=IDS)
+def test_every_model_follows_the_protocol(layout: TableLayout, name: str, hparams: dict) -> None:
+    """What trainer, exporter and runtimes rely on: a CTRModel with one FeatureEmbedding, JSON hparams, logits [B]."""
+    model = build(name, layout, **hparams)
+    assert isinstance(model, CTRModel) and model.model_name == name
+    assert isinstance(model.embedding, FeatureEmbedding)
+    assert model.embedding.weight is model.embedding.table.weight
+    sparse_model = build(name, layout, sparse_grad=True, **hparams)
+    sparse_params, _ = split_sparse_params(sparse_model)
+    assert any(p is sparse_model.embedding.weight for p in sparse_params)  # what sparse optimizers update
+    json.dumps(model.hparams)
+    sparse, dense, seq, _ = make_batch(layout)
+    assert model(sparse, dense, seq).shape == (B,)
+
+
+def test_register_model_refuses_a_class_outside_the_protocol() -> None:
+    class NotAModel(torch.nn.Module):
+        pass
+
+    with pytest.raises(CtrzooError, match="must subclass ctrzoo.models.CTRModel"):
+        register_model("not_a_model")(NotAModel)
+    assert "not_a_model" not in list_models()
 
 
 def test_build_model_passes_hparams(layout: TableLayout) -> None:

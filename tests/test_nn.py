@@ -310,3 +310,17 @@ def test_packed_attention_scores_equal_masked_full_scores(activation):
     out_train = att(q, k, mask)
     att.eval()
     torch.testing.assert_close(out_train, att(q, k, mask))
+
+
+def test_touched_rows_are_the_distinct_non_padding_ids_of_every_input(layout: TableLayout) -> None:
+    sparse = torch.tensor([[3, 7], [3, 0]])
+    seq = torch.tensor([[[7, 9, 0]], [[0, 0, 0]]])
+    assert FeatureEmbedding.touched_rows(sparse, seq).tolist() == [3, 7, 9]
+
+
+def test_embedding_without_first_order_has_one_table_and_refuses_the_linear_term(layout: TableLayout) -> None:
+    emb = FeatureEmbedding(layout, dim=4, sparse_grad=True, first_order=False)
+    assert [n for n, _ in emb.named_parameters()] == ["table.weight"]
+    assert emb(torch.tensor([[1, 2]])).shape == (1, 2, 4)
+    with pytest.raises(RuntimeError, match="first_order=False"):
+        emb.first_order(torch.tensor([[1, 2]]))

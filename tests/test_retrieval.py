@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import threading
 import time
@@ -13,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 faiss = pytest.importorskip("faiss")
 
@@ -239,6 +241,18 @@ def test_trained_bundle_has_towers_spec_catalogue_and_recall(rbundle):
     assert cat.table.column_names == [id_col, *cols]
     model = bundle.build_model()
     assert int((model.history_attrs != 0).any(dim=1).sum()) == len(cat)  # each item's category, saved
+
+
+def test_bundle_written_before_the_towers_used_feature_embedding_still_loads(rbundle, tmp_path):
+    """weights.pt of earlier versions names the shared table ``table.weight``; loading maps it."""
+    out, _ = rbundle
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    state = torch.load(old / "weights.pt", weights_only=True)
+    state = {("table.weight" if k == "embedding.table.weight" else k): v for k, v in state.items()}
+    torch.save(state, old / "weights.pt")
+    new_model, old_model = load_retrieval_bundle(out).build_model(), load_retrieval_bundle(old).build_model()
+    assert torch.equal(old_model.embedding.weight, new_model.embedding.weight)
 
 
 def test_negatives_and_no_logq_options_train(shop, tmp_path):

@@ -8,12 +8,12 @@ import torch
 from torch import Tensor, nn
 
 from ctrzoo.features.layout import TableLayout
-from ctrzoo.models import constructor_hparams, register_model
+from ctrzoo.models.registry import CTRModel, constructor_hparams, register_model
 from ctrzoo.nn import MLP, CrossNetwork, FeatureEmbedding
 
 
 @register_model("dcn")
-class DCN(nn.Module):
+class DCN(CTRModel):
     """``x0 = [flatten(field embeddings), dense]``; ``logit = Linear([Cross(x0), MLP(x0)])``.
 
     The cross network builds bounded-degree explicit interactions (degree ``num_cross_layers + 1``), the

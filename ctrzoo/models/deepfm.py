@@ -8,12 +8,12 @@ import torch
 from torch import Tensor, nn
 
 from ctrzoo.features.layout import TableLayout
-from ctrzoo.models import constructor_hparams, register_model
+from ctrzoo.models.registry import CTRModel, constructor_hparams, register_model
 from ctrzoo.nn import MLP, DenseEmbedding, FactorizationMachine, FeatureEmbedding
 
 
 @register_model("deepfm")
-class DeepFM(nn.Module):
+class DeepFM(CTRModel):
     """``logit = first_order + bias + FM(fields) + Linear(MLP(flatten(fields)))``.
 
     ``fields [B, n_sparse + n_dense, emb_dim]``: categorical embeddings followed by dense features as

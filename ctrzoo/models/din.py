@@ -9,12 +9,12 @@ from torch import Tensor, nn
 
 from ctrzoo.errors import CtrzooError
 from ctrzoo.features.layout import TableLayout
-from ctrzoo.models import constructor_hparams, register_model
+from ctrzoo.models.registry import CTRModel, constructor_hparams, register_model
 from ctrzoo.nn import MLP, FeatureEmbedding, SequencePooling, TargetAttention, padding_mask
 
 
 @register_model("din")
-class DIN(nn.Module):
+class DIN(CTRModel):
     """``logit = Linear(MLP([flatten(field embeddings), dense, interest_1, ..., interest_S]))``.
 
     For each sequence feature ``s`` the candidate is the embedding of the sparse field whose table it

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ctrzoo.errors import CtrzooError
 from ctrzoo.features.layout import TableLayout
-from ctrzoo.models import constructor_hparams, register_model
+from ctrzoo.models.registry import CTRModel, constructor_hparams, register_model
 from ctrzoo.nn import MLP, FeatureEmbedding
 
 # Multipliers of the cross-product hash; ids stay far below 2**32, so products never overflow int64.
@@ -17,7 +17,7 @@ _HASH_A, _HASH_B, _HASH_SALT = 1_000_003, 998_244_353, 2_654_435_761
 
 
 @register_model("wide_deep")
-class WideDeep(nn.Module):
+class WideDeep(CTRModel):
     """``logit = wide(sparse, dense) + Linear(MLP([field embeddings, dense]))``.
 
     The wide part is linear in the raw ids: first-order weights of every field, a linear map of ``dense``

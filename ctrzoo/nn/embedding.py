@@ -27,16 +27,29 @@ class FeatureEmbedding(nn.Module):
         init_std: std of the normal init of the ``dim``-sized table; small, as in common CTR libraries, so
             untrained ids start near the origin. The first-order table starts at zero (a plain logistic
             regression start).
+        first_order: keep the 1-dim first-order table (models without a linear term, such as the two
+            towers, leave it out).
+
+    Example::
+
+        layout = spec.layout()                     # e.g. 3 fields in a 1000-row table
+        emb = FeatureEmbedding(layout, dim=8)
+        sparse = torch.tensor([[2, 310, 745]])     # [B=1, F=3] global ids
+        fields, linear = emb.lookup(sparse)        # [1, 3, 8], [1]
+        history = emb.lookup_seq(seq)              # seq [B, S, L] -> [B, S, L, 8], padding rows are zeros
+        penalty_rows = emb.touched_rows(sparse, seq)  # distinct non-padding ids, for row-wise penalties
     """
 
-    def __init__(self, layout: TableLayout, dim: int, sparse_grad: bool = False, init_std: float = 1e-2) -> None:
+    def __init__(self, layout: TableLayout, dim: int, sparse_grad: bool = False, init_std: float = 1e-2,
+                 first_order: bool = True) -> None:
         super().__init__()
         num = layout.num_embeddings
         self.dim = dim
         self.table = nn.Embedding(num, dim, padding_idx=PADDING_ID, sparse=sparse_grad)
-        self.linear_table = nn.Embedding(num, 1, padding_idx=PADDING_ID, sparse=sparse_grad)
+        self.linear_table = nn.Embedding(num, 1, padding_idx=PADDING_ID, sparse=sparse_grad) if first_order else None
         nn.init.normal_(self.table.weight, std=init_std)
-        nn.init.zeros_(self.linear_table.weight)
+        if self.linear_table is not None:
+            nn.init.zeros_(self.linear_table.weight)
         with_padding_zeroed(self.table)
 
     @property
@@ -46,7 +59,21 @@ class FeatureEmbedding(nn.Module):
     @sparse_grad.setter
     def sparse_grad(self, value: bool) -> None:
         self.table.sparse = value
-        self.linear_table.sparse = value
+        if self.linear_table is not None:
+            self.linear_table.sparse = value
+
+    @property
+    def weight(self) -> nn.Parameter:
+        """The ``[num_embeddings, dim]`` table: what weight penalties and sparse optimizers act on."""
+        return self.table.weight
+
+    @staticmethod
+    def touched_rows(*ids: Tensor) -> Tensor:
+        """Distinct global rows ``[U]`` present in ``ids`` (any shapes: ``sparse [B, F]``, ``seq [B, S, L]``),
+        padding excluded: the rows one step's gradient can change."""
+        flat = torch.cat([t.reshape(-1) for t in ids])
+        rows = torch.unique(flat)
+        return rows[rows != PADDING_ID]
 
     def forward(self, sparse: Tensor) -> Tensor:
         """``sparse [B, F]`` global ids -> field embeddings ``[B, F, dim]``."""
@@ -54,6 +81,8 @@ class FeatureEmbedding(nn.Module):
 
     def first_order(self, sparse: Tensor) -> Tensor:
         """``sparse [B, F]`` -> ``[B]``: the linear (logistic-regression) term, summed over fields."""
+        if self.linear_table is None:
+            raise RuntimeError("this FeatureEmbedding was built with first_order=False")
         return self.linear_table(sparse).sum(dim=(1, 2))
 
     def lookup(self, sparse: Tensor) -> tuple[Tensor, Tensor]:
@@ -65,7 +94,7 @@ class FeatureEmbedding(nn.Module):
         ``[U, dim]`` instead of a sparse gradient with a row per occurrence that the optimizer must
         deduplicate per table. The values are the same as the two plain lookups.
         """
-        if not (self.sparse_grad and torch.is_grad_enabled()):
+        if not (self.sparse_grad and torch.is_grad_enabled()) or self.linear_table is None:
             return self(sparse), self.first_order(sparse)
         rows, inverse = torch.unique(sparse, sorted=True, return_inverse=True)
         flat = inverse.reshape(-1)

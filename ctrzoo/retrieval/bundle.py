@@ -32,6 +32,7 @@ from ctrzoo.retrieval.towers import TowerSplit, TwoTower, build_two_tower
 RETRIEVAL_FORMAT_VERSION = 1
 META_FILE = "bundle.json"
 WEIGHTS_FILE = "weights.pt"
+TABLE_KEY, LEGACY_TABLE_KEY = "embedding.table.weight", "table.weight"  # the shared table in weights.pt
 INDEX_DIR = "index"
 
 
@@ -67,6 +68,8 @@ class RetrievalBundle:
             raise RetrievalError(f"{path}: missing weights file") from None
         except Exception as exc:  # corrupt or not a torch file
             raise RetrievalError(f"{path}: cannot read weights ({exc.__class__.__name__}: {exc})") from None
+        if isinstance(state, dict) and LEGACY_TABLE_KEY in state:  # written before the towers used FeatureEmbedding
+            state = {(TABLE_KEY if k == LEGACY_TABLE_KEY else k): v for k, v in state.items()}
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:

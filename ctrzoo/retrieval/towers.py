@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ctrzoo.features import Categorical, FeatureSpec, SequenceFeature
 from ctrzoo.features.layout import PADDING_ID
+from ctrzoo.nn.embedding import FeatureEmbedding
 from ctrzoo.nn.mlp import MLP
 from ctrzoo.retrieval.errors import RetrievalError
 
@@ -151,10 +152,9 @@ class TwoTower(nn.Module):
         # Filled from the catalogue before training (set_history_attributes) and saved with the weights.
         self.register_buffer("history_attrs", torch.zeros(self.item_field.size, len(self.attr_cols), dtype=torch.long))
 
-        self.table = nn.Embedding(layout.num_embeddings, emb_dim, padding_idx=PADDING_ID, sparse=sparse_grad)
-        nn.init.normal_(self.table.weight, std=0.05)
-        with torch.no_grad():
-            self.table.weight[PADDING_ID].zero_()
+        # the ranking models' shared table, without their first-order term; the same random stream as a plain
+        # nn.Embedding followed by normal_(std=0.05), so seeded runs reproduce earlier ones
+        self.embedding = FeatureEmbedding(layout, emb_dim, sparse_grad=sparse_grad, init_std=0.05, first_order=False)
         n_user_seq = len(self.user_seq) * (1 + len(self.attr_cols))
         user_in = emb_dim * (len(self.user_sparse) + n_user_seq) + len(self.user_dense)
         item_in = emb_dim * len(self.item_sparse) + len(self.item_dense)
@@ -178,19 +178,19 @@ class TwoTower(nn.Module):
     # -- towers ----------------------------------------------------------------------------------------
     def user_vectors(self, sparse: Tensor, dense: Tensor, seq: Tensor) -> Tensor:
         """``sparse [B, F]``, ``dense [B, D]``, ``seq [B, S, L]`` (full layout) -> ``[B, out_dim]``."""
-        parts = [self.table(sparse[:, self.user_sparse]).flatten(1)]
+        parts = [self.embedding(sparse[:, self.user_sparse]).flatten(1)]
         if len(self.user_seq):
             ids = seq[:, self.user_seq]  # [B, S_u, L]
             mask = (ids != PADDING_ID).unsqueeze(-1).float()
             count = mask.sum(-2).clamp(min=1.0)
-            parts.append(((self.table(ids) * mask).sum(-2) / count).flatten(1))
+            parts.append(((self.embedding(ids) * mask).sum(-2) / count).flatten(1))
             if self.attr_cols:
                 local = ids - self.item_field.offset
                 inside = (local >= 0) & (local < self.item_field.size)
                 attrs = self.history_attrs[local.clamp(0, self.item_field.size - 1)]  # [B, S_u, L, A]
                 attrs = torch.where(inside.unsqueeze(-1), attrs, 0)
                 amask = (attrs != PADDING_ID).unsqueeze(-1).float()
-                pooled = (self.table(attrs) * amask).sum(2) / amask.sum(2).clamp(min=1.0)  # [B, S_u, A, E]
+                pooled = (self.embedding(attrs) * amask).sum(2) / amask.sum(2).clamp(min=1.0)  # [B, S_u, A, E]
                 parts.append(pooled.flatten(1))
         if len(self.user_dense):
             parts.append(dense[:, self.user_dense])
@@ -199,7 +199,7 @@ class TwoTower(nn.Module):
 
     def item_vectors(self, item_sparse: Tensor, item_dense: Tensor) -> Tensor:
         """The item tower's columns ``[N, F_i]``, ``[N, D_i]`` -> ``[N, out_dim]``."""
-        parts = [self.table(item_sparse).flatten(1)]
+        parts = [self.embedding(item_sparse).flatten(1)]
         if item_dense.shape[1]:
             parts.append(item_dense)
         v = self.item_tower(torch.cat(parts, dim=1))

@@ -135,8 +135,8 @@ class RetrievalTrainer:
         n = len(catalogue)
         self.train_counts = np.bincount(self.train.target.numpy(), minlength=n).astype(np.float64)
         self.log_q = torch.from_numpy(np.log(np.maximum(self.train_counts, 0.5) / self.train_counts.sum())).float()
-        table = [self.model.table.weight]
-        rest = [p for p in self.model.parameters() if p is not self.model.table.weight]
+        table = [self.model.embedding.weight]
+        rest = [p for p in self.model.parameters() if p is not self.model.embedding.weight]
         self.optimizers = [torch.optim.SparseAdam(table, lr=cfg.lr), torch.optim.Adam(rest, lr=cfg.lr)]
         self.hard: torch.Tensor | None = None
         self.history: list[dict[str, Any]] = []

@@ -60,7 +60,7 @@ class FusedDIN(nn.Module):
     def __init__(self, din: nn.Module):
         super().__init__()
         din = din.eval()
-        self.table = din.embedding.table
+        self.table = din.embedding  # a FeatureEmbedding: any shape of ids -> [..., D]
         self.shares = list(din.shares)
         self.pooling = din.pooling
         self.concat_sum_pool = din.concat_sum_pool

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ctrzoo.features.layout import PADDING_ID
+from ctrzoo.nn.embedding import FeatureEmbedding
 
 
 def plain_l2(params: Iterable[Tensor], lam: float) -> Tensor:
@@ -44,7 +44,7 @@ def mba_l2(
     """DIN's mini-batch-aware L2: ``sum_j (lam / n_j) * ||weight[j]||^2`` over ids ``j`` in the batch.
 
     Args:
-        weight: embedding table ``[num_embeddings, D]`` (e.g. ``model.embedding.table.weight``).
+        weight: embedding table ``[num_embeddings, D]`` (``model.embedding.weight``).
         ids: the batch's global ids, any shape (e.g. ``sparse [B, F]``), or several tensors (sparse and
             ``seq``); each distinct id counts once, padding id 0 is excluded.
         id_frequency: float ``[num_embeddings]``, occurrences of each id in the training data; clamped to
@@ -56,9 +56,8 @@ def mba_l2(
     Returns:
         Scalar penalty; its gradient is zero on every row not present in ``ids``.
     """
-    flat = ids.reshape(-1) if isinstance(ids, Tensor) else torch.cat([t.reshape(-1) for t in ids])
-    unique = torch.unique(flat)
-    unique = unique[unique != PADDING_ID]  # training-only code: a data-dependent shape is fine here
+    # training-only code: a data-dependent shape is fine here
+    unique = FeatureEmbedding.touched_rows(*([ids] if isinstance(ids, Tensor) else ids))
     rows = F.embedding(unique, weight, sparse=sparse)  # [U, D]
     scale = lam / id_frequency[unique].to(rows.dtype).clamp(min=1.0)  # [U]
     return (scale * rows.pow(2).sum(dim=-1)).sum()

@@ -242,10 +242,10 @@ class Trainer:
         total = loss
         if cfg.regularization == "mba" and cfg.reg_lambda > 0:
             ids = [batch.sparse, batch.seq] if batch.seq.numel() else [batch.sparse]
-            table = self.model.embedding.table.weight
+            table = self.model.embedding.weight
             total = total + mba_l2(table, ids, self.id_frequency, cfg.reg_lambda, sparse=cfg.uses_sparse_updates) / len(batch)
         elif cfg.regularization == "l2" and cfg.reg_lambda > 0:
-            total = total + plain_l2([self.model.embedding.table.weight], cfg.reg_lambda) / len(batch)
+            total = total + plain_l2([self.model.embedding.weight], cfg.reg_lambda) / len(batch)
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         total.backward()

@@ -1,0 +1,94 @@
+"""The model protocol and the registry that builds models by name (as timm's ``_registry``).
+
+Every CTR model subclasses ``CTRModel`` and is registered with ``@register_model("name")``; the trainer,
+the exporter, the runtimes and the bundle only use what ``CTRModel`` declares.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+from torch import Tensor, nn
+
+from ctrzoo.errors import CtrzooError
+from ctrzoo.features.layout import TableLayout
+from ctrzoo.nn.embedding import FeatureEmbedding
+
+
+class CTRModel(nn.Module):
+    """What every model offers its callers.
+
+    * constructor ``(layout: TableLayout, **hparams)``; the first statement records
+      ``self.hparams = constructor_hparams(locals())`` (JSON values) so a bundle can rebuild the model;
+    * ``self.embedding``: the one ``FeatureEmbedding`` (the shared table, the only sparse parameters);
+    * ``forward(sparse [B, F] int64, dense [B, D] float32, seq [B, S, L] int64) -> logits [B]``.
+
+    ``model_name`` is set by ``register_model``.
+    """
+
+    model_name: ClassVar[str] = ""
+    embedding: FeatureEmbedding
+    hparams: dict[str, Any]
+
+    def forward(self, sparse: Tensor, dense: Tensor, seq: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+ModelClass = TypeVar("ModelClass", bound=type[CTRModel])
+_MODELS: dict[str, type[CTRModel]] = {}
+
+
+def constructor_hparams(arguments: dict[str, object]) -> dict[str, object]:
+    """A model's hyper-parameters from its constructor's ``locals()`` (taken first thing in ``__init__``):
+    every argument but ``self`` and ``layout``, sequences as JSON lists, so a bundle can rebuild the model."""
+
+    def plain(v: object) -> object:
+        return [plain(x) for x in v] if isinstance(v, list | tuple) else v
+
+    return {k: plain(v) for k, v in arguments.items() if k not in ("self", "layout", "__class__")}
+
+
+def register_model(name: str) -> Callable[[ModelClass], ModelClass]:
+    """Class decorator: make the ``CTRModel`` subclass constructible as ``build_model(name, ...)``."""
+
+    def decorate(cls: ModelClass) -> ModelClass:
+        if not (isinstance(cls, type) and issubclass(cls, CTRModel)):
+            raise CtrzooError(f"model {name!r}: {cls!r} must subclass ctrzoo.models.CTRModel")
+        if name in _MODELS and _MODELS[name] is not cls:
+            raise CtrzooError(f"model name {name!r} is already registered by {_MODELS[name].__name__}")
+        _MODELS[name] = cls
+        cls.model_name = name
+        return cls
+
+    return decorate
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    return sorted(_MODELS)
+
+
+def model_hparam_names(name: str) -> list[str]:
+    """The hyper-parameters ``build_model(name, ...)`` accepts."""
+    params = inspect.signature(_get(name).__init__).parameters
+    return [p for p in params if p not in ("self", "layout")]
+
+
+def build_model(name: str, layout: TableLayout, **hparams: object) -> CTRModel:
+    """Construct the registered model ``name`` for ``layout``; unknown names or hparams raise CtrzooError."""
+    accepted = model_hparam_names(name)
+    unknown = sorted(set(hparams) - set(accepted))
+    if unknown:
+        raise CtrzooError(
+            f"model {name!r} does not accept hyper-parameter(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}"
+        )
+    return _get(name)(layout, **hparams)
+
+
+def _get(name: str) -> type[CTRModel]:
+    try:
+        return _MODELS[name]
+    except KeyError:
+        raise CtrzooError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
