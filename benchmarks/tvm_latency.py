@@ -3,7 +3,7 @@
     python benchmarks/tvm_latency.py [--minutes 10] [--trials 4000] [--buckets 1 16 128 1024] [--focus 100]
 
 A bundle shaped like the benchmark's DeepFM is trained for one step on synthetic Criteo rows (latency does
-not depend on the weights), exported, tuned with MetaSchedule within the budget (``ctrzoo.runtime.tvm_tune``),
+not depend on the weights), exported, tuned with MetaSchedule within the budget (``ctrzoo.runtime.tvm.tuning``),
 then both backends are timed in this process with ``ctrzoo.runtime.bench.bench_inference`` (same inputs,
 same thread count), and the ratio to onnxruntime is printed. ``--reuse`` skips training and tuning when the
 bundle already holds a tuned library (e.g. to re-time it).
@@ -43,7 +43,8 @@ def main() -> None:
     a = ap.parse_args()
 
     from ctrzoo.runtime.bench import bench_inference, format_table
-    from ctrzoo.runtime.tvm_tune import artifact_dir, read_manifest, tune_tvm
+    from ctrzoo.runtime.tvm.artifacts import artifact_dir, read_manifest
+    from ctrzoo.runtime.tvm.tuning import tune_tvm
 
     bundle = Path(a.bundle)
     manifest = read_manifest(artifact_dir(_bundle(bundle))) if (bundle / "model.onnx").exists() and a.reuse else None

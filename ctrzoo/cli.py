@@ -283,7 +283,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
 
 def _cmd_tune(args: argparse.Namespace) -> None:
-    from ctrzoo.runtime.tvm_tune import DEFAULT_BUCKETS, require_tvm, tune_tvm
+    from ctrzoo.runtime.tvm import DEFAULT_BUCKETS, require_tvm, tune_tvm
 
     require_tvm()
     s = tune_tvm(args.bundle, trials=args.trials, max_minutes=args.minutes,

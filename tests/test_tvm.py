@@ -27,8 +27,8 @@ from ctrzoo import runtime
 from ctrzoo.cli import main
 from ctrzoo.errors import BundleError, CtrzooError
 from ctrzoo.export import example_batch, export_onnx
-from ctrzoo.runtime.tvm_backend import _chunk_plan
-from ctrzoo.runtime.tvm_tune import DB_RECORDS, LIBRARY, MANIFEST
+from ctrzoo.runtime.tvm import policy
+from ctrzoo.runtime.tvm.artifacts import DB_RECORDS, LIBRARY, MANIFEST
 from ctrzoo.train.run import train_bundle
 
 SMALL = {"emb_dim": 8, "mlp": [32, 16]}
@@ -79,8 +79,8 @@ def test_tvm_matches_torch(bundles, model):
     p = runtime.load(bundles[model], "tvm", threads=1, buckets=BUCKETS)
     assert os.sched_getaffinity(0) == cpus, "sizing TVM's thread pool must not pin the caller to a core"
     assert p.buckets == BUCKETS
-    assert any(rows < b for b, rows in p._chunks(7)), "batch 7 must take the padding path"
-    assert sum(rows for _, rows in p._chunks(100)) == 100
+    assert any(rows < b for b, rows in policy.chunks(7, p._plan)), "batch 7 must take the padding path"
+    assert sum(rows for _, rows in policy.chunks(100, p._plan)) == 100
     _agree(p, ref, (1, 7, 100))
 
 
@@ -117,8 +117,9 @@ def test_dense_space_schedules_dense_layers_exactly(bundles):
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
-    from ctrzoo.runtime.tvm_dense import dense_space, is_dense
-    from ctrzoo.runtime.tvm_tune import host_target, import_onnx, prepare
+    from ctrzoo.runtime.tvm.compiler import import_onnx, prepare
+    from ctrzoo.runtime.tvm.dense import dense_space, is_dense
+    from ctrzoo.runtime.tvm.env import host_target
 
     b = runtime.load(bundles["deepfm"], "torch")
     target = host_target(1)
@@ -140,14 +141,6 @@ def test_dense_space_schedules_dense_layers_exactly(bundles):
         assert "parallel" in str(sch.mod) and "vectorized" in str(sch.mod)
 
 
-def test_chunk_plan_covers_every_batch():
-    plan = _chunk_plan({1: 0.01, 16: 0.05, 128: 0.3})
-    for n in range(1, 129):
-        assert sum(plan[n]) >= n and sum(plan[n][:-1]) < n
-    assert plan[100] == [128]  # one padded call beats seven small ones here
-    assert plan[1] == [1]
-
-
 def test_tuned_bundle_is_reused_without_tuning(tuned, caplog, capsys):
     art = tuned / "tvm"
     manifest = json.loads((art / MANIFEST).read_text())
@@ -166,7 +159,7 @@ def test_tuned_bundle_is_reused_without_tuning(tuned, caplog, capsys):
 
 
 def test_time_budget_is_respected(bundles, tmp_path):
-    from ctrzoo.runtime.tvm_tune import tune_tvm
+    from ctrzoo.runtime.tvm.tuning import tune_tvm
 
     b = tmp_path / "b"
     shutil.copytree(bundles["dcn"], b)

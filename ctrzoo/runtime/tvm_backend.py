@@ -4,7 +4,7 @@ bucket; a batch is padded up to a bucket (or split into several) and exactly ``B
     predictor = runtime.load(bundle, "tvm")                  # reuse BUNDLE/tvm/model.so, or build it
     predictor = runtime.load(bundle, "tvm", tune=True, trials=2000, max_minutes=10)   # tune first
 
-Artefacts, the rebuild rules and tuning live in ``ctrzoo.runtime.tvm_tune``. A library that is missing,
+Artefacts, the rebuild rules and tuning live in the ``ctrzoo.runtime.tvm`` package. A library that is missing,
 corrupt (checksum) or built from another ``model.onnx``/TVM/CPU/bucket set is rebuilt (a warning says why);
 a damaged tuning database is refused with a BundleError naming the file. Every load logs the number of
 tuning trials it performed (logger ``ctrzoo.runtime.tvm``), zero unless ``tune=True``.
@@ -20,9 +20,10 @@ import numpy as np
 
 from ctrzoo.bundle import Bundle
 from ctrzoo.errors import CtrzooError
-from ctrzoo.runtime import tvm_tune
 from ctrzoo.runtime.base import Predictor
 from ctrzoo.runtime.onnxruntime_backend import checked_onnx_path
+from ctrzoo.runtime.tvm import artifacts, compiler, env, policy
+from ctrzoo.runtime.tvm.tuning import DEFAULT_MINUTES, DEFAULT_TRIALS, tune_tvm
 
 log = logging.getLogger("ctrzoo.runtime.tvm")
 CALL_OVERHEAD_MS = 0.02  # added per call when planning: timing noise should not favour many small calls
@@ -35,26 +36,25 @@ class TvmPredictor(Predictor):
                  tune: bool = False, trials: int | None = None, max_minutes: float | None = None,
                  focus: tuple[int, ...] = ()):
         super().__init__(bundle)
-        tvm_tune.require_tvm()
+        env.require_tvm()
         t0 = time.perf_counter()
         trials_done = 0
         if tune:
-            summary = tvm_tune.tune_tvm(bundle, trials or tvm_tune.DEFAULT_TRIALS,
-                                        tvm_tune.DEFAULT_MINUTES if max_minutes is None else max_minutes, buckets,
-                                        focus=focus)
+            summary = tune_tvm(bundle, trials or DEFAULT_TRIALS, DEFAULT_MINUTES if max_minutes is None else max_minutes,
+                               buckets, focus=focus)
             trials_done = summary["trials"]
         onnx_path = checked_onnx_path(bundle)
-        onnx_sha = tvm_tune.sha256_file(onnx_path)
-        art = tvm_tune.artifact_dir(bundle)
-        manifest = tvm_tune.read_manifest(art)
-        self.buckets = tvm_tune.normalize_buckets(
-            buckets or (manifest or {}).get("buckets") or tvm_tune.DEFAULT_BUCKETS)
-        target = tvm_tune.host_target()
+        onnx_sha = artifacts.sha256_file(onnx_path)
+        art = artifacts.artifact_dir(bundle)
+        manifest = artifacts.read_manifest(art)
+        self.buckets = policy.normalize_buckets(
+            buckets or (manifest or {}).get("buckets") or policy.DEFAULT_BUCKETS)
+        target = env.host_target()
         self.vm, how = self._library(bundle, manifest, target, onnx_path, onnx_sha)
-        self.threads = tvm_tune.size_thread_pool(threads)
+        self.threads = env.size_thread_pool(threads)
         self._setup(onnx_path)
         self.bucket_ms = self._measure_buckets()
-        self._plan = _chunk_plan(self.bucket_ms)
+        self._plan = policy.chunk_plan(self.bucket_ms)
         self.warm_up()
         self.load_seconds = time.perf_counter() - t0
         log.info("tvm: %s ready in %.2fs (%s; buckets %s); tuning trials performed: %d", bundle.path,
@@ -64,9 +64,9 @@ class TvmPredictor(Predictor):
 
     def _library(self, bundle, manifest, target, onnx_path, onnx_sha):
         """The VM from model.so when it is current, else rebuilt (from the database when there is one)."""
-        art = tvm_tune.artifact_dir(bundle)
-        lib = art / tvm_tune.LIBRARY
-        want = tvm_tune.build_key(onnx_sha, target, self.buckets, tvm_tune.database_digest(art))
+        art = artifacts.artifact_dir(bundle)
+        lib = art / artifacts.LIBRARY
+        want = artifacts.build_key(onnx_sha, target, self.buckets, artifacts.database_digest(art))
         why = None
         if manifest is None:
             why = "no manifest" if lib.exists() or art.exists() else None
@@ -76,35 +76,35 @@ class TvmPredictor(Predictor):
                 why = f"built for another {', '.join(stale)}"
             elif not lib.exists():
                 why = f"{lib} is missing"
-            elif tvm_tune.sha256_file(lib) != manifest.get("library", {}).get("sha256"):
+            elif artifacts.sha256_file(lib) != manifest.get("library", {}).get("sha256"):
                 why = f"{lib} does not match its recorded checksum (corrupt)"
             else:
                 try:
-                    vm = tvm_tune.load_library(lib)
+                    vm = compiler.load_library(lib)
                     return vm, f"library {lib.name} ({manifest.get('built_from')})"
                 except Exception as exc:
                     why = f"{lib} cannot be loaded ({exc.__class__.__name__}: {str(exc)[:200]})"
         if why:
             log.warning("tvm: rebuilding %s: %s", lib, why)
         try:
-            path = tvm_tune.build_library(bundle, self.buckets, target, onnx_path, onnx_sha)
+            path = artifacts.build_library(bundle, self.buckets, target, onnx_path, onnx_sha)
         except OSError as exc:  # a read-only bundle: build in memory instead of failing
             log.warning("tvm: cannot write %s (%s); compiling in memory for this process", art, exc)
-            mod, _, _ = tvm_tune.import_onnx(onnx_path, self.layout, self.buckets)
-            database = tvm_tune.open_database(art) if art.exists() else None
-            ex = tvm_tune.build(tvm_tune.prepare(mod, target), target, database)
+            mod, _, _ = compiler.import_onnx(onnx_path, self.layout, self.buckets)
+            database = artifacts.open_database(art) if art.exists() else None
+            ex = compiler.build(compiler.prepare(mod, target), target, database)
             import tvm
             from tvm import relax
 
             return relax.VirtualMachine(ex, tvm.cpu()), "compiled in memory"
-        built = tvm_tune.read_manifest(art) or {}
-        return tvm_tune.load_library(path), f"rebuilt from {built.get('built_from', '?')}"
+        built = artifacts.read_manifest(art) or {}
+        return compiler.load_library(path), f"rebuilt from {built.get('built_from', '?')}"
 
     def _setup(self, onnx_path) -> None:
         """Prepacked weights and preallocated input/output buffers per bucket."""
         import tvm
 
-        _, params, self.input_names = tvm_tune.import_onnx(onnx_path, self.layout, (1,))
+        _, params, self.input_names = compiler.import_onnx(onnx_path, self.layout, (1,))
         self._fn, self._weights, self._buffers, self._views = {}, {}, {}, {}
         shapes = {"sparse": (self.layout.n_sparse,), "dense": (self.layout.n_dense,),
                   "seq": (self.layout.n_seq, self.layout.seq_len)}
@@ -115,7 +115,7 @@ class TvmPredictor(Predictor):
             except Exception as exc:
                 raise CtrzooError(f"{self.bundle.path}: the tvm library has no function for bucket {b}: {exc}") from None
             self._weights[b] = list(prep(params))
-            bufs = [tvm.runtime.empty((b, *shapes[n]), tvm_tune.INPUT_DTYPES[n]) for n in self.input_names]
+            bufs = [tvm.runtime.empty((b, *shapes[n]), compiler.INPUT_DTYPES[n]) for n in self.input_names]
             self._buffers[b] = bufs
             self._views[b] = {n: np.from_dlpack(t) for n, t in zip(self.input_names, bufs)}
             for v in self._views[b].values():
@@ -148,7 +148,7 @@ class TvmPredictor(Predictor):
         self._check_ids(arrays)
         out = np.empty(n, dtype=np.float32)
         start = 0
-        for b, rows in self._chunks(n):
+        for b, rows in policy.chunks(n, self._plan):
             self._run(b, arrays, start, rows, out)
             start += rows
         return out
@@ -164,16 +164,6 @@ class TvmPredictor(Predictor):
             res = self._fn[b](*self._buffers[b], *self._weights[b])
             out[start:start + rows] = res.numpy().reshape(-1)[:rows]
 
-    def _chunks(self, n: int):
-        top = self.buckets[-1]
-        while n > top:
-            yield top, top
-            n -= top
-        for b in self._plan[n]:
-            rows = min(b, n)
-            yield b, rows
-            n -= rows
-
     def _check_ids(self, arrays: dict[str, np.ndarray]) -> None:
         """TVM's gathers do not bound-check (an out-of-range id would crash the process): check here."""
         for name in ("sparse", "seq"):
@@ -181,20 +171,3 @@ class TvmPredictor(Predictor):
             if v.size and (v.min() < 0 or v.max() >= self._n_rows):
                 raise CtrzooError(f"predict(): input {name!r} has ids outside [0, {self._n_rows}) "
                                   f"(min {v.min()}, max {v.max()}); encode raw values with the bundle's spec")
-
-
-def _chunk_plan(bucket_ms: dict[int, float]) -> list:
-    """For every batch size up to the largest bucket, the bucket calls of least total measured latency."""
-    top = max(bucket_ms)
-    cost = [0.0] + [float("inf")] * top
-    choice = [0] * (top + 1)
-    for n in range(1, top + 1):
-        for b, ms in bucket_ms.items():
-            c = ms + cost[max(0, n - b)]
-            if c < cost[n]:
-                cost[n], choice[n] = c, b
-    plan: list = [[] for _ in range(top + 1)]
-    for n in range(1, top + 1):
-        b = choice[n]
-        plan[n] = [b, *plan[max(0, n - b)]]
-    return plan
