@@ -111,6 +111,13 @@ def read_row_group(pf: pq.ParquetFile, path: str | Path, group: int, columns: li
                            "prepare the data again") from None
 
 
+def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """A whole Parquet file (some columns), or ``DatasetError`` naming it when it is damaged."""
+    pf = parquet_file(path)
+    groups = [read_row_group(pf, path, g, columns) for g in range(pf.metadata.num_row_groups)]
+    return pa.concat_tables(groups) if groups else pf.schema_arrow.empty_table().select(columns or pf.schema_arrow.names)
+
+
 def iter_batches(path: str | Path, batch_size: int, columns: list[str] | None = None):
     """Record batches of a Parquet file; a damaged file is a ``DatasetError`` naming it."""
     pf = parquet_file(path)
