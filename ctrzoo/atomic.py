@@ -30,6 +30,11 @@ _DISK_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota 
                 errno.EIO: "an I/O error (a failing disk?)", errno.EFBIG: "the file is too large for the filesystem"}
 
 
+def _hint(reason: str | None) -> str:
+    return "free some space and run again" if reason and ("full" in reason or "quota" in reason) \
+        else "check the disk and run again"
+
+
 class DiskError(CtrzooError):
     """A write that failed for lack of space (or a failing disk): names what was being written."""
 
@@ -65,7 +70,7 @@ def disk_errors(what: str, path: str | Path | None = None) -> Iterator[None]:
         if reason is None:
             raise
         where = f"{path}: " if path is not None else ""
-        raise DiskError(f"{where}cannot write {what}: {reason} (free some space and run again)",
+        raise DiskError(f"{where}cannot write {what}: {reason} ({_hint(reason)})",
                         what, Path(path) if path is not None else None, reason) from exc
 
 
@@ -90,7 +95,7 @@ def replace_file(path: str | Path, write: Callable[[Any], None], what: str) -> N
 def write_json(path: Path, data: Any) -> None:
     """Replace a JSON file in one rename (readers see the old or the new content, never a mix)."""
     payload = json.dumps(data, indent=1).encode()
-    replace_file(path, lambda fh: fh.write(payload), f"{Path(path).name}")
+    replace_file(path, lambda fh: fh.write(payload), Path(path).name)
 
 
 def read_json(path: Path, error: type[CtrzooError], what: str) -> Any:
@@ -133,7 +138,7 @@ def building(out: str | Path, marker: str, what: str, error: type[CtrzooError] =
             part = f" ({exc.what} {exc.path.relative_to(tmp)})"
         state = "left as it was" if out.exists() else "not created"
         raise DiskError(f"{out}: cannot write the {what}{part}: {exc.reason}; {out} was {state}, nothing "
-                        "half-written is left (free some space and run again)", what, out, exc.reason) from exc
+                        f"half-written is left ({_hint(exc.reason)})", what, out, exc.reason) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -145,18 +150,26 @@ def publish(tmp: Path, out: Path) -> None:
         os.rename(tmp, out)
         return
     if exchange(tmp, out):  # tmp now holds the old artifact
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
         return
     # fallback: a window between the two renames, closed afterwards by recover()
     old = _sibling(out, "old", os.getpid())
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
     os.rename(out, old)
     try:
         os.rename(tmp, out)
     except BaseException:
         os.rename(old, out)  # put the old artifact back (a hard kill here is recover()'s case)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    """Remove a directory tree, or the link itself where an old artifact was a symbolic link."""
+    if path.is_symlink():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 _RENAME_EXCHANGE = 2
@@ -250,7 +263,7 @@ def clean_stale(out: str | Path) -> list[Path]:
     for kind in ("tmp", "old"):
         for p, pid in _siblings(out, kind):
             if not pid_alive(pid):
-                shutil.rmtree(p, ignore_errors=True)
-                if not p.exists():
+                _remove(p)
+                if not p.exists() and not p.is_symlink():
                     removed.append(p)
     return removed
