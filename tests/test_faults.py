@@ -157,19 +157,26 @@ def test_full_disk_while_saving_the_bundle_keeps_the_checkpoint_for_resume(synth
 # -- damaged datasets ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("damage", ["truncated", "empty"])
+@pytest.mark.parametrize("damage", ["truncated", "empty", "bit flip"])
 def test_damaged_shard_is_named_by_loader_and_info_verify(damaged, damage, capsys):
     shard = PreparedDataset.open(damaged).shards("train")[0]
-    data = shard.read_bytes()
-    shard.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
-    with pytest.raises(DatasetError, match=rf"{shard}: damaged Parquet file"):
-        BatchLoader(damaged, "train")
+    data = bytearray(shard.read_bytes())
+    if damage == "bit flip":  # the footer intact: caught by the page CRCs prepare writes
+        data[len(data) // 3] ^= 0x10
+        shard.write_bytes(data)
+        with pytest.raises(DatasetError, match=rf"{shard}: damaged Parquet file, row group \d+ \("):
+            for _ in BatchLoader(damaged, "train", shuffle=False):
+                pass
+    else:
+        shard.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
+        with pytest.raises(DatasetError, match=rf"{shard}: damaged Parquet file \("):
+            BatchLoader(damaged, "train")
     assert main(["info", str(damaged)]) == 0  # plain info stays fast: reads dataset.json only
     capsys.readouterr()
     assert main(["info", "--verify", str(damaged)]) == 2
     out = capsys.readouterr()
     damaged_lines = [line for line in out.out.splitlines() if line.startswith("damaged: ")]
-    assert len(damaged_lines) == 1 and damaged_lines[0].startswith(f"damaged: {shard}: damaged Parquet file (")
+    assert len(damaged_lines) == 1 and damaged_lines[0].startswith(f"damaged: {shard}: damaged Parquet file")
     assert "1 damaged file(s)" in out.err
 
 

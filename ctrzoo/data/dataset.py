@@ -10,7 +10,7 @@ Layout on disk::
     DIR/raw/test.parquet    the raw test rows, so bundles with other specs can score the same rows
 
 ``dataset.json`` is written last and the directory is published by rename, so a directory that has it
-is complete.
+is complete. Parquet pages carry CRCs, checked on every read; ``verify`` reads everything back.
 """
 
 from __future__ import annotations
@@ -93,9 +93,13 @@ class PreparedDataset:
 
 
 def parquet_file(path: str | Path) -> pq.ParquetFile:
-    """Open a shard (or the raw test file), or raise ``DatasetError`` naming it: truncated, empty, not Parquet."""
+    """Open a shard (or the raw test file), or raise ``DatasetError`` naming it: truncated, empty, not Parquet.
+
+    Pages are checked against the CRC ``prepare`` writes with them (no measurable cost), so a flipped bit
+    is an error here instead of silently different features; files without CRCs read as before.
+    """
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(path, page_checksum_verification=True)
     except FileNotFoundError:
         raise DatasetError(f"{path}: shard file is missing (prepare the data again)") from None
     except (OSError, ValueError, pa.ArrowException) as exc:

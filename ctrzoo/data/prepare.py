@@ -281,7 +281,7 @@ def _concat_parquet(parts: list[Path | None], out: Path) -> None:
             for g in range(pf.num_row_groups):
                 table = pf.read_row_group(g)
                 if writer is None:
-                    writer = pq.ParquetWriter(out, table.schema)
+                    writer = pq.ParquetWriter(out, table.schema, write_page_checksum=True)
                 writer.write_table(table)
             part.unlink()
         if writer is not None:
@@ -328,7 +328,7 @@ class _RawTestWriter:
         with disk_errors("the raw test rows", self.path):
             if self._writer is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._writer = pq.ParquetWriter(self.path, table.schema)
+                self._writer = pq.ParquetWriter(self.path, table.schema, write_page_checksum=True)
             self._writer.write_table(table)
 
     def close(self) -> None:
@@ -392,7 +392,7 @@ class _ShardWriter:
         self._close()
         name = f"{self.prefix}-{len(self.shards):03d}.parquet"
         with disk_errors("the shard", self.dir / name):
-            self._writer = pq.ParquetWriter(self.dir / name, self.schema, compression="lz4")
+            self._writer = pq.ParquetWriter(self.dir / name, self.schema, compression="lz4", write_page_checksum=True)
         self.shards.append(f"{self.dir.name}/{name}")
         self._in_shard = 0
 
