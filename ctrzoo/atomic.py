@@ -46,11 +46,14 @@ class DiskError(CtrzooError):
         return (DiskError, (str(self), self.what, self.path, self.reason))
 
 
-def disk_reason(exc: BaseException) -> str | None:
-    """Why ``exc`` (or an error it wraps: torch and pyarrow re-raise OS errors) is a disk fault, or None."""
+def disk_reason(exc: BaseException, io_errors: bool = True) -> str | None:
+    """Why ``exc`` (or an error it wraps: torch and pyarrow re-raise OS errors) is a disk fault, or None.
+
+    ``io_errors=False`` leaves EIO out: around code that also reads, an EIO may not be a write's.
+    """
     seen = 0
     while exc is not None and seen < 8:
-        if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
+        if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS and (io_errors or exc.errno != errno.EIO):
             return _DISK_ERRNOS[exc.errno]
         if "No space left on device" in str(exc):
             return _DISK_ERRNOS[errno.ENOSPC]
@@ -59,14 +62,14 @@ def disk_reason(exc: BaseException) -> str | None:
 
 
 @contextmanager
-def disk_errors(what: str, path: str | Path | None = None) -> Iterator[None]:
+def disk_errors(what: str, path: str | Path | None = None, io_errors: bool = True) -> Iterator[None]:
     """Turn a disk fault inside the block into one ``DiskError`` line naming ``what`` (and ``path``)."""
     try:
         yield
     except CtrzooError:
         raise
     except Exception as exc:
-        reason = disk_reason(exc)
+        reason = disk_reason(exc, io_errors)
         if reason is None:
             raise
         where = f"{path}: " if path is not None else ""
@@ -127,7 +130,7 @@ def building(out: str | Path, marker: str, what: str, error: type[CtrzooError] =
     tmp = _sibling(out, "tmp", os.getpid())
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        with disk_errors(f"the {what}", out):
+        with disk_errors(f"the {what}", out, io_errors=False):  # the body reads inputs too
             tmp.mkdir(parents=True)
             yield tmp
             publish(tmp, out)
