@@ -53,6 +53,8 @@ def disk_reason(exc: BaseException, io_errors: bool = True) -> str | None:
     """
     seen = 0
     while exc is not None and seen < 8:
+        if isinstance(exc, DiskError):
+            return exc.reason or _DISK_ERRNOS[errno.ENOSPC]
         if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS and (io_errors or exc.errno != errno.EIO):
             return _DISK_ERRNOS[exc.errno]
         if "No space left on device" in str(exc):
@@ -69,12 +71,29 @@ def disk_errors(what: str, path: str | Path | None = None, io_errors: bool = Tru
     except CtrzooError:
         raise
     except Exception as exc:
-        reason = disk_reason(exc, io_errors)
-        if reason is None:
+        reason = disk_reason(exc, io_errors) or (_nearly_full(path) and _DISK_ERRNOS[errno.ENOSPC])
+        if not reason:
             raise
         where = f"{path}: " if path is not None else ""
         raise DiskError(f"{where}cannot write {what}: {reason} ({_hint(reason)})",
                         what, Path(path) if path is not None else None, reason) from exc
+
+
+def _nearly_full(path: str | Path | None) -> bool:
+    """Whether the filesystem of ``path`` has (almost) no space left: for writers that lose the OS error,
+    such as ``torch.save`` to a path name (a bare ``RuntimeError: ... unexpected pos``)."""
+    if path is None:
+        return False
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free < _NEARLY_FULL_BYTES
+    except OSError:
+        return False
+
+
+_NEARLY_FULL_BYTES = 1 << 20
 
 
 def replace_file(path: str | Path, write: Callable[[Any], None], what: str) -> None:

@@ -71,6 +71,7 @@ def damaged(synth_prepared, tmp_path) -> Path:
                                              (errno.EDQUOT, "quota"), (errno.EIO, "I/O error")])
 def test_disk_faults_are_recognised_also_when_wrapped(code, words):
     assert words in disk_reason(OSError(code, "x"))
+    assert words in disk_reason(DiskError("x", reason=disk_reason(OSError(code, "x"))))
     try:  # torch.save reports a failed write as a RuntimeError raised while handling the OSError
         try:
             raise OSError(code, "x")
@@ -130,17 +131,30 @@ def test_full_disk_while_checkpointing_leaves_no_tmp_and_does_not_block_the_retr
     load_bundle(out)
 
 
-def test_full_disk_while_saving_the_bundle_keeps_the_checkpoint_for_resume(synth_prepared, tmp_path, monkeypatch):
+def _torch_save_to_a_path_on_a_full_disk(obj, f):
+    """torch.save to a path name on a full disk: a bare RuntimeError, the OS error lost."""
+    raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1189760 vs 1189712")
+
+
+@pytest.mark.parametrize("fault", ["OSError", "bare torch error"])
+def test_full_disk_while_saving_the_bundle_keeps_the_checkpoint_for_resume(synth_prepared, tmp_path, monkeypatch,
+                                                                           fault):
+    import collections
+
+    import ctrzoo.atomic as atomic
     import ctrzoo.bundle as bundle_mod
 
     class TorchWithFullDisk:  # torch.save fails in save_bundle only, not in the trainer's checkpoints
-        save = staticmethod(enospc)
+        save = staticmethod(enospc if fault == "OSError" else _torch_save_to_a_path_on_a_full_disk)
 
         def __getattr__(self, name):
             return getattr(torch, name)
 
     out = tmp_path / "b"
     monkeypatch.setattr(bundle_mod, "torch", TorchWithFullDisk())
+    if fault != "OSError":  # recognised by the filesystem being (nearly) full
+        usage = collections.namedtuple("usage", "total used free")
+        monkeypatch.setattr(atomic.shutil, "disk_usage", lambda p: usage(1 << 30, 1 << 30, 4096))
     with pytest.raises(DiskError, match=rf"{out}: cannot write the model bundle: the disk is full.*"
                                         r"`--resume` continues from .*b.work/checkpoint.pt"):
         train_bundle("deepfm", synth_prepared["criteo"], out, overrides=TINY_RUN, progress=False, verbose=False)
