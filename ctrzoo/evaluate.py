@@ -1,17 +1,19 @@
 """Score a prepared split with a bundle: its own shards when the specs match, else the raw rows.
 
 Scoring raw rows through the bundle's own encoder is what lets bundles with different feature specs be
-evaluated (and compared) on exactly the same rows.
+evaluated (and compared) on exactly the same rows. A bundle of another dataset kind (a Criteo model on
+Avazu data) is refused up front, in one line, instead of failing on a missing column.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from ctrzoo.bundle import Bundle
-from ctrzoo.data.dataset import PreparedDataset
+from ctrzoo.data.dataset import PreparedDataset, iter_batches, parquet_file
 from ctrzoo.data.loader import BatchLoader
 from ctrzoo.errors import CtrzooError
 from ctrzoo.features import FeatureEncoder
@@ -20,6 +22,7 @@ from ctrzoo.train.trainer import evaluate_arrays, predict
 
 def score_split(bundle: Bundle, ds: PreparedDataset, split: str = "test", batch_rows: int = 65536):
     """(labels, probabilities, user ids or None) for every row of ``split``, in file order."""
+    check_bundle_fits(bundle, ds)
     model = bundle.build_model()
     if bundle.spec.equals(ds.spec):
         loader = BatchLoader(ds, split, batch_rows, shuffle=False, with_user=ds.has_user_id)
@@ -32,18 +35,39 @@ def score_split(bundle: Bundle, ds: PreparedDataset, split: str = "test", batch_
     return score_raw_file(bundle, model, str(ds.raw_path("test")), ds.meta.get("user_id"), batch_rows)
 
 
+def check_bundle_fits(bundle: Bundle, ds: PreparedDataset) -> None:
+    """Refuse a bundle trained on another kind of data, or whose raw columns the dataset lacks."""
+    trained = bundle.meta.get("data", {})
+    if trained.get("fingerprint") == ds.fingerprint or bundle.spec.equals(ds.spec):
+        return
+    kind, data_kind = trained.get("kind"), ds.meta.get("kind")
+    if kind and data_kind and kind != data_kind:
+        raise CtrzooError(f"bundle {bundle.path} was trained on {kind} data, {ds.path} is {data_kind} data "
+                          f"(fingerprint {ds.fingerprint}, the bundle's {trained.get('fingerprint')}): "
+                          f"evaluate it on data prepared from {kind} logs")
+    raw = ds.meta.get("raw", {}).get("test")
+    if raw:
+        names = set(parquet_file(ds.path / raw).schema_arrow.names)
+        missing = [c for c in [bundle.spec.label, *bundle.spec.raw_columns()] if c not in names]
+        if missing:
+            raise CtrzooError(f"bundle {bundle.path} reads raw columns {', '.join(missing)} that {ds.path} "
+                              f"does not have: it was trained on other data ({trained.get('fingerprint')})")
+
+
 @torch.inference_mode()
-def score_raw_file(bundle: Bundle, model, path: str, user_col: str | None, batch_rows: int = 65536):
+def score_raw_file(bundle: Bundle, model, path: str | Path, user_col: str | None, batch_rows: int = 65536):
     encoder = FeatureEncoder(bundle.spec)
     label_col = bundle.spec.label
     labels, probs, users = [], [], []
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+    for batch in iter_batches(path, batch_rows):
         enc = encoder.encode(batch)
         logits = model(torch.from_numpy(enc.sparse), torch.from_numpy(enc.dense), torch.from_numpy(enc.seq))
         probs.append(torch.sigmoid(logits).numpy())
         labels.append(batch.column(label_col).to_numpy(zero_copy_only=False).astype(np.float32))
         if user_col:
             users.append(batch.column(user_col).cast("string").to_numpy(zero_copy_only=False))
+    if not labels:  # an empty split: no rows, not an error here
+        return np.zeros(0, np.float32), np.zeros(0, np.float32), (np.zeros(0, object) if user_col else None)
     return np.concatenate(labels), np.concatenate(probs), (np.concatenate(users) if users else None)
 
 

@@ -138,6 +138,8 @@ def test_crash_mid_prepare_leaves_old_dataset_intact(shared_data, tmp_path, monk
     out = tmp_path / "ds"
     prepare("criteo", [shared_data / "criteo_sample.tsv"], out)
     before = json.loads((out / "dataset.json").read_text())
+    files = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert {"spec.json", "train/part-00000-000.parquet", "raw/test.parquet"} <= {str(p) for p in files}
     import ctrzoo.data.prepare as prep
 
     calls = {"n": 0}
@@ -153,6 +155,8 @@ def test_crash_mid_prepare_leaves_old_dataset_intact(shared_data, tmp_path, monk
     with pytest.raises(RuntimeError, match="simulated crash"):
         prepare("criteo", [shared_data / "criteo_sample.txt"], out)
     assert json.loads((out / "dataset.json").read_text()) == before
+    # shards, spec, vocabularies and raw rows too, byte for byte
+    assert {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == files
     PreparedDataset.open(out)  # still loads
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no temp directory left behind
 

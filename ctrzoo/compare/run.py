@@ -7,12 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from ctrzoo.bundle import Bundle, load_bundle
 from ctrzoo.compare.calibration import calibration
 from ctrzoo.compare.stats import delong_test, holm, paired_bootstrap_mean, paired_bootstrap_weighted
-from ctrzoo.data.dataset import PreparedDataset
+from ctrzoo.data.dataset import PreparedDataset, parquet_file, read_table
 from ctrzoo.errors import CtrzooError
 from ctrzoo.evaluate import score_raw_file, score_split
 from ctrzoo.metrics import auc, gauc, logloss, per_user_auc, rela_impr
@@ -71,10 +70,10 @@ def _slices(raw_path: Path | None, field: str | None, labels, scored: list[Score
         return None
     if raw_path is None:
         raise CtrzooError("--slice-by needs the raw rows of the split (prepare without --no-raw)")
-    schema = pq.read_schema(raw_path)
+    schema = parquet_file(raw_path).schema_arrow  # a damaged file: DatasetError naming it
     if field not in schema.names:
         raise CtrzooError(f"--slice-by {field!r}: no such raw column; columns: {', '.join(schema.names)}")
-    values = pq.read_table(raw_path, columns=[field]).column(field).to_pandas().astype("string").fillna("(missing)")
+    values = read_table(raw_path, columns=[field]).column(field).to_pandas().astype("string").fillna("(missing)")
     counts = values.value_counts()
     top = list(counts.index[:MAX_SLICES])
     keys = np.where(values.isin(top), values, "(other)")

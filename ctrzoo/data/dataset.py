@@ -10,7 +10,7 @@ Layout on disk::
     DIR/raw/test.parquet    the raw test rows, so bundles with other specs can score the same rows
 
 ``dataset.json`` is written last and the directory is published by rename, so a directory that has it
-is complete.
+is complete. Parquet pages carry CRCs, checked on every read; ``verify`` reads everything back.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from ctrzoo.atomic import read_json
+from ctrzoo.atomic import read_json, recover
 from ctrzoo.errors import DatasetError
 from ctrzoo.features import FeatureSpec
 
@@ -50,6 +51,7 @@ class PreparedDataset:
     def open(cls, path: str | Path) -> PreparedDataset:
         path = Path(path)
         meta_path = path / META_FILE
+        recover(path, META_FILE)  # a publish interrupted between its two renames (where there is no exchange)
         if not path.is_dir():
             raise DatasetError(f"{path}: no such dataset directory (run `ctrzoo prepare` first)")
         if not meta_path.exists():
@@ -88,3 +90,110 @@ class PreparedDataset:
         if not rel:
             raise DatasetError(f"{self.path}: the raw {split} rows were not kept (prepare without --no-raw)")
         return self.path / rel
+
+
+def parquet_file(path: str | Path) -> pq.ParquetFile:
+    """Open a shard (or the raw test file), or raise ``DatasetError`` naming it: truncated, empty, not Parquet.
+
+    Pages are checked against the CRC ``prepare`` writes with them (no measurable cost), so a flipped bit
+    is an error here instead of silently different features; files without CRCs read as before.
+    """
+    try:
+        return pq.ParquetFile(path, page_checksum_verification=True)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: shard file is missing (prepare the data again)") from None
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise DatasetError(f"{path}: damaged Parquet file ({_short(exc)}): prepare the data again") from None
+
+
+def read_row_group(pf: pq.ParquetFile, path: str | Path, group: int, columns: list[str] | None = None) -> pa.Table:
+    """One row group, or ``DatasetError`` naming the file and group when its pages do not decode."""
+    try:
+        return pf.read_row_group(group, columns=columns)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise DatasetError(f"{path}: damaged Parquet file, row group {group} ({_short(exc)}): "
+                           "prepare the data again") from None
+
+
+def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """A whole Parquet file (some columns), or ``DatasetError`` naming it when it is damaged."""
+    pf = parquet_file(path)
+    groups = [read_row_group(pf, path, g, columns) for g in range(pf.metadata.num_row_groups)]
+    return pa.concat_tables(groups) if groups else pf.schema_arrow.empty_table().select(columns or pf.schema_arrow.names)
+
+
+def iter_batches(path: str | Path, batch_size: int, columns: list[str] | None = None):
+    """Record batches of a Parquet file; a damaged file is a ``DatasetError`` naming it."""
+    pf = parquet_file(path)
+    it = pf.iter_batches(batch_size=batch_size, columns=columns)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            raise DatasetError(f"{path}: damaged Parquet file ({_short(exc)}): prepare the data again") from None
+        yield batch
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def verify(path: str | Path) -> list[str]:
+    """Read every shard (footer, schema and all rows) and the raw test file; one line per problem found.
+
+    Row counts are checked against ``dataset.json`` (the raw test file must hold the test split's rows).
+    Slow (reads the whole dataset): ``ctrzoo info --verify``, not every open.
+    """
+    path = Path(path)
+    meta_path = path / META_FILE
+    if not path.is_dir():
+        return [f"{path}: no such dataset directory"]
+    try:
+        meta = read_json(meta_path, DatasetError, "dataset metadata")
+        spec = FeatureSpec.load(path)
+    except Exception as exc:
+        return [str(exc)]
+    problems: list[str] = []
+    expected = shard_schema(spec, with_user=bool(meta.get("user_id")))
+    for name, split in meta.get("splits", {}).items():
+        rows = 0
+        for rel in split.get("shards", []):
+            n, problem = _read_all(path / rel, expected)
+            if problem:
+                problems.append(problem)
+            rows += n
+        if rows != split.get("rows") and not any(p.startswith(str(path / name)) for p in problems):
+            problems.append(f"{path / name}: {rows} rows in the shards, {META_FILE} says {split.get('rows')}")
+    raw = meta.get("raw", {}).get("test")
+    if raw:
+        n, problem = _read_all(path / raw, None)
+        want = meta.get("splits", {}).get("test", {}).get("rows")
+        if problem:
+            problems.append(problem)
+        elif want is not None and n != want:
+            problems.append(f"{path / raw}: {n} raw test rows, {META_FILE} says the test split has {want}")
+    return problems
+
+
+def _read_all(path: Path, schema: pa.Schema | None) -> tuple[int, str | None]:
+    """(rows read, problem or None): the footer, the schema, every row group decoded, rows as the footer says."""
+    try:
+        pf = parquet_file(path)
+        if schema is not None and not pf.schema_arrow.equals(schema):
+            return 0, f"{path}: columns do not match the dataset's spec"
+        rows = 0
+        for g in range(pf.metadata.num_row_groups):
+            table = read_row_group(pf, path, g)
+            table.validate(full=True)
+            if table.num_rows != pf.metadata.row_group(g).num_rows:
+                return rows, f"{path}: row group {g} has {table.num_rows} rows, its footer says " \
+                             f"{pf.metadata.row_group(g).num_rows}"
+            rows += table.num_rows
+        return rows, None
+    except DatasetError as exc:
+        return 0, str(exc)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        return 0, f"{path}: damaged Parquet file ({_short(exc)})"

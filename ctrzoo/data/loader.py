@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from ctrzoo.data.dataset import PreparedDataset
+from ctrzoo.data.dataset import PreparedDataset, parquet_file, read_row_group
 
 
 @dataclass
@@ -97,11 +96,10 @@ class BatchLoader:
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
         self.block_rows, self.drop_last, self.with_user = block_rows, drop_last, with_user
         self.epoch = 0
-        groups = [
-            (path, g, pq.ParquetFile(path).metadata.row_group(g).num_rows)
-            for path in self.dataset.shards(split)
-            for g in range(pq.ParquetFile(path).metadata.num_row_groups)
-        ]
+        groups = []
+        for path in self.dataset.shards(split):
+            footer = parquet_file(path).metadata  # a truncated or empty shard fails here, named
+            groups += [(path, g, footer.row_group(g).num_rows) for g in range(footer.num_row_groups)]
         self._groups = _shard(groups, rank, world_size)
         self.rows = sum(stop - start for _, _, start, stop in self._groups)
         row_bytes = 8 * (len(self.dataset.spec.categorical) + 1 + self.dataset.spec.layout().n_seq * max(1, self.dataset.spec.layout().seq_len)) + 4 * len(self.dataset.spec.numeric)
@@ -193,7 +191,7 @@ def _shard(groups: list[tuple[Path, int, int]], rank: int, world: int) -> list[t
 
 
 def _read_group(path: Path, group: int, start: int, stop: int) -> pa.Table:
-    table = pq.ParquetFile(path).read_row_group(group)
+    table = read_row_group(parquet_file(path), path, group)
     return table if (start, stop) == (0, table.num_rows) else table.slice(start, stop - start)
 
 

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 import ctrzoo
-from ctrzoo.atomic import building, write_json
+from ctrzoo.atomic import building, disk_errors, write_json
 from ctrzoo.data.dataset import DATASET_FORMAT_VERSION, META_FILE, shard_schema
 from ctrzoo.data.formats import FORMATS, open_raw
 from ctrzoo.data.reader import DEFAULT_BLOCK_BYTES, BadRows, check_inputs, read_blocks
@@ -77,7 +77,8 @@ def prepare(kind: str, inputs: list[str | Path], out: str | Path, spec: FeatureS
         if rows[0] == 0:
             raise DataError("the training split is empty: more rows or other split ratios are needed")
         fitted = fitter.finalize()
-        fitted.save(tmp)
+        with disk_errors("the feature spec", tmp / "spec.json"):
+            fitted.save(tmp)
         if opts.keep_raw_test:
             _concat_parquet([r.raw_test for r in results], tmp / "raw" / "test.parquet")
         jobs2 = [_Pass2Job(r.index, paths[r.index], kind, fitted, opts, tmp, r.spill_dir, bases[r.index], total_rows)
@@ -101,12 +102,30 @@ def prepare(kind: str, inputs: list[str | Path], out: str | Path, spec: FeatureS
             "user_id": spec.user_id,
             "raw": {"test": "raw/test.parquet"} if opts.keep_raw_test else {},
             "bad_rows": bad.summary(),
+            "warnings": split_warnings(splits),
             "layout": _layout_summary(fitted),
             "workers": opts.workers,
             "seconds": round(time.perf_counter() - started, 3),
         }
         write_json(tmp / META_FILE, meta)
     return meta
+
+
+def split_warnings(splits: dict) -> list[str]:
+    """What a split's size or labels will do to training and evaluation (empty, or a single class)."""
+    out = []
+    effect = {"train": "the model learns from one class only",
+              "valid": "no early stopping (train keeps the last epoch), and no validation AUC",
+              "test": "no test metrics"}
+    for name, s in splits.items():
+        if s["rows"] == 0:
+            out.append(f"the {name} split is empty: {effect[name] if name != 'train' else 'nothing to train on'}"
+                       " (more rows, or other --ratios)")
+        elif s["positives"] in (0, s["rows"]):
+            cls = "negatives (no clicks)" if s["positives"] == 0 else "positives (all clicks)"
+            auc_effect = effect["train"] if name == "train" else "its AUC is undefined"
+            out.append(f"the {name} split has only {cls}: {auc_effect}")
+    return out
 
 
 @dataclass
@@ -252,20 +271,21 @@ def _worker_init(workers: int) -> None:
 
 def _concat_parquet(parts: list[Path | None], out: Path) -> None:
     """Per-file raw test rows, concatenated in file order into one file (row groups copied)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    writer = None
-    for part in parts:
-        if part is None:
-            continue
-        pf = pq.ParquetFile(part)
-        for g in range(pf.num_row_groups):
-            table = pf.read_row_group(g)
-            if writer is None:
-                writer = pq.ParquetWriter(out, table.schema)
-            writer.write_table(table)
-        part.unlink()
-    if writer is not None:
-        writer.close()
+    with disk_errors("the raw test rows", out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        writer = None
+        for part in parts:
+            if part is None:
+                continue
+            pf = pq.ParquetFile(part)
+            for g in range(pf.num_row_groups):
+                table = pf.read_row_group(g)
+                if writer is None:
+                    writer = pq.ParquetWriter(out, table.schema, write_page_checksum=True)
+                writer.write_table(table)
+            part.unlink()
+        if writer is not None:
+            writer.close()
 
 
 class _Spill:
@@ -279,7 +299,8 @@ class _Spill:
     def write(self, table: pa.Table, split: np.ndarray) -> None:
         path = self.dir / f"block-{len(self.files):06d}.arrow"
         table = table.append_column("__split", pa.array(split))
-        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        with disk_errors("the spill file (pass 1's parsed rows)", path), pa.OSFile(str(path), "wb") as sink, \
+                pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
         self.files.append((path, table.nbytes))
 
@@ -304,14 +325,16 @@ class _RawTestWriter:
     def write(self, table: pa.Table) -> None:
         if table.num_rows == 0 and self._writer is not None:
             return
-        if self._writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = pq.ParquetWriter(self.path, table.schema)
-        self._writer.write_table(table)
+        with disk_errors("the raw test rows", self.path):
+            if self._writer is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._writer = pq.ParquetWriter(self.path, table.schema, write_page_checksum=True)
+            self._writer.write_table(table)
 
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.close()
+            with disk_errors("the raw test rows", self.path):
+                self._writer.close()
 
 
 def _should_spill(paths: list[Path], tmp: Path, opts: PrepareOptions) -> bool:
@@ -342,7 +365,8 @@ class _ShardWriter:
 
     def __init__(self, root: Path, split: str, schema: pa.Schema, prefix: str = "part", shard_rows: int = 2_000_000):
         self.dir = root / split
-        self.dir.mkdir(exist_ok=True)
+        with disk_errors("the shard directory", self.dir):
+            self.dir.mkdir(exist_ok=True)
         self.prefix = prefix
         self.schema, self.shard_rows = schema, shard_rows
         self.shards: list[str] = []
@@ -354,22 +378,31 @@ class _ShardWriter:
             return
         if self._writer is None or self._in_shard >= self.shard_rows:
             self._roll()
-        self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
+        with disk_errors("the shard", self._path):
+            self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
         self._in_shard += table.num_rows
         self.rows += table.num_rows
         self.positives += int(np.count_nonzero(table.column("label").to_numpy()))
 
+    @property
+    def _path(self) -> Path:
+        return self.dir.parent / self.shards[-1]
+
     def _roll(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        self._close()
         name = f"{self.prefix}-{len(self.shards):03d}.parquet"
-        self._writer = pq.ParquetWriter(self.dir / name, self.schema, compression="lz4")
+        with disk_errors("the shard", self.dir / name):
+            self._writer = pq.ParquetWriter(self.dir / name, self.schema, compression="lz4", write_page_checksum=True)
         self.shards.append(f"{self.dir.name}/{name}")
         self._in_shard = 0
 
-    def close(self) -> dict:
+    def _close(self) -> None:
         if self._writer is not None:
-            self._writer.close()
+            with disk_errors("the shard", self._path):
+                self._writer.close()
+
+    def close(self) -> dict:
+        self._close()
         return {"rows": self.rows, "positives": self.positives, "shards": self.shards}
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
+import math
 import shutil
 import sys
 import time
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ctrzoo.atomic import disk_errors, replace_file
 from ctrzoo.data.dataset import PreparedDataset
 from ctrzoo.data.loader import BatchLoader
 from ctrzoo.errors import CtrzooError
@@ -92,12 +93,31 @@ def predict(model: nn.Module, loader: BatchLoader, bf16: bool = False) -> tuple[
         labels.append(b.label.numpy())
         if b.user_id is not None:
             users.append(b.user_id)
+    if not labels:  # an empty split (or this rank's empty part of one)
+        return np.zeros(0, np.float32), np.zeros(0, np.float32), (np.zeros(0, object) if loader.with_user else None)
     u = np.concatenate(users) if users else None
     return np.concatenate(labels), np.concatenate(probs), u
 
 
+def auc_undefined_reason(labels: np.ndarray) -> str | None:
+    """Why AUC is undefined on these labels (no rows, or a single class), or None when it is defined."""
+    n, pos = int(labels.size), int(np.count_nonzero(labels))
+    if n == 0:
+        return "the split is empty"
+    if pos == 0:
+        return f"the split has only negatives ({n:,d} rows, no clicks)"
+    if pos == n:
+        return f"the split has only positives ({n:,d} rows, all clicks)"
+    return None
+
+
 def evaluate_arrays(labels: np.ndarray, probs: np.ndarray, users: np.ndarray | None) -> dict[str, float]:
-    out = {"auc": auc(labels, probs), "logloss": logloss(labels, probs), "rows": int(labels.size)}
+    """AUC, logloss, rows (and GAUC with users); ``auc_undefined`` says why AUC is NaN when it is."""
+    out = {"auc": auc(labels, probs), "logloss": logloss(labels, probs) if labels.size else float("nan"),
+           "rows": int(labels.size)}
+    reason = auc_undefined_reason(labels)
+    if reason:
+        out["auc_undefined"] = reason
     if users is not None:
         out["gauc"], info = gauc(labels, probs, users)
         out["gauc_users"], out["gauc_users_skipped"] = info["users"], info["users_skipped"]
@@ -141,7 +161,8 @@ class Trainer:
         # every rank must run the same number of steps, or the gradient all-reduce waits forever
         self.steps_per_epoch = self.dist.all_reduce_min(len(self.train_loader))
         self.history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] = {"auc": -1.0, "epoch": -1, "state": None}
+        # best validation score: AUC, or -logloss where AUC is undefined (a one-class validation split)
+        self.best: dict[str, Any] = {"score": -math.inf, "epoch": -1, "state": None}
         self.bad_epochs = 0
         self.epoch = 0
         self.step_in_epoch = 0
@@ -151,7 +172,11 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------------
     def fit(self, resume: bool = False, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Train to the configured epochs or until early stopping; returns the best epoch's metrics."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        with disk_errors("the training directory", self.workdir):
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:  # half-written checkpoints of a killed run
+            for stale in self.workdir.glob(f".{CHECKPOINT_FILE}.tmp-*"):
+                stale.unlink(missing_ok=True)
         if resume:
             self._load_checkpoint()
         elif (self.workdir / CHECKPOINT_FILE).exists():
@@ -177,10 +202,11 @@ class Trainer:
                 record["rank_weight_checksums"] = self._check_ranks_in_sync()
             self.history.append(record)
             if self.dist.is_main:
-                with open(self.workdir / "metrics.jsonl", "a") as fh:
+                with disk_errors("the training metrics", self.workdir / "metrics.jsonl"), \
+                        open(self.workdir / "metrics.jsonl", "a") as fh:
                     fh.write(json.dumps(record) + "\n")
             # no validation rows: no early stopping either, the last epoch's weights are the result
-            stopped = (bool(metrics) and self._early_stopping(metrics["auc"])) or self._hit_max_steps()
+            stopped = (bool(metrics) and self._early_stopping(metrics)) or self._hit_max_steps()
             self.epoch += 1
             self.step_in_epoch = 0
             self._save_checkpoint()
@@ -256,10 +282,15 @@ class Trainer:
     def _hit_max_steps(self) -> bool:
         return self.cfg.max_steps is not None and self.global_step >= self.cfg.max_steps
 
-    def _early_stopping(self, valid_auc: float) -> bool:
-        """Keep the best weights; decay the learning rate on a plateau; stop after ``patience`` of them."""
-        if np.isnan(valid_auc) or valid_auc > self.best["auc"] + 1e-6:  # NaN: one-class valid split, no signal
-            self.best = {"auc": valid_auc, "epoch": self.epoch, "state": copy.deepcopy(self.model.state_dict())}
+    def _early_stopping(self, metrics: dict[str, float]) -> bool:
+        """Keep the best weights; decay the learning rate on a plateau; stop after ``patience`` of them.
+
+        AUC is undefined on a one-class validation split (the same split every epoch), so there the epochs
+        are ranked by validation logloss instead: it still measures fit, and early stopping still works.
+        """
+        score = metrics["auc"] if not np.isnan(metrics["auc"]) else -metrics["logloss"]
+        if score > self.best["score"] + 1e-6:
+            self.best = {"score": score, "epoch": self.epoch, "state": copy.deepcopy(self.model.state_dict())}
             self.bad_epochs = 0
             return False
         self.bad_epochs += 1
@@ -286,15 +317,14 @@ class Trainer:
             "rng": torch.get_rng_state(),
             "rng_per_rank": rng_states,
             "world_size": self.dist.world_size,
-            "best_auc": float(self.best["auc"]) if not np.isnan(self.best["auc"]) else -1.0,
+            "best_score": float(self.best["score"]),
             "best_epoch": int(self.best["epoch"]),
             "best_state": self.best["state"] or {},
             "bad_epochs": self.bad_epochs,
             "history": json.dumps(self.history),
         }
-        tmp = self.workdir / f"{CHECKPOINT_FILE}.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self.workdir / CHECKPOINT_FILE)
+        # through a temporary file removed on any failure: a full disk leaves the last good checkpoint only
+        replace_file(self.workdir / CHECKPOINT_FILE, lambda fh: torch.save(state, fh), "the training checkpoint")
         self.dist.barrier()
 
     def _load_checkpoint(self) -> None:
@@ -317,7 +347,8 @@ class Trainer:
         self.global_step = state["global_step"]
         self._loss_sum, self._n_seen = state["loss_sum"], state["n_seen"]
         torch.set_rng_state(state["rng_per_rank"][self.dist.rank] if "rng_per_rank" in state else state["rng"])
-        self.best = {"auc": state["best_auc"], "epoch": state["best_epoch"], "state": state["best_state"] or None}
+        score = state["best_score"] if "best_score" in state else state["best_auc"]  # older checkpoints: AUC
+        self.best = {"score": score, "epoch": state["best_epoch"], "state": state["best_state"] or None}
         self.bad_epochs = state["bad_epochs"]
         self.history = json.loads(state["history"])
 
