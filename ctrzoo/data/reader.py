@@ -191,6 +191,7 @@ def _chunks(fh, block_bytes: int, max_line: int, hasher=None) -> Iterator[bytes 
             start = cut + 1
         carry = data[start:]
     if skipping >= 0:
+        update(b"\n")
         yield skipping
     elif carry:
         update(carry + b"\n")
