@@ -124,7 +124,7 @@ def read_blocks(
                         bad.report(file, [(np.array([first_line]), f"line longer than {max_line_bytes} bytes")])
                         n_lines = 1
                     else:
-                        n_lines = int(np.count_nonzero(np.frombuffer(chunk, dtype=np.uint8) == 10))
+                        n_lines = chunk.count(b"\n")  # no temporary array: peak RSS stays as it was
                         yield _parse_chunk(chunk, n_lines, fmt, file, first_line, row_base, bad, max_line_bytes)
                     first_line += n_lines
                     row_base += n_lines
@@ -153,7 +153,7 @@ def _chunks(fh, block_bytes: int, max_line: int, hasher=None) -> Iterator[bytes 
     as its length instead, in its place. Checking line lengths costs about one ``rfind`` per ``max_line``
     bytes. ``hasher`` sees every byte (a missing final newline added), as the blocks did before.
     """
-    update = hasher.update if hasher is not None else (lambda _: None)
+    update = hasher.update if hasher is not None else (lambda _data: None)
     carry = b""
     skipping = -1  # >= 0: bytes so far of an over-long line that is being skipped
     while buf := fh.read(block_bytes):
@@ -174,8 +174,9 @@ def _chunks(fh, block_bytes: int, max_line: int, hasher=None) -> Iterator[bytes 
                 pos = nl + 1
                 continue
             if pos > start:
-                update(data[start:pos])
-                yield data[start:pos]
+                piece = data[start:pos]
+                update(piece)
+                yield piece
             nl = data.find(b"\n", pos + max_line)
             if nl < 0:
                 update(data[pos:])
@@ -186,8 +187,9 @@ def _chunks(fh, block_bytes: int, max_line: int, hasher=None) -> Iterator[bytes 
             start = pos = nl + 1
         cut = data.rfind(b"\n", start)
         if cut >= 0:
-            update(data[start : cut + 1])
-            yield data[start : cut + 1]
+            piece = data[start : cut + 1]  # one copy, hashed and yielded (a second slice would double the peak)
+            update(piece)
+            yield piece
             start = cut + 1
         carry = data[start:]
     if skipping >= 0:
@@ -204,6 +206,7 @@ def _parse_chunk(chunk: bytes, n_lines: int, fmt: RawFormat, file: str, first_li
     arrow_block = max(_ARROW_BLOCK_BYTES, 2 * max_line)
     parsed = None if b"\0" in chunk else _parse_lines(chunk, n_lines, fmt, arrow_block)
     table, kept, failures = parsed if parsed is not None else _parse_dirty(chunk, fmt, arrow_block)
+    del parsed  # the text table is freed once _validate has typed it (peak memory)
     lines = first_line + kept
     table, ok, type_failures = _validate(table, fmt)
     failures = [(first_line + idx, reason) for idx, reason in failures]
