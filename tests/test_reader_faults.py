@@ -27,6 +27,8 @@ ROWS = 300
 BLOCK = 4096  # small blocks: faults land on, before and after block boundaries
 MAX_LINE = 2000  # small line limit for read_blocks tests; prepare tests use the real default (1 MiB)
 DELIM = {"criteo": b"\t", "avazu": b","}
+# pyarrow must not even print an ignored decode error ("Exception ignored in ...") for a damaged line
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 GARBAGE = bytes(b for b in range(1, 256) if b not in (10, 13)) * 2  # binary, with tabs and commas, no NUL
 
 

@@ -6,9 +6,7 @@ while the common (clean) path does no per-line work in Python at all.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,7 +202,10 @@ def _parse_chunk(chunk: bytes, n_lines: int, fmt: RawFormat, file: str, first_li
                  bad: BadRows, max_line: int) -> RawBlock:
     """One pyarrow parse on a clean block; a block it cannot account for line by line is taken apart."""
     arrow_block = max(_ARROW_BLOCK_BYTES, 2 * max_line)
-    parsed = None if b"\0" in chunk else _parse_lines(chunk, n_lines, fmt, arrow_block)
+    # ~3 ms per 32 MB: pyarrow keeps NULs silently, and on invalid UTF-8 in a wrong-width row it prints an
+    # "unraisable" decode error before failing, so such blocks go straight to the slow path.
+    clean = b"\0" not in chunk and (chunk.isascii() or _is_utf8(chunk, 0, len(chunk)))
+    parsed = _parse_lines(chunk, n_lines, fmt, arrow_block) if clean else None
     table, kept, failures = parsed if parsed is not None else _parse_dirty(chunk, fmt, arrow_block)
     del parsed  # the text table is freed once _validate has typed it (peak memory)
     lines = first_line + kept
@@ -227,23 +228,22 @@ def _parse_lines(data: bytes, n_lines: int, fmt: RawFormat, arrow_block: int):
         return "skip"
 
     try:
-        with _quiet_unraisable():
-            table = pcsv.read_csv(
-                pa.py_buffer(data),
-                read_options=pcsv.ReadOptions(column_names=list(fmt.columns), use_threads=True, block_size=arrow_block),
-                parse_options=pcsv.ParseOptions(
-                    delimiter=fmt.delimiter,
-                    quote_char=False,
-                    double_quote=False,
-                    escape_char=False,
-                    newlines_in_values=False,
-                    ignore_empty_lines=False,
-                    invalid_row_handler=on_invalid,
-                ),
-                convert_options=pcsv.ConvertOptions(
-                    column_types={c: pa.string() for c in fmt.columns}, strings_can_be_null=True, null_values=[""]
-                ),
-            )
+        table = pcsv.read_csv(
+            pa.py_buffer(data),
+            read_options=pcsv.ReadOptions(column_names=list(fmt.columns), use_threads=True, block_size=arrow_block),
+            parse_options=pcsv.ParseOptions(
+                delimiter=fmt.delimiter,
+                quote_char=False,
+                double_quote=False,
+                escape_char=False,
+                newlines_in_values=False,
+                ignore_empty_lines=False,
+                invalid_row_handler=on_invalid,
+            ),
+            convert_options=pcsv.ConvertOptions(
+                column_types={c: pa.string() for c in fmt.columns}, strings_can_be_null=True, null_values=[""]
+            ),
+        )
     except pa.ArrowInvalid:
         return None
     if table.num_rows + skipped[0] != n_lines:
@@ -254,18 +254,6 @@ def _parse_lines(data: bytes, n_lines: int, fmt: RawFormat, arrow_block: int):
     if len(kept) != table.num_rows:
         return None
     return table, kept, failures
-
-
-@contextmanager
-def _quiet_unraisable():
-    """pyarrow decodes a wrong-width row as UTF-8 for the skip handler; on invalid bytes it prints that
-    error as "unraisable" and then fails the parse, which is handled here, so the print is only noise."""
-    hook = sys.unraisablehook
-    sys.unraisablehook = lambda _info: None
-    try:
-        yield
-    finally:
-        sys.unraisablehook = hook
 
 
 def _parse_dirty(chunk: bytes, fmt: RawFormat, arrow_block: int):
