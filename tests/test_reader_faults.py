@@ -43,6 +43,8 @@ FAULTS = {  # name -> (damage one line, reason counted)
     "invalid_utf8": (lambda line, d: _in_field(line, d, b"\xff\xfe"), "invalid UTF-8"),
     "nul": (lambda line, d: _in_field(line, d, b"\0"), "NUL byte in the line"),
     "bare_cr": (lambda line, d: _in_field(line, d, b"\r"), "carriage return (\\r) inside the line"),
+    # pyarrow would parse "...\tlast" as a whole row and skip "xyz" as a short one: the counts must catch it
+    "bare_cr_last_field": (lambda line, d: line + b"\rxyz", "carriage return (\\r) inside the line"),
     "binary_garbage": (lambda line, d: GARBAGE, "invalid UTF-8"),
     "over_long": (lambda line, d: line + b"9" * MAX_LINE, f"line longer than {MAX_LINE} bytes"),
     "only_cr": (lambda line, d: b"\r", "empty line"),
