@@ -15,10 +15,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-from ctrzoo.data.formats import RawFormat, open_raw, resolve_format
+from ctrzoo.data.formats import GzipDataError, RawFormat, open_raw, resolve_format
 from ctrzoo.errors import DataError
 
 DEFAULT_BLOCK_BYTES = 32 << 20
+DEFAULT_MAX_LINE_BYTES = 1 << 20  # a longer line is a bad row, skipped without buffering it
+_ARROW_BLOCK_BYTES = 1 << 22  # pyarrow's own block; a line must stay well under it (else "straddling")
 _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 
 
@@ -93,31 +95,44 @@ def read_blocks(
     bad: BadRows,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
     hasher=None,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> Iterator[RawBlock]:
-    """Yield validated blocks of every file in order; ``row_index`` counts data lines across files."""
+    """Yield validated blocks of every file in order; ``row_index`` counts data lines across files.
+
+    No line can abort the read: a line that is too long, not UTF-8, holds a NUL or a bare ``\\r``, or that
+    the CSV parser rejects is a bad row of ``bad`` (in strict mode: a DataError at its ``file:line``).
+    A truncated or corrupt .gz file is a DataError naming the last whole line read.
+    """
     row_base = 0
     for path in paths:
         fmt = resolve_format(kind, path)
+        file = str(path)
         with open_raw(path) as fh:
             first_line = 1
-            if fmt.has_header:
-                header = fh.readline()
-                if hasher is not None:
-                    hasher.update(header)
-                _check_header(header, fmt, str(path))
-                first_line = 2
-            rows_in_file = 0
-            for chunk in _chunks(fh, block_bytes):
-                if hasher is not None:
-                    hasher.update(chunk)
-                block = _parse_chunk(chunk, fmt, str(path), first_line, row_base, bad)
-                n_lines = chunk.count(b"\n")
-                first_line += n_lines
-                row_base += n_lines
-                rows_in_file += n_lines
-                yield block
+            try:
+                if fmt.has_header:
+                    header = fh.readline(max_line_bytes + 2)
+                    if hasher is not None:
+                        hasher.update(header)
+                    _check_header(header, fmt, file)
+                    first_line = 2
+                rows_in_file = 0
+                for chunk in _chunks(fh, block_bytes, max_line_bytes, hasher):
+                    if isinstance(chunk, int):
+                        bad.report(file, [(np.array([first_line]), f"line longer than {max_line_bytes} bytes")])
+                        n_lines = 1
+                    else:
+                        n_lines = chunk.count(b"\n")  # no temporary array: peak RSS stays as it was
+                        yield _parse_chunk(chunk, n_lines, fmt, file, first_line, row_base, bad, max_line_bytes)
+                    first_line += n_lines
+                    row_base += n_lines
+                    rows_in_file += n_lines
+            except GzipDataError as exc:
+                last = first_line - 1
+                where = f"after line {last} (the last whole line read)" if last else "before the first whole line"
+                raise DataError(f"{exc.detail} {where}", file, last or None) from None
             if rows_in_file == 0:
-                raise DataError("empty file: no data rows", str(path))
+                raise DataError("empty file: no data rows", file)
 
 
 def _check_header(header: bytes, fmt: RawFormat, file: str) -> None:
@@ -129,26 +144,83 @@ def _check_header(header: bytes, fmt: RawFormat, file: str) -> None:
         raise DataError(f"unexpected header for {fmt.name}: expected {want!r}, got {got[:200]!r}", file, 1)
 
 
-def _chunks(fh, block_bytes: int) -> Iterator[bytes]:
-    """Blocks of whole lines, each ending in a newline."""
+def _chunks(fh, block_bytes: int, max_line: int, hasher=None) -> Iterator[bytes | int]:
+    """Blocks of whole lines, each ending in a newline, no line longer than ``max_line`` bytes.
+
+    A longer line is skipped while it is read (memory stays within ``block_bytes + max_line``) and yielded
+    as its length instead, in its place. Checking line lengths costs about one ``rfind`` per ``max_line``
+    bytes. ``hasher`` sees every byte (a missing final newline added), as the blocks did before.
+    """
+    update = hasher.update if hasher is not None else (lambda _data: None)
     carry = b""
-    while True:
-        buf = fh.read(block_bytes)
-        if not buf:
-            if carry:
-                yield carry if carry.endswith(b"\n") else carry + b"\n"
-            return
+    skipping = -1  # >= 0: bytes so far of an over-long line that is being skipped
+    while buf := fh.read(block_bytes):
+        if skipping >= 0:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                update(buf)
+                skipping += len(buf)
+                continue
+            update(buf[: nl + 1])
+            yield skipping + nl
+            skipping, buf = -1, buf[nl + 1 :]
         data = carry + buf if carry else buf
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            carry = data
-            continue
-        carry = data[cut + 1 :]
-        yield data[: cut + 1]
+        start = pos = 0  # start: first byte not yet yielded; pos: a line start, lines before it checked
+        while len(data) - pos > max_line:
+            nl = data.rfind(b"\n", pos, pos + max_line + 1)
+            if nl >= 0:
+                pos = nl + 1
+                continue
+            if pos > start:
+                piece = data[start:pos]
+                update(piece)
+                yield piece
+            nl = data.find(b"\n", pos + max_line)
+            if nl < 0:
+                update(data[pos:])
+                skipping, start = len(data) - pos, len(data)
+                break
+            update(data[pos : nl + 1])
+            yield nl - pos
+            start = pos = nl + 1
+        cut = data.rfind(b"\n", start)
+        if cut >= 0:
+            piece = data[start : cut + 1]  # one copy, hashed and yielded (a second slice would double the peak)
+            update(piece)
+            yield piece
+            start = cut + 1
+        carry = data[start:]
+    if skipping >= 0:
+        update(b"\n")
+        yield skipping
+    elif carry:
+        update(carry + b"\n")
+        yield carry + b"\n"
 
 
-def _parse_chunk(chunk: bytes, fmt: RawFormat, file: str, first_line: int, row_base: int, bad: BadRows) -> RawBlock:
-    n_lines = chunk.count(b"\n")
+def _parse_chunk(chunk: bytes, n_lines: int, fmt: RawFormat, file: str, first_line: int, row_base: int,
+                 bad: BadRows, max_line: int) -> RawBlock:
+    """One pyarrow parse on a clean block; a block it cannot account for line by line is taken apart."""
+    arrow_block = max(_ARROW_BLOCK_BYTES, 2 * max_line)
+    # ~3 ms per 32 MB: pyarrow keeps NULs silently, and on invalid UTF-8 in a wrong-width row it prints an
+    # "unraisable" decode error before failing, so such blocks go straight to the slow path.
+    clean = b"\0" not in chunk and (chunk.isascii() or _is_utf8(chunk, 0, len(chunk)))
+    parsed = _parse_lines(chunk, n_lines, fmt, arrow_block) if clean else None
+    table, kept, failures = parsed if parsed is not None else _parse_dirty(chunk, fmt, arrow_block)
+    del parsed  # the text table is freed once _validate has typed it (peak memory)
+    lines = first_line + kept
+    table, ok, type_failures = _validate(table, fmt)
+    failures = [(first_line + idx, reason) for idx, reason in failures]
+    bad.report(file, failures + [(lines[mask], reason) for mask, reason in type_failures])
+    return RawBlock(table.filter(pa.array(ok)), file, lines[ok], row_base + kept[ok], len(chunk))
+
+
+def _parse_lines(data: bytes, n_lines: int, fmt: RawFormat, arrow_block: int):
+    """``(table, kept line indices, [(line indices, reason)])``, or None if a row cannot be tied to its line.
+
+    pyarrow sees one row per line unless a bare ``\\r`` splits one (it is a line end there), so rows plus
+    skipped wrong-width rows equal the lines exactly when every row is where it should be.
+    """
     skipped = [0]
 
     def on_invalid(_row) -> str:
@@ -157,8 +229,8 @@ def _parse_chunk(chunk: bytes, fmt: RawFormat, file: str, first_line: int, row_b
 
     try:
         table = pcsv.read_csv(
-            pa.py_buffer(chunk),
-            read_options=pcsv.ReadOptions(column_names=list(fmt.columns), use_threads=True, block_size=1 << 22),
+            pa.py_buffer(data),
+            read_options=pcsv.ReadOptions(column_names=list(fmt.columns), use_threads=True, block_size=arrow_block),
             parse_options=pcsv.ParseOptions(
                 delimiter=fmt.delimiter,
                 quote_char=False,
@@ -172,21 +244,79 @@ def _parse_chunk(chunk: bytes, fmt: RawFormat, file: str, first_line: int, row_b
                 column_types={c: pa.string() for c in fmt.columns}, strings_can_be_null=True, null_values=[""]
             ),
         )
-    except pa.ArrowInvalid as exc:
-        raise DataError(f"cannot parse the block starting here: {exc}", file, first_line) from None
-    kept = np.arange(n_lines, dtype=np.int64)
-    failures: list[tuple[np.ndarray, str]] = []
+    except pa.ArrowInvalid:
+        return None
+    if table.num_rows + skipped[0] != n_lines:
+        return None
+    kept, failures = np.arange(n_lines, dtype=np.int64), []
     if skipped[0]:
-        kept, failures = _locate_wrong_width(chunk, fmt, first_line)
+        kept, failures = _locate_wrong_width(data, fmt)
     if len(kept) != table.num_rows:
-        raise DataError(f"internal: parsed {table.num_rows} rows but located {len(kept)}", file, first_line)
-    lines = first_line + kept
-    table, ok, type_failures = _validate(table, fmt)
-    bad.report(file, failures + [(lines[mask], reason) for mask, reason in type_failures])
-    return RawBlock(table.filter(pa.array(ok)), file, lines[ok], row_base + kept[ok], len(chunk))
+        return None
+    return table, kept, failures
 
 
-def _locate_wrong_width(chunk: bytes, fmt: RawFormat, first_line: int) -> tuple[np.ndarray, list]:
+def _parse_dirty(chunk: bytes, fmt: RawFormat, arrow_block: int):
+    """The slow path, for a block with a damaged line: flag NUL bytes, bare ``\\r`` and invalid UTF-8 line by
+    line (vectorized; only lines with non-ASCII bytes are decoded in Python), drop those lines, parse the rest,
+    and bisect whatever still fails down to single lines the parser rejects."""
+    arr = np.frombuffer(chunk, dtype=np.uint8)
+    ends = np.flatnonzero(arr == 10)  # the chunk ends in a newline
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    flagged = np.zeros(len(ends), dtype=bool)
+    failures: list[tuple[np.ndarray, str]] = []
+
+    def flag(line_idx: np.ndarray, reason: str) -> None:
+        new = np.unique(line_idx)
+        new = new[~flagged[new]]
+        if new.size:
+            flagged[new] = True
+            failures.append((new, reason))
+
+    flag(np.searchsorted(ends, np.flatnonzero(arr == 0)), "NUL byte in the line")
+    cr = np.flatnonzero(arr == 13)
+    flag(np.searchsorted(ends, cr[arr[cr + 1] != 10]), "carriage return (\\r) inside the line")
+    suspects = np.unique(np.searchsorted(ends, np.flatnonzero(arr >= 0x80)))
+    flag(np.array([i for i in suspects[~flagged[suspects]] if not _is_utf8(chunk, starts[i], ends[i])], dtype=np.int64),
+         "invalid UTF-8")
+    good = np.flatnonzero(~flagged)
+    data = chunk if not failures else arr[np.repeat(~flagged, ends - starts + 1)].tobytes()
+    line_ends = np.cumsum(ends[good] - starts[good] + 1)
+    tables: list[pa.Table] = []
+    kept: list[np.ndarray] = []
+    _bisect(data, good, line_ends, fmt, arrow_block, tables, kept, failures)
+    table = pa.concat_tables(tables) if tables else pa.table({c: pa.array([], pa.string()) for c in fmt.columns})
+    return table, np.concatenate([np.zeros(0, dtype=np.int64), *kept]), failures
+
+
+def _bisect(data, lines, line_ends, fmt, arrow_block, tables, kept, failures) -> None:
+    """Parse ``data`` (its ``lines``, ending at byte offsets ``line_ends``); halve it by lines until it parses."""
+    if not len(lines):
+        return
+    parsed = _parse_lines(data, len(lines), fmt, arrow_block)
+    if parsed is not None:
+        table, idx, fails = parsed
+        tables.append(table)
+        kept.append(lines[idx])
+        failures += [(lines[i], reason) for i, reason in fails]
+    elif len(lines) == 1:
+        failures.append((lines, "line the CSV parser rejects"))
+    else:
+        half = len(lines) // 2
+        cut = int(line_ends[half - 1])
+        _bisect(data[:cut], lines[:half], line_ends[:half], fmt, arrow_block, tables, kept, failures)
+        _bisect(data[cut:], lines[half:], line_ends[half:] - cut, fmt, arrow_block, tables, kept, failures)
+
+
+def _is_utf8(chunk: bytes, start: int, end: int) -> bool:
+    try:
+        chunk[start:end].decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _locate_wrong_width(chunk: bytes, fmt: RawFormat) -> tuple[np.ndarray, list]:
     """Only on blocks with wrong-width rows: per-line field counts from byte positions, vectorized."""
     arr = np.frombuffer(chunk, dtype=np.uint8)
     newlines = np.flatnonzero(arr == 10)
@@ -198,7 +328,7 @@ def _locate_wrong_width(chunk: bytes, fmt: RawFormat, first_line: int) -> tuple[
     wrong = (per_line != len(fmt.columns)) & ~empty
     idx = np.flatnonzero(wrong)
     failures = [
-        (first_line + idx[per_line[idx] == got], f"wrong column count: expected {len(fmt.columns)}, got {int(got)}")
+        (idx[per_line[idx] == got], f"wrong column count: expected {len(fmt.columns)}, got {int(got)}")
         for got in np.unique(per_line[idx])
     ]
     return np.flatnonzero(~wrong).astype(np.int64), failures
