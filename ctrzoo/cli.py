@@ -58,6 +58,7 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
         split=SplitConfig(args.split, tuple(args.ratios), args.seed),
         strict=args.strict,
         block_bytes=int(args.block_mb * (1 << 20)),
+        max_line_bytes=int(args.max_line_mb * (1 << 20)),
         keep_raw_test=not args.no_raw,
         workers=args.workers,
     )
@@ -356,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", default=None, help="YAML/JSON feature spec instead of the dataset's default")
     s.add_argument("--no-raw", action="store_true", help="do not keep the raw test rows")
     s.add_argument("--block-mb", type=float, default=32, help="bytes read per block (memory vs overhead)")
+    s.add_argument("--max-line-mb", type=float, default=1,
+                   help="a longer line is a counted bad row, skipped without being held in memory")
     s.add_argument("--workers", type=int, default=1, help="processes; each input file is one unit of work")
     s.add_argument("--max-vocab", type=int, default=None, help="cap every vocabulary at this many values")
     s.add_argument("--hash-overflow", action="store_true",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import random
 import tracemalloc
 import zlib
@@ -16,10 +17,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from ctrzoo.cli import main
 from ctrzoo.data import reader
 from ctrzoo.data.formats import open_raw
 from ctrzoo.data.prepare import PrepareOptions, prepare
 from ctrzoo.data.reader import BadRows, read_blocks
+from ctrzoo.data.splits import SplitConfig
 from ctrzoo.errors import DataError
 from ctrzoo.synth import generate
 
@@ -142,6 +145,18 @@ def test_prepare_counts_the_damaged_line_or_fails_strict_at_it(raw, kind, fault,
         prepare(kind, [path], tmp_path / "strict", options=PrepareOptions(block_bytes=BLOCK, strict=True))
     assert err.value.reason == reason
     assert not (tmp_path / "strict").exists()
+
+
+def test_line_limit_is_an_option_of_prepare_and_the_cli(raw, tmp_path):
+    header, lines = raw["criteo"]
+    lines = list(lines)
+    lines[10] = lines[10] + b"7" * 5000  # over a 4 KiB limit, well under the default
+    path = _write(tmp_path / "in.txt", header, lines)
+    meta = prepare("criteo", [path], tmp_path / "ds", options=PrepareOptions(block_bytes=BLOCK, max_line_bytes=4096))
+    assert meta["bad_rows"]["by_reason"]["line longer than 4096 bytes"]["first"] == [f"{path}:{11 + len(header)}"]
+    assert main(["prepare", "criteo", "--input", str(path), "--out", str(tmp_path / "cli"),
+                 "--max-line-mb", str(4096 / (1 << 20))]) == 0
+    assert json.loads((tmp_path / "cli" / "dataset.json").read_text())["bad_rows"]["total"] == 1
 
 
 def test_faults_of_every_kind_in_one_block_each_at_its_line(raw, tmp_path):
@@ -289,6 +304,9 @@ def test_truncated_gz_names_file_and_last_line_read(raw, kind, strict, tmp_path)
         _read(path, kind, BadRows(strict=strict), block_bytes=BLOCK)
     with pytest.raises(DataError, match=expected):
         prepare(kind, [path], tmp_path / "ds", options=PrepareOptions(strict=strict, block_bytes=BLOCK))
+    with pytest.raises(DataError, match=expected):  # a time-ordered split counts the lines first: same message
+        prepare(kind, [path], tmp_path / "ds", options=PrepareOptions(strict=strict, block_bytes=BLOCK,
+                                                                       split=SplitConfig("order")))
     assert not (tmp_path / "ds").exists()
 
 

@@ -27,8 +27,8 @@ from tqdm import tqdm
 import ctrzoo
 from ctrzoo.atomic import building, disk_errors, write_json
 from ctrzoo.data.dataset import DATASET_FORMAT_VERSION, META_FILE, shard_schema
-from ctrzoo.data.formats import FORMATS, open_raw
-from ctrzoo.data.reader import DEFAULT_BLOCK_BYTES, BadRows, check_inputs, read_blocks
+from ctrzoo.data.formats import FORMATS, GzipDataError, open_raw
+from ctrzoo.data.reader import DEFAULT_BLOCK_BYTES, DEFAULT_MAX_LINE_BYTES, BadRows, check_inputs, read_blocks
 from ctrzoo.data.splits import SPLITS, SplitConfig
 from ctrzoo.errors import DataError
 from ctrzoo.features import EncodedBatch, FeatureEncoder, FeatureSpec, SpecFitter
@@ -39,6 +39,7 @@ class PrepareOptions:
     split: SplitConfig = field(default_factory=SplitConfig)
     strict: bool = False
     block_bytes: int = DEFAULT_BLOCK_BYTES
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES  # a longer line is a counted bad row ("line longer than ...")
     keep_raw_test: bool = True
     progress: bool | None = None  # None: a bar only on a terminal
     spill: bool | None = None  # keep pass 1's parsed blocks for pass 2; None: when the disk has room
@@ -170,7 +171,8 @@ def _pass1(job: _Pass1Job) -> _Pass1Result:
     raw_test = _RawTestWriter(job.tmp / "raw" / f"test-{job.index:05d}.parquet") if job.opts.keep_raw_test else None
     rows = np.zeros(3, dtype=np.int64)
     nbytes = 0
-    for block in read_blocks([job.path], job.kind, bad, job.opts.block_bytes, hasher):
+    for block in read_blocks([job.path], job.kind, bad, job.opts.block_bytes, hasher,
+                             max_line_bytes=job.opts.max_line_bytes):
         table = _dictionary_encode(block.table, dict_columns)
         split = _split_of(job, block.row_index)
         rows += np.bincount(split, minlength=3)
@@ -206,7 +208,8 @@ def _pass2(job: _Pass2Job) -> dict:
     else:
         dict_columns = {c.source or c.name for c in job.spec.categorical}
         blocks = ((_dictionary_encode(b.table, dict_columns), _split_of(job, b.row_index), b.nbytes)
-                  for b in read_blocks([job.path], job.kind, BadRows(), job.opts.block_bytes))
+                  for b in read_blocks([job.path], job.kind, BadRows(), job.opts.block_bytes,
+                                  max_line_bytes=job.opts.max_line_bytes))
     return _encode_pass(blocks, job.spec, job.spec.user_id, job.tmp, prefix=f"part-{job.index:05d}")
 
 
@@ -422,9 +425,12 @@ def _count_lines(paths: list[Path], kind: str) -> int:
     for p in paths:
         with open_raw(p) as fh:
             n, last = 0, b"\n"
-            while buf := fh.read(1 << 24):
-                n += buf.count(b"\n")
-                last = buf[-1:]
+            try:
+                while buf := fh.read(1 << 24):
+                    n += buf.count(b"\n")
+                    last = buf[-1:]
+            except GzipDataError as exc:  # name the line, as the block reader does
+                raise DataError(f"{exc.detail} after line {n} (the last whole line read)", str(p), n or None) from None
             n += last != b"\n"
         total += n - (1 if FORMATS[kind].has_header or _has_header(p, kind) else 0)
     return total
