@@ -24,7 +24,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ctrzoo.errors import CtrzooError, SpecError
@@ -206,6 +206,11 @@ class RankingApp(FastAPI):
         return await super().__call__(scope, receive, send)
 
 
+def _errors(*statuses: int) -> dict:
+    """OpenAPI ``responses`` for these 4xx/5xx statuses: all ``ErrorResponse``."""
+    return {status: {"model": ErrorResponse} for status in statuses}
+
+
 _RANK_BODY = {"required": True, "content": {"application/json": {"schema": RankRequest.model_json_schema()}}}
 
 
@@ -290,7 +295,8 @@ def create_app(bundle: str | None = None, settings: ServeSettings | None = None,
     # The work is serving.rank.handle_rank, which RankingApp's lane calls without FastAPI's routing; this
     # route documents the endpoint (request and response schemas in /openapi.json) and serves it when the
     # app is mounted without the lane. The body is parsed from the raw bytes (parse_rank_request).
-    @app.post("/rank", response_model=RankResponse, response_class=Response, openapi_extra={"requestBody": _RANK_BODY})
+    @app.post("/rank", response_model=RankResponse, response_class=JSONResponse, openapi_extra={"requestBody": _RANK_BODY},
+              responses=_errors(408, 413, 415, 422, 503))
     async def rank(request: Request):
         content_type = request.headers.get("content-type")
         if not json_content_type(content_type):
@@ -309,8 +315,7 @@ def create_app(bundle: str | None = None, settings: ServeSettings | None = None,
             raise ApiError(401, "missing or wrong admin token (Authorization: Bearer ...)", "authorization")
 
     @app.post("/admin/reload", dependencies=[Depends(require_admin)],
-              responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
-                         409: {"model": ErrorResponse}})
+              responses=_errors(400, 401, 403, 408, 409, 413, 422))
     async def reload(body: ReloadRequest | None = None, s: ServiceState = Depends(get_state)):
         path = body.bundle if body else None
         if path is not None:

@@ -93,7 +93,8 @@ def add_recommend_routes(app: FastAPI, state, retrieval: str | Path | Retriever,
         state.metrics.requests.labels(endpoint="/recommend", status=str(status)).inc()
         return _error(status, error, field)
 
-    @app.post("/recommend", response_model=RecommendResponse, responses={422: {"model": ErrorResponse}})
+    @app.post("/recommend", response_model=RecommendResponse,
+              responses={status: {"model": ErrorResponse} for status in (400, 408, 413, 422, 503)})
     async def recommend(req: RecommendRequest):
         t0 = time.perf_counter()
         m = state.model
