@@ -173,6 +173,9 @@ class RankLane:
             status, payload = await handle_rank(self.state, b"".join(chunks))
         except CtrzooError as exc:
             status, payload = 503, error_body(str(exc))
+        except Exception as exc:  # a bug: still the documented shape (the FastAPI route has its app handler)
+            log.exception("unexpected error in /rank")
+            status, payload = 500, error_body(f"internal error: {type(exc).__name__}")
         return await _send(send, status, payload)
 
 
