@@ -347,7 +347,7 @@ def create_app(bundle: str | None = None, settings: ServeSettings | None = None,
     async def reload(body: ReloadRequest | None = None, s: ServiceState = Depends(get_state)):
         path = body.bundle if body else None
         if path is not None:
-            problem = _outside_bundle_root(path, s.settings.bundle_root)
+            path, problem = _checked_bundle_path(path, s.settings.bundle_root)
             if problem is not None:
                 return problem
         try:
@@ -377,19 +377,21 @@ def _field_of(exc: StarletteHTTPException) -> str | None:
     return "body" if exc.status_code in (400, 408, 413) else None
 
 
-def _outside_bundle_root(path: str, root: str | None) -> Response | None:
-    """A 4xx naming ``bundle`` for a path the OS cannot use (a name too long, a NUL byte) or, with a bundle
-    root set, one that resolves (symlinks followed) outside it; None when the loader may try it."""
+def _checked_bundle_path(path: str, root: str | None) -> tuple[str, Response | None]:
+    """(the path to load, None), or a 4xx naming ``bundle`` for a path the OS cannot use (a name too long, a
+    NUL byte) or, with a bundle root set, one that resolves (symlinks followed) outside it. Under a root the
+    resolved path is what gets loaded, so a link changed after this check cannot lead outside."""
     try:
         resolved = Path(path).resolve()
         with contextlib.suppress(FileNotFoundError):  # a missing bundle is the loader's to report
             os.stat(resolved)
         inside = root is None or resolved.is_relative_to(Path(root).resolve())
     except (OSError, ValueError) as exc:
-        return _error(422, f"unusable bundle path: {type(exc).__name__}: {str(exc)[:200]}", "bundle")
+        return path, _error(422, f"unusable bundle path: {type(exc).__name__}: {str(exc)[:200]}", "bundle")
     if not inside:
-        return _error(403, f"bundle {path} is outside the allowed bundle root (CTRZOO_BUNDLE_ROOT)", "bundle")
-    return None
+        return path, _error(403, f"bundle {path} is outside the allowed bundle root (CTRZOO_BUNDLE_ROOT)",
+                            "bundle")
+    return (path if root is None else str(resolved)), None
 
 
 def _require_model(s: ServiceState) -> LoadedModel:

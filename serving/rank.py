@@ -160,6 +160,7 @@ class RankLane:
     async def __call__(self, scope, receive, send):
         content_type = next((v for k, v in scope["headers"] if k == b"content-type"), None)
         if not json_content_type(content_type):
+            self.state.metrics.requests.labels(endpoint="/rank", status="415").inc()
             return await _send(send, 415, unsupported_media_type(content_type))
         chunks = []
         while True:
