@@ -356,3 +356,10 @@ def test_unknown_values_stay_scored_and_flagged_not_refused(client):
     assert r.status_code == 200 and r.json()["features"]["unknown"] == []
     assert np.isfinite(r.json()["scores"]).all()
 
+
+
+@pytest.mark.parametrize("body", [b'{"candidates": [{"pid": "\xff\xfe"}]}', b'{"candidates": [{"pid": "\\ud800"}]}',
+                                  b'{"candidates": [{"pid": 1}], "request_id": "\\udfff"}'])
+def test_rank_refuses_invalid_unicode_as_invalid_json(rank_client, body):
+    body = _error(rank_client.post("/rank", content=body, headers=JSON), 422, "body")
+    assert body["detail"][0]["type"] == "json_invalid"
