@@ -294,12 +294,15 @@ def _recv_all(sock: socket.socket, limit_s: float) -> bytes:
         data += chunk
 
 
-def test_slow_and_idle_clients_are_timed_out(stack, monkeypatch):
+@pytest.mark.parametrize("protocol", ["TimedHttpToolsProtocol", "TimedH11Protocol"])
+def test_slow_and_idle_clients_are_timed_out(stack, monkeypatch, protocol):
     import uvicorn
 
-    from serving.server import protocol_class
+    from serving import server as protocols
 
-    http = protocol_class()
+    http = getattr(protocols, protocol)
+    if http is None:
+        pytest.skip("httptools is not installed")
     monkeypatch.setattr(http, "read_timeout_s", 1.0)
     app = create_app(str(stack / "bundles" / "din"), read_timeout_s=1.0, admin_token="t")
     port = _free_port()
