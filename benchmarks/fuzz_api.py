@@ -7,7 +7,8 @@ Builds small synthetic bundles (a DIN ranking bundle exported to ONNX, a retriev
 index, so ``/recommend`` is mounted), serves them with uvicorn on 127.0.0.1 (the ``ctrzoo serve``
 protocols, admin token set, bundle root set), then for ``POST /rank``, ``POST /recommend``, ``GET /model``
 and ``POST /admin/reload`` draws ``--examples`` requests per operation (half valid by the schema, half not)
-and checks each answer with ``not_a_server_error`` and ``response_schema_conformance``. Prints the counts per
+and checks each answer with ``not_a_server_error`` and ``response_schema_conformance`` (generated feature
+names are mapped onto the model's, so values reach the encoders). Prints the counts per
 operation and every distinct failure with a curl command; exits 1 on any failure. Loopback only.
 """
 
@@ -89,6 +90,7 @@ def fuzz(base: str, examples: int, seed: int) -> tuple[dict, list]:
     from schemathesis import GenerationMode
 
     schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
+    _name_features_like_the_model(schema, [f["raw_field"] for f in requests.get(f"{base}/model").json()["features"]])
     session = requests.Session()
     session.headers["authorization"] = f"Bearer {TOKEN}"  # past the token check, into reload's own checks
     stats: dict[str, Counter] = {}
@@ -101,6 +103,30 @@ def fuzz(base: str, examples: int, seed: int) -> tuple[dict, list]:
             _fuzz_operation(schema[path][method], mode, n, seed, base, session, stats[key],
                             lambda status, title, text, key=key: failures.setdefault((key, status, title), text))
     return stats, [f"{k[0]} -> {k[1]}: {v}" for k, v in failures.items()]
+
+
+def _name_features_like_the_model(schema, names: list[str]) -> None:
+    """The schema cannot enumerate feature names (they are the model's), so generated feature dicts would
+    name none of them and stop at the 422 for that; this hook renames most generated keys to the model's
+    raw features (a few to unknown names), so the generated values reach the encoders."""
+    import zlib
+
+    pool = [*names, *names, "unknown_a", "unknown_b"]
+
+    def rename(features):
+        if not isinstance(features, dict):
+            return features
+        return {pool[zlib.crc32(str(k).encode("utf-8", "replace")) % len(pool)]: v for k, v in features.items()}
+
+    @schema.hook
+    def map_body(context, body):
+        if not isinstance(body, dict) or context.operation is None:
+            return body
+        if context.operation.path in ("/rank", "/recommend") and "context" in body:
+            body = {**body, "context": rename(body["context"])}
+        if context.operation.path == "/rank" and isinstance(body.get("candidates"), list):
+            body = {**body, "candidates": [rename(c) for c in body["candidates"]]}
+        return body
 
 
 def _fuzz_operation(operation, mode, n: int, seed: int, base: str, session, counts: Counter, fail) -> None:
@@ -117,6 +143,12 @@ def _fuzz_operation(operation, mode, n: int, seed: int, base: str, session, coun
         response = case.call(base_url=base, session=session, timeout=30)
         counts["examples"] += 1
         counts[f"status {response.status_code}"] += 1
+        if 400 <= response.status_code < 500:
+            try:
+                error = response.json()
+                counts[f"why {response.status_code} {error['field']}: {error['error'][:60]}"] += 1
+            except (ValueError, KeyError, TypeError):
+                counts[f"why {response.status_code} (not the error shape)"] += 1
         try:
             case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
         except Exception as exc:  # schemathesis' failure group: one entry per distinct first line
@@ -136,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--examples", type=int, default=200, help="requests per operation (half valid, half not)")
     p.add_argument("--work", default=None, help="where the bundles are built (reused when present)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", action="store_true", help="the most frequent 4xx answers per operation")
     args = p.parse_args(argv)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="ctrzoo-fuzz-"))
     t0 = time.time()
@@ -152,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         statuses = ", ".join(f"{k.split()[1]}: {v}" for k, v in sorted(s.items()) if k.startswith("status"))
         statuses += "".join(f"; {k}" for k in s if k.startswith("no "))
         print(f"  {key:<22} {s['examples']:>5} examples  {s['failures']:>4} failed   ({statuses})")
+        if args.verbose:
+            whys = sorted(((v, k[4:]) for k, v in s.items() if k.startswith("why ")), reverse=True)
+            for v, why in whys[:8]:
+                print(f"      {v:>4}  {why}")
     for f in failures:
         print(f"\nFAILURE {f}", file=sys.stderr)
     return 1 if failures else 0

@@ -32,10 +32,11 @@ def error_body(error: str, field: str | None = None, detail: list | None = None)
 def validation_error_body(errors: list) -> bytes:
     """pydantic's errors as ``{"error", "field", "detail"}``: the first error's message and location."""
     first = errors[0] if errors else {}
-    if first.get("type") == "json_invalid":  # its loc is a character position, not a field
-        field = "body"
-    else:
-        field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+    loc = list(first.get("loc", ()))
+    if loc[:1] == ["body"]:  # FastAPI's prefix (a feature may itself be called "body")
+        loc = loc[1:]
+    # json_invalid's loc is a character position; an empty loc is the body as a whole
+    field = "body" if first.get("type") == "json_invalid" or not loc else ".".join(map(str, loc))
     detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors[:20]]
     return error_body(first.get("msg", "invalid request"), field, detail)
 
