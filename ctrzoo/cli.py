@@ -299,8 +299,13 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         os.environ["CTRZOO_THREADS"] = str(args.threads)
     if args.retrieval:
         os.environ["CTRZOO_RETRIEVAL"] = str(Path(args.retrieval).resolve())
+    if args.read_timeout is not None:
+        os.environ["CTRZOO_READ_TIMEOUT_S"] = str(args.read_timeout)
+    from serving.server import protocol_class
+
+    # the protocol closes connections that send no complete headers within the read timeout (serving.server)
     uvicorn.run("serving.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level=args.log_level, access_log=False)
+                log_level=args.log_level, access_log=False, http=protocol_class())
 
 
 def _cmd_tune(args: argparse.Namespace) -> None:
@@ -496,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None, help="inference threads per worker")
     s.add_argument("--retrieval", default=None, help="a retrieval bundle with its index: also serve POST /recommend")
     s.add_argument("--log-level", default="info")
+    s.add_argument("--read-timeout", type=float, default=None,
+                   help="seconds a client has to send a request's headers, and then its body (default 10, "
+                   "or CTRZOO_READ_TIMEOUT_S); slower clients get a 408 or a closed connection")
     s.set_defaults(func=_cmd_serve)
 
     s = sub.add_parser("tune", help="tune the tvm backend's kernels for a bundle (MetaSchedule; extra: tvm)")

@@ -14,21 +14,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hmac
 import logging
 import os
 import signal
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ctrzoo.errors import CtrzooError, SpecError
 from serving.batcher import Coalescer
 from serving.metrics import ServiceMetrics
 from serving.model_state import LoadedModel, load_model
-from serving.rank import RankLane, error_body, handle_rank, validation_error_body
+from serving.rank import (
+    RankLane,
+    error_body,
+    handle_rank,
+    json_content_type,
+    unsupported_media_type,
+    validation_error_body,
+)
 from serving.schemas import (
     ErrorResponse,
     RankRequest,
@@ -90,14 +100,80 @@ def _replace_bundle(settings: ServeSettings, bundle: str) -> ServeSettings:
     return replace(settings, bundle=bundle)
 
 
-def _error(status: int, error: str, field: str | None = None, detail: list | None = None) -> Response:
-    return Response(error_body(error, field, detail), status_code=status, media_type="application/json")
+def _error(status: int, error: str, field: str | None = None, detail: list | None = None,
+           headers: dict | None = None) -> Response:
+    return Response(error_body(error, field, detail), status_code=status, media_type="application/json",
+                    headers=headers)
+
+
+class ApiError(StarletteHTTPException):
+    """An HTTP error answered as ``{"error", "field", "detail"}`` by the app's handler (FastAPI passes an
+    ``HTTPException`` raised while it reads a body or solves a dependency through unchanged)."""
+
+    def __init__(self, status: int, error: str, field: str | None = None, headers: dict | None = None):
+        super().__init__(status, error, headers)
+        self.field = field
+
+
+class ReadTimeout(ApiError):
+    def __init__(self, seconds: float):
+        super().__init__(408, f"the request body did not arrive within {seconds:g}s", "body",
+                         headers={"connection": "close"})
+
+
+def _deadline_receive(receive, seconds: float):
+    """``receive`` that raises ``ReadTimeout`` if the body is not complete ``seconds`` from now; once it is,
+    later calls (waiting for a disconnect) pass straight through.
+
+    One timer per request, which cancels the task only while it waits in ``receive``: ``asyncio.timeout``
+    around each call cost ~10 us a request, this ~3."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    waiting = expired = done = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        if waiting:
+            task.cancel()
+
+    timer = loop.call_later(seconds, expire)
+
+    async def timed():
+        nonlocal waiting, done
+        if done:
+            return await receive()
+        if expired:  # the deadline passed while the app was busy elsewhere: only what has arrived by now
+            try:
+                async with asyncio.timeout(0):
+                    return finish(await receive())
+            except TimeoutError:
+                raise ReadTimeout(seconds) from None
+        waiting = True
+        try:
+            message = await receive()
+        except asyncio.CancelledError:
+            if expired and task.uncancel() == 0:  # our cancellation, not the server's
+                raise ReadTimeout(seconds) from None
+            raise
+        finally:
+            waiting = False
+        return finish(message)
+
+    def finish(message):
+        nonlocal done
+        done = message["type"] != "http.request" or not message.get("more_body", False)
+        if done:
+            timer.cancel()
+        return message
+
+    return timed
 
 
 class BodyLimit:
     """Refuse bodies over the limit (413) before anything parses them: by Content-Length, or by counting the
-    chunks of a body without one. Plain ASGI (no ``BaseHTTPMiddleware``: its per-request task and stream
-    wrapping cost more than a whole /rank encoding)."""
+    chunks of a body without one; and bodies that do not arrive within ``read_timeout_s`` (408). Plain ASGI
+    (no ``BaseHTTPMiddleware``: its per-request task and stream wrapping cost more than a whole /rank encoding)."""
 
     def __init__(self, app, state: ServiceState):
         self.app = app
@@ -106,7 +182,16 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = self.state.settings.max_body_bytes
+        settings = self.state.settings
+        limit = settings.max_body_bytes
+        if settings.read_timeout_s > 0 and scope["method"] != "GET":
+            receive = _deadline_receive(receive, settings.read_timeout_s)
+        try:
+            return await self._limited(scope, receive, send, limit)
+        except ReadTimeout as exc:  # from the lane or this class: FastAPI's routes answer it themselves
+            return await _error(408, exc.detail, "body", headers={"connection": "close"})(scope, receive, send)
+
+    async def _limited(self, scope, receive, send, limit: int):
         length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if length is not None:
             if length.isdigit() and int(length) > limit:
@@ -147,6 +232,11 @@ class RankingApp(FastAPI):
         if self.lane is not None and scope["type"] == "http" and scope["path"] == "/rank" and scope["method"] == "POST":
             return await self.lane(scope, receive, send)
         return await super().__call__(scope, receive, send)
+
+
+def _errors(*statuses: int) -> dict:
+    """OpenAPI ``responses`` for these 4xx/5xx statuses: all ``ErrorResponse``."""
+    return {status: {"model": ErrorResponse} for status in statuses}
 
 
 _RANK_BODY = {"required": True, "content": {"application/json": {"schema": RankRequest.model_json_schema()}}}
@@ -192,6 +282,22 @@ def create_app(bundle: str | None = None, settings: ServeSettings | None = None,
         state.metrics.requests.labels(endpoint=request.url.path, status="422").inc()
         return _error(422, exc.reason, exc.field)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException):
+        """404, 405, a body FastAPI could not read (bad UTF-8), ApiError: the same JSON shape as every 4xx."""
+        if request.scope.get("route") is not None:  # unrouted paths (scanners) would blow up the label set
+            state.metrics.requests.labels(endpoint=request.url.path, status=str(exc.status_code)).inc()
+        error = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if error == "There was an error parsing the body":  # FastAPI's words; the cause says which
+            cause = exc.__cause__
+            error = f"the request body could not be read: {type(cause).__name__}: {cause}" if cause else error
+        return _error(exc.status_code, error, getattr(exc, "field", None) or _field_of(exc), headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error on %s", request.url.path)
+        return _error(500, f"internal error: {type(exc).__name__}")
+
     @app.get("/healthz")
     async def healthz() -> dict:
         return {"status": "ok"}
@@ -217,24 +323,39 @@ def create_app(bundle: str | None = None, settings: ServeSettings | None = None,
     # The work is serving.rank.handle_rank, which RankingApp's lane calls without FastAPI's routing; this
     # route documents the endpoint (request and response schemas in /openapi.json) and serves it when the
     # app is mounted without the lane. The body is parsed from the raw bytes (parse_rank_request).
-    @app.post("/rank", response_model=RankResponse, response_class=Response, openapi_extra={"requestBody": _RANK_BODY})
+    @app.post("/rank", response_model=RankResponse, response_class=JSONResponse, openapi_extra={"requestBody": _RANK_BODY},
+              responses=_errors(408, 413, 415, 422, 503))
     async def rank(request: Request):
+        content_type = request.headers.get("content-type")
+        if not json_content_type(content_type):
+            state.metrics.requests.labels(endpoint="/rank", status="415").inc()
+            return Response(unsupported_media_type(content_type), status_code=415, media_type="application/json")
         status, payload = await handle_rank(state, await request.body())
         return Response(payload, status_code=status, media_type="application/json")
 
-    @app.post("/admin/reload")
-    async def reload(body: ReloadRequest | None = None, authorization: str | None = Header(default=None),
-                     s: ServiceState = Depends(get_state)):
+    async def require_admin(authorization: str | None = Header(default=None),
+                            s: ServiceState = Depends(get_state)) -> None:
         token = s.settings.admin_token
         if not token:
-            return _error(403, "reload is disabled: set CTRZOO_ADMIN_TOKEN to enable it")
-        if authorization != f"Bearer {token}":
-            return _error(401, "missing or wrong admin token (Authorization: Bearer ...)", "authorization")
+            raise ApiError(403, "reload is disabled: set CTRZOO_ADMIN_TOKEN to enable it")
+        given = (authorization or "").encode("latin-1", "replace")  # header bytes, as sent
+        if not hmac.compare_digest(given, f"Bearer {token}".encode()):  # constant time: no token by timing
+            raise ApiError(401, "missing or wrong admin token (Authorization: Bearer ...)", "authorization")
+
+    @app.post("/admin/reload", dependencies=[Depends(require_admin)],
+              responses=_errors(400, 401, 403, 408, 409, 413, 422))
+    async def reload(body: ReloadRequest | None = None, s: ServiceState = Depends(get_state)):
+        path = body.bundle if body else None
+        if path is not None:
+            path, problem = _checked_bundle_path(path, s.settings.bundle_root)
+            if problem is not None:
+                return problem
         try:
-            model = await s.reload(body.bundle if body else None)
-        except CtrzooError as exc:
+            model = await s.reload(path)
+        except (CtrzooError, OSError, ValueError) as exc:  # ValueError: e.g. a NUL in the path
             current = s.model.version if s.model else None
-            return _error(409, f"bundle refused, still serving version {current}: {exc}", "bundle")
+            status = 409 if isinstance(exc, CtrzooError) else 422
+            return _error(status, f"bundle refused, still serving version {current}: {exc}", "bundle")
         return {"status": "reloaded", "model": model.name, "version": model.version}
 
     retrieval = retrieval or os.environ.get("CTRZOO_RETRIEVAL") or None
@@ -250,6 +371,27 @@ async def _sighup_reload(state: ServiceState) -> None:
         await state.reload(None)
     except CtrzooError as exc:
         log.error("SIGHUP reload refused, still serving the old model: %s", exc)
+
+
+def _field_of(exc: StarletteHTTPException) -> str | None:
+    return "body" if exc.status_code in (400, 408, 413) else None
+
+
+def _checked_bundle_path(path: str, root: str | None) -> tuple[str, Response | None]:
+    """(the path to load, None), or a 4xx naming ``bundle`` for a path the OS cannot use (a name too long, a
+    NUL byte) or, with a bundle root set, one that resolves (symlinks followed) outside it. Under a root the
+    resolved path is what gets loaded, so a link changed after this check cannot lead outside."""
+    try:
+        resolved = Path(path).resolve()
+        with contextlib.suppress(FileNotFoundError):  # a missing bundle is the loader's to report
+            os.stat(resolved)
+        inside = root is None or resolved.is_relative_to(Path(root).resolve())
+    except (OSError, ValueError) as exc:
+        return path, _error(422, f"unusable bundle path: {type(exc).__name__}: {str(exc)[:200]}", "bundle")
+    if not inside:
+        return path, _error(403, f"bundle {path} is outside the allowed bundle root (CTRZOO_BUNDLE_ROOT)",
+                            "bundle")
+    return (path if root is None else str(resolved)), None
 
 
 def _require_model(s: ServiceState) -> LoadedModel:

@@ -17,11 +17,28 @@ class ServiceMetrics:
                                   registry=self.registry)
         self.model = Gauge("ctrzoo_model_info", "The model being served (value 1)", ["name", "version"],
                            registry=self.registry)
+        # names, not values: a client whose feature names drifted from the model's shows here, not as flat scores
+        self.unknown_names = Counter("ctrzoo_unknown_feature_names_total",
+                                     "Request feature names the model does not read (ignored or refused)",
+                                     ["endpoint"], registry=self.registry)
+        self.absent_requests = Counter("ctrzoo_requests_with_absent_features_total",
+                                       "Requests in which some feature the model reads was not named",
+                                       ["endpoint"], registry=self.registry)
+        self.absent_features = Counter("ctrzoo_absent_features_total",
+                                       "Model features absent from requests, summed over requests",
+                                       ["endpoint"], registry=self.registry)
         self.reloads = Counter("ctrzoo_reloads_total", "Bundle reloads by outcome", ["outcome"], registry=self.registry)
 
     def set_model(self, name: str, version: str) -> None:
         self.model.clear()
         self.model.labels(name=name, version=version).set(1)
+
+    def count_names(self, endpoint: str, absent: list, unknown: list) -> None:
+        if unknown:
+            self.unknown_names.labels(endpoint=endpoint).inc(len(unknown))
+        if absent:
+            self.absent_requests.labels(endpoint=endpoint).inc()
+            self.absent_features.labels(endpoint=endpoint).inc(len(absent))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -32,7 +32,11 @@ def error_body(error: str, field: str | None = None, detail: list | None = None)
 def validation_error_body(errors: list) -> bytes:
     """pydantic's errors as ``{"error", "field", "detail"}``: the first error's message and location."""
     first = errors[0] if errors else {}
-    field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+    loc = list(first.get("loc", ()))
+    if loc[:1] == ["body"]:  # FastAPI's prefix (a feature may itself be called "body")
+        loc = loc[1:]
+    # json_invalid's loc is a character position; an empty loc is the body as a whole
+    field = "body" if first.get("type") == "json_invalid" or not loc else ".".join(map(str, loc))
     detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors[:20]]
     return error_body(first.get("msg", "invalid request"), field, detail)
 
@@ -56,9 +60,10 @@ async def _rank(s: Any, body: bytes) -> tuple[int, bytes]:
     limit = s.settings.max_candidates
     if len(req.candidates) > limit:
         return 422, error_body(f"{len(req.candidates)} candidates exceed the limit of {limit}", "candidates")
-    problem = check_names(req, m.raw_columns, s.settings.unknown_features)
+    problem, absent, unknown = check_names(req, m.raw_columns, s.settings.unknown_features)
     if problem is not None:
         return 422, problem
+    s.metrics.count_names("/rank", absent, unknown)
     try:
         batch = m.encoder.encode_request(req.context, req.candidates)
     except SpecError as exc:
@@ -84,25 +89,63 @@ async def _rank(s: Any, body: bytes) -> tuple[int, bytes]:
     # the RankResponse shape, serialized by orjson straight from the numpy arrays
     response = {"request_id": req.request_id, "model": {"name": m.name, "version": m.version},
                 "scores": scores.astype(np.float64), "ranking": order,
+                "features": {"absent": absent, "unknown": unknown},
                 "timing": {"encode_ms": (t1 - t0) * 1e3, "predict_ms": (t2 - t1) * 1e3, "total_ms": (t2 - t0) * 1e3}}
     return 200, orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def check_names(req: RankRequest, known: frozenset[str], policy: str) -> bytes | None:
-    """A feature in both context and candidates is an error; unknown names are one when ``policy == "reject"``."""
+def check_names(req: RankRequest, known: frozenset[str], policy: str) -> tuple[bytes | None, list, list]:
+    """(error or None, absent model features, unknown request names), from the names alone: set operations
+    over the dicts' keys in C, never a look at the values.
+
+    A feature in both context and candidates is an error; so is a request with candidates naming no feature
+    the model reads (every candidate would get the same all-missing score); unknown names are one when
+    ``policy == "reject"``, else reported in the response.
+    """
     ctx = req.context
+    named = set().union(*req.candidates)  # ~0.2 us per candidate of 39 names; a C loop over the key tables
+    # that skips rows with the same key objects (orjson's key cache) saved only a quarter of it: not worth C code
     if ctx:
-        both = sorted({k for c in req.candidates for k in ctx if k in c})
+        both = named.intersection(ctx)
         if both:
-            return error_body(f"features given both in context and in candidates: {both}", both[0])
-    if policy == "reject":
-        names = set(ctx)
-        for c in req.candidates:
-            names.update(c)
-        unknown = sorted(names - known)
-        if unknown:
-            return error_body(f"unknown features {unknown} (this model reads {sorted(known)})", unknown[0])
-    return None
+            both = sorted(both)
+            return error_body(f"features given both in context and in candidates: {both}", both[0]), [], []
+        named.update(ctx)
+    unknown = [] if named <= known else sorted(named - known)
+    absent = [] if known <= named else sorted(known - named)
+    if unknown and policy == "reject":
+        return error_body(f"unknown features {unknown} (this model reads {sorted(known)})", unknown[0]), [], []
+    if req.candidates and len(absent) == len(known) and known:
+        return no_known_feature(known, unknown, "candidates"), [], []
+    return None, absent, unknown
+
+
+def no_known_feature(known, unknown: list, field: str) -> bytes:
+    expected = sorted(known)
+    return error_body(f"the request names none of the features this model reads, so every candidate would get the "
+                      f"same score; expected some of {expected}" + (f", got {unknown[:20]}" if unknown else ""),
+                      field, [{"expected": expected, "unknown": unknown[:100]}])
+
+
+def json_content_type(value: bytes | str | None) -> bool:
+    """``application/json``, with or without parameters; a charset, if given, must be UTF-8 (RFC 8259)."""
+    if value is None:
+        return False
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    media, _, params = value.partition(";")
+    if media.strip().lower() != "application/json":
+        return False
+    for param in params.split(";"):
+        key, _, val = param.partition("=")
+        if key.strip().lower() == "charset" and val.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            return False
+    return True
+
+
+def unsupported_media_type(value) -> bytes:
+    shown = value.decode("latin-1") if isinstance(value, bytes) else value
+    return error_body(f"expected Content-Type: application/json, got {shown!r}", "content-type")
 
 
 class RankLane:
@@ -116,6 +159,10 @@ class RankLane:
         self.state = state
 
     async def __call__(self, scope, receive, send):
+        content_type = next((v for k, v in scope["headers"] if k == b"content-type"), None)
+        if not json_content_type(content_type):
+            self.state.metrics.requests.labels(endpoint="/rank", status="415").inc()
+            return await _send(send, 415, unsupported_media_type(content_type))
         chunks = []
         while True:
             message = await receive()
@@ -128,7 +175,13 @@ class RankLane:
             status, payload = await handle_rank(self.state, b"".join(chunks))
         except CtrzooError as exc:
             status, payload = 503, error_body(str(exc))
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [*JSON, (b"content-length", str(len(payload)).encode())]})
-        await send({"type": "http.response.body", "body": payload})
-        return None
+        except Exception as exc:  # a bug: still the documented shape (the FastAPI route has its app handler)
+            log.exception("unexpected error in /rank")
+            status, payload = 500, error_body(f"internal error: {type(exc).__name__}")
+        return await _send(send, status, payload)
+
+
+async def _send(send, status: int, payload: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*JSON, (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})

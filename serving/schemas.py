@@ -23,7 +23,8 @@ class RankRequest(BaseModel):
     context: Features = Field(default_factory=dict, description="features shared by every candidate (user, "
                               "device, time, behaviour sequence), sent once")
     candidates: list[Features] = Field(description="one dict of raw feature values per candidate item")
-    top_k: int | None = Field(default=None, ge=1, description="cut the ranking to the best top_k")
+    top_k: int | None = Field(default=None, ge=1, strict=True,
+                              description="cut the ranking to the best top_k (an integer: \"3\" and true are refused)")
 
 
 class ModelInfo(BaseModel):
@@ -37,11 +38,22 @@ class Timing(BaseModel):
     total_ms: float
 
 
+class FeatureReport(BaseModel):
+    """Which names of the request the model read: a score computed with features absent is a score of
+    less information (with all of them absent every candidate scores the same, which is refused)."""
+
+    absent: list[str] = Field(description="raw features the model reads that the request did not name "
+                              "(in no candidate and not in the context): encoded as missing")
+    unknown: list[str] = Field(description="names in the request the model does not read: ignored, or a "
+                               "422 when the service is configured with unknown_features=reject")
+
+
 class RankResponse(BaseModel):
     request_id: str | None
     model: ModelInfo
     scores: list[float] = Field(description="click probability per candidate, in request order")
     ranking: list[int] = Field(description="candidate indices, best first, cut at top_k")
+    features: FeatureReport
     timing: Timing
 
 
@@ -84,4 +96,4 @@ def _well_formed(data: Any) -> bool:
     request_id, top_k = data.get("request_id"), data.get("top_k")
     return (type(candidates) is list and all(type(c) is dict for c in candidates) and type(context) is dict
             and (request_id is None or (type(request_id) is str and len(request_id) <= 200))
-            and (top_k is None or (type(top_k) is int and top_k >= 1)))
+            and (top_k is None or (type(top_k) is int and top_k >= 1)))  # type(True) is bool: refused

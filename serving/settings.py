@@ -23,6 +23,12 @@ class ServeSettings:
     # merging up to 4096 rows lowered throughput 25% (a long batch leaves the event loop idle, then busy).
     coalesce_max_rows: int = 128
     admin_token: str | None = None
+    # /admin/reload only loads bundles under this directory (symlinks resolved); unset: any directory
+    bundle_root: str | None = None
+    # A request's body must arrive within this many seconds of its headers (else 408, connection closed), and
+    # under ``serving.server``'s protocols a connection must send complete headers this soon after it opens or
+    # after its last response: a client trickling bytes or holding an idle socket does not hold a slot forever.
+    read_timeout_s: float = 10.0
     # POST /rank answered before Starlette's middleware stack (serving.app.RankingApp): same answers, less work
     rank_lane: bool = True
     # after a model is loaded: gc.freeze(), and this generation-0 threshold if > 0 (else Python's); app._settle_gc

@@ -68,7 +68,8 @@ def test_deepfm_rank_equals_offline_scores(bundles, synth_prepared, rank_lane):
             r = client.post("/rank", json={"candidates": rows[start:start + 100]})
             assert r.status_code == 200, r.text
             np.testing.assert_allclose(r.json()["scores"], offline[start:start + 100], rtol=0, atol=1e-6)
-        bad = client.post("/rank", content=b'{"candidates": [{"I1": "many"}]}')
+        bad = client.post("/rank", content=b'{"candidates": [{"I1": "many"}]}',
+                          headers={"content-type": "application/json"})
         assert bad.status_code == 422 and bad.json()["field"] == "I1"
         schema = client.get("/openapi.json").json()["paths"]["/rank"]["post"]["requestBody"]
         assert "candidates" in schema["content"]["application/json"]["schema"]["properties"]
@@ -156,7 +157,7 @@ def test_health_ready_metrics_model(din_client):
     assert din_client.get("/healthz").json() == {"status": "ok"}
     ready = din_client.get("/readyz").json()
     assert ready["status"] == "ready" and ready["model"] == "din"
-    din_client.post("/rank", json={"candidates": [{}, {}]})
+    assert din_client.post("/rank", json={"candidates": [{"adgroup_id": 1}, {}]}).status_code == 200
     text = din_client.get("/metrics").text
     assert 'ctrzoo_requests_total{endpoint="/rank",status="200"}' in text
     assert "ctrzoo_request_seconds_bucket" in text and "ctrzoo_candidates_scored_total" in text
@@ -189,7 +190,8 @@ request_bodies = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+          derandomize=True)  # the same examples every run: a failure reproduces, CI does not flake
 @given(body=request_bodies)
 def test_fuzzed_requests_never_cause_a_server_error(din_client, body):
     text = json.dumps(body, allow_nan=True)

@@ -16,6 +16,8 @@ import pyarrow.compute as pc
 
 from ctrzoo.errors import SpecError
 
+_INT64_LIMIT = 2.0**63  # floats at or past it have no integer form (cast to int64 would overflow)
+
 
 def as_table(data: Any, columns: Sequence[str]) -> pa.Table:
     """Turn a pyarrow table, a pandas frame or a list of dicts into a table with ``columns``.
@@ -36,6 +38,31 @@ def as_table(data: Any, columns: Sequence[str]) -> pa.Table:
     for name in columns:
         out[name] = data.column(name).combine_chunks() if name in data.column_names else pa.nulls(n)
     return pa.table(out) if out else pa.table({"_": pa.nulls(n)})
+
+
+def column_names(data: Any) -> list[str] | None:
+    """The column names of a table or frame; None for rows (a dict without a key is a missing value there)."""
+    if isinstance(data, pa.Table | pa.RecordBatch):
+        return list(data.column_names)
+    if _is_pandas(data):
+        return [str(c) for c in data.columns]
+    return None
+
+
+def check_columns(data: Any, expected: Sequence[str], allow_missing: bool = False) -> None:
+    """A table lacking the columns a spec reads would be encoded as all-missing, the same for every row:
+    an error naming them (with none of them present, always; with some, unless ``allow_missing``)."""
+    present = column_names(data)
+    if present is None or not expected:
+        return
+    have = set(present)
+    missing = [c for c in expected if c not in have]
+    if len(missing) == len(expected):
+        raise SpecError(f"the data has none of the columns the feature spec reads: expected {list(expected)}, "
+                        f"got {present[:30]}", field=expected[0])
+    if missing and not allow_missing:
+        raise SpecError(f"columns {missing} are missing from the data (it has {present[:30]}); pass "
+                        "allow_missing=True to encode them as missing values", field=missing[0])
 
 
 def _is_pandas(data: Any) -> bool:
@@ -59,6 +86,9 @@ def _mixed_scalars_as_strings(values: list, field: str, exc: Exception) -> pa.Ar
     for v in values:  # only reached for mixed-type columns, which arrow cannot type
         if v is None or isinstance(v, str):
             out.append(v)
+        elif isinstance(v, float) and not abs(v) < _INT64_LIMIT:  # the rules of a float column, not "nan"
+            raise SpecError("NaN, infinite or out-of-range (beyond 64-bit integers) values are not categories",
+                            field=field)
         elif isinstance(v, float) and v.is_integer():
             out.append(str(int(v)))
         elif isinstance(v, int | float) and not isinstance(v, bool):
@@ -82,6 +112,8 @@ def categorical_strings(arr: pa.Array, field: str) -> pa.Array:
         arr = pc.cast(arr, pa.string())
     elif pa.types.is_floating(t):
         _check_finite(arr, field)
+        if pc.any(pc.greater_equal(pc.abs(arr), _INT64_LIMIT)).as_py():  # an integral float past int64: no id
+            raise SpecError("category values beyond the 64-bit integer range are not allowed", field=field)
         integral = pc.equal(pc.floor(arr), arr)
         as_int = pc.cast(pc.cast(pc.if_else(integral, arr, 0.0), pa.int64()), pa.string())
         arr = pc.if_else(integral, as_int, pc.cast(arr, pa.string()))

@@ -11,7 +11,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ctrzoo.errors import SpecError
-from ctrzoo.features.columns import Codes, as_table, category_codes, numeric_values, sequence_lists
+from ctrzoo.features.columns import (
+    Codes,
+    as_table,
+    category_codes,
+    check_columns,
+    numeric_values,
+    sequence_lists,
+)
 from ctrzoo.features.spec import Categorical, FeatureSpec, Numeric, SequenceFeature, source_of
 from ctrzoo.features.transforms import derive, numeric_transform
 from ctrzoo.features.vocab import ValueCounter, Vocabulary, hash_lookup
@@ -118,8 +125,12 @@ class FeatureEncoder:
         self._request = None  # RequestEncoder, built on the first request
         self._width_cache: tuple[int, int, int] | None = None
 
-    def encode(self, data: Any) -> EncodedBatch:
-        table = as_table(data, self.spec.raw_columns())
+    def encode(self, data: Any, allow_missing: bool = False) -> EncodedBatch:
+        """A table or frame must have every raw column of the spec (``allow_missing``: at least one, the rest
+        encoded as missing); in a list of dicts an absent key is a missing value."""
+        columns = self.spec.raw_columns()
+        check_columns(data, columns, allow_missing)
+        table = as_table(data, columns)
         return self._encode(table, None, table.num_rows)
 
     def encode_request(self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]) -> EncodedBatch:

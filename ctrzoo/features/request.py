@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ctrzoo.errors import SpecError
 from ctrzoo.features.columns import categorical_strings
 from ctrzoo.features.spec import source_of
 from ctrzoo.features.transforms import numeric_transform
@@ -236,7 +237,10 @@ def _canonical_categories(values: list) -> np.ndarray | None:
         return None
     if not any(is_type(arr.type) for is_type in _EXACT_CATEGORY_TYPES):
         return None
-    return categorical_strings(arr, "?").to_numpy(zero_copy_only=False)
+    try:
+        return categorical_strings(arr, "?").to_numpy(zero_copy_only=False)
+    except (SpecError, pa.ArrowException):  # refused: the per-column path refuses it again, naming the field
+        return None
 
 
 def _plain_floats(values: list) -> np.ndarray | None:

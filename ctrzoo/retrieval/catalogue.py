@@ -134,7 +134,7 @@ class Catalogue:
         if len(self) == 0:
             raise RetrievalError(f"{self.source}: the catalogue is empty (no items to index)")
         enc = encoder or FeatureEncoder(spec)
-        batch = enc.encode(self.table)
+        batch = enc.encode(self.table, allow_missing=True)  # item columns only: the user tower reads the rest
         sparse, dense = model.item_inputs(torch.from_numpy(batch.sparse), torch.from_numpy(batch.dense))
         local = sparse[:, model.item_id_col].numpy() - model.item_field.offset
         feature = spec[model.split.item_id]

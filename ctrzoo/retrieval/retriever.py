@@ -145,7 +145,7 @@ class Retriever:
         return self.catalogue.table.column_names
 
     def user_vectors(self, contexts: list[Mapping[str, Any]] | pa.Table) -> np.ndarray:
-        batch = self.encoder.encode(contexts)
+        batch = self.encoder.encode(contexts, allow_missing=True)  # user columns only: items come from the catalogue
         with torch.inference_mode():
             return encode_users(self.model, torch.from_numpy(batch.sparse), torch.from_numpy(batch.dense),
                                 torch.from_numpy(batch.seq))
