@@ -41,13 +41,14 @@ def load_model(path: str | Path | Bundle, backend: str, threads: int | None = No
     spec or a broken runtime are refused here, before anything is swapped.
     """
     bundle = path if isinstance(path, Bundle) else load_bundle(path)
-    predictor = runtime.load(bundle, backend, threads)
     try:
+        predictor = runtime.load(bundle, backend, threads)
         smoke = predictor.predict(example_batch(bundle.spec.layout(), 8, seed=1))
     except CtrzooError:
         raise
     except Exception as exc:  # a runtime's own error, e.g. onnxruntime on a model.onnx of another layout
-        raise BundleError(f"{bundle.path}: smoke prediction failed ({exc.__class__.__name__}: {str(exc)[:200]})") from None
+        raise BundleError(f"{bundle.path}: the {backend} backend cannot run it, smoke prediction failed "
+                          f"({exc.__class__.__name__}: {str(exc)[:200]})") from None
     if smoke.shape != (8,) or not np.all(np.isfinite(smoke)) or smoke.min() < 0 or smoke.max() > 1:
         raise BundleError(f"{bundle.path}: smoke prediction failed (got {smoke!r})")
     encoder = FeatureEncoder(bundle.spec)
