@@ -72,8 +72,10 @@ def test_truncated_or_empty_weights_are_refused_with_the_onnxruntime_backend(cop
         runtime.load(b, "onnxruntime")
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "onnxruntime-int8", "fused"])
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "onnxruntime-int8", "fused", "tvm"])
 def test_every_backend_reproduces_the_golden_rows_or_refuses_the_bundle(copy, backend):
+    if backend == "tvm":
+        pytest.importorskip("tvm", reason="apache-tvm is not installed")
     b = copy("deepfm")
     load_model(b, backend)  # reproduces them
     golden = json.loads((b / GOLDEN_FILE).read_text())
