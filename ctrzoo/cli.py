@@ -267,13 +267,13 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     from ctrzoo.bundle import load_bundle
 
     bundle = load_bundle(args.bundle)  # fail here, clearly (one line), before starting workers
-    if args.backend != "torch" and args.backend != "fused" and not (bundle.path / "model.onnx").exists():
-        raise CtrzooError(f"{args.bundle} has no model.onnx: run `ctrzoo export --bundle {args.bundle}` or use "
-                          "--backend torch")
     if args.retrieval:
         from ctrzoo.retrieval.bundle import load_retrieval_bundle
 
         load_retrieval_bundle(args.retrieval)
+    if args.backend not in ("torch", "fused") and not (bundle.path / "model.onnx").exists():
+        raise CtrzooError(f"{args.bundle} has no model.onnx: run `ctrzoo export --bundle {args.bundle}` or use "
+                          "--backend torch")
     # workers are separate processes: they read their settings from the environment
     os.environ["CTRZOO_BUNDLE"] = str(Path(args.bundle).resolve())
     os.environ["CTRZOO_BACKEND"] = args.backend
