@@ -177,7 +177,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
     record = export_onnx(args.bundle)
     print(f"wrote {Path(args.bundle) / record['file']} (opset {record['opset']}; onnxruntime vs torch max |diff| "
-          f"{record['parity_max_abs_diff']:.1e})")
+          f"{record['parity_max_abs_diff']:.1e}; golden rows max |diff| {record['golden_max_abs_diff']:.1e})")
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
@@ -287,11 +287,14 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         raise CtrzooError("serving needs its extra: pip install 'ctrzoo[serving]'") from None
     from ctrzoo.bundle import load_bundle
 
-    load_bundle(args.bundle)  # fail here, clearly, before starting workers
+    bundle = load_bundle(args.bundle)  # fail here, clearly (one line), before starting workers
     if args.retrieval:
         from ctrzoo.retrieval.bundle import load_retrieval_bundle
 
         load_retrieval_bundle(args.retrieval)
+    if args.backend not in ("torch", "fused") and not (bundle.path / "model.onnx").exists():
+        raise CtrzooError(f"{args.bundle} has no model.onnx: run `ctrzoo export --bundle {args.bundle}` or use "
+                          "--backend torch")
     # workers are separate processes: they read their settings from the environment
     os.environ["CTRZOO_BUNDLE"] = str(Path(args.bundle).resolve())
     os.environ["CTRZOO_BACKEND"] = args.backend

@@ -1,12 +1,13 @@
 """``ctrzoo export``: the bundle's model as ONNX (named inputs of the fixed layout, output = probability).
 
 Export verifies itself before anything is written: the ONNX checker, then a parity run of onnxruntime
-against torch on random in-range inputs at two batch sizes (so the dynamic batch axis really is dynamic).
+against torch on random in-range inputs at two batch sizes (so the dynamic batch axis really is dynamic),
+then the bundle's golden rows (raw values -> encoder -> onnxruntime) against their recorded scores. The new
+``model.onnx`` enters the bundle's integrity manifest; a format-1 bundle gets its golden rows and manifest.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import warnings
@@ -16,12 +17,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from ctrzoo.atomic import read_json, write_json
-from ctrzoo.bundle import META_FILE, Bundle, load_bundle
+from ctrzoo.atomic import write_json
+from ctrzoo.bundle import (
+    BUNDLE_FORMAT_VERSION,
+    GOLDEN_TOLERANCE,
+    META_FILE,
+    ONNX_FILE,
+    Bundle,
+    check_golden,
+    load_bundle,
+    manifest,
+    sha256_file,
+    write_golden,
+)
 from ctrzoo.errors import BundleError
-from ctrzoo.features import TableLayout
+from ctrzoo.features import FeatureEncoder, TableLayout
 
-ONNX_FILE = "model.onnx"
 INPUT_NAMES = ("sparse", "dense", "seq")
 OUTPUT_NAME = "prob"
 PARITY_TOLERANCE = 1e-5
@@ -77,19 +88,45 @@ def export_onnx(bundle: str | Path | Bundle, tolerance: float = PARITY_TOLERANCE
         max_diff = _parity(model, tmp, layout)
         if max_diff > tolerance:
             raise BundleError(f"{b.path}: ONNX export differs from torch by {max_diff:.2e} (> {tolerance:.0e})")
+        upgrade = b.meta.get("format_version") == 1  # a bundle from before golden rows and the manifest
+        if upgrade:
+            write_golden(b, (b.meta.get("data") or {}).get("path"))
+        golden_diff = _golden_parity(b, tmp)
         os.replace(tmp, b.path / ONNX_FILE)
     finally:
         tmp.unlink(missing_ok=True)
     record = {
         "file": ONNX_FILE,
-        "sha256": hashlib.sha256((b.path / ONNX_FILE).read_bytes()).hexdigest(),
+        "sha256": sha256_file(b.path / ONNX_FILE),
         "opset": int(onnx.load(str(b.path / ONNX_FILE), load_external_data=False).opset_import[0].version),
         "parity_max_abs_diff": max_diff,
+        "golden_max_abs_diff": golden_diff,
     }
-    meta = read_json(b.path / META_FILE, BundleError, "bundle metadata")
+    meta = dict(b.meta)
     meta.setdefault("artifacts", {})["onnx"] = record
+    if upgrade:
+        meta["files"] = manifest(b.path)
+        meta["format_version"] = BUNDLE_FORMAT_VERSION
+    else:
+        meta["files"] = {**meta["files"], ONNX_FILE: record["sha256"]}
     write_json(b.path / META_FILE, meta)
     return record
+
+
+def _golden_parity(b: Bundle, onnx_path: Path) -> float:
+    """The bundle's golden rows, encoded from raw values and scored by onnxruntime, give their recorded scores."""
+    import onnxruntime as ort
+
+    from ctrzoo.runtime.base import as_arrays
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    layout = b.spec.layout()
+
+    def predict(batch):
+        arrays = as_arrays(batch, layout)
+        return session.run(None, {i.name: arrays[i.name] for i in session.get_inputs()})[0]
+
+    return check_golden(b, FeatureEncoder(b.spec), predict, GOLDEN_TOLERANCE, " with the exported model.onnx")
 
 
 @torch.inference_mode()

@@ -18,6 +18,7 @@ import hmac
 import logging
 import os
 import signal
+import weakref
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ctrzoo.errors import CtrzooError, SpecError
+from ctrzoo.bundle import Bundle, load_bundle
+from ctrzoo.errors import BundleError, CtrzooError, SpecError
 from serving.batcher import Coalescer
 from serving.metrics import ServiceMetrics
 from serving.model_state import LoadedModel, load_model
@@ -59,34 +61,88 @@ class ServiceState:
         self.metrics = ServiceMetrics()
         self.coalescer = Coalescer(settings.coalesce_max_rows) if settings.coalesce else None
         self.reload_lock = asyncio.Lock()
+        self._watches: set[asyncio.Task] = set()
 
     def install(self, model: LoadedModel) -> None:
         self.model = model  # one reference assignment: atomic for every reader
         self.metrics.set_model(model.name, model.version)
 
-    async def reload(self, path: str | None) -> LoadedModel:
+    async def reload(self, path: str | None, allow_model_change: bool = False) -> LoadedModel:
+        """Load, validate and swap in a bundle (default: the configured one, as SIGHUP does).
+
+        Refused (CtrzooError, the old model keeps serving) when it does not load or validate, or when it
+        changes the model kind or the feature set and ``allow_model_change`` is not given. The old model is
+        then released: nothing may keep it alive once the requests that hold it are done."""
         async with self.reload_lock:
             target = path or self.settings.bundle
             try:
-                model = await asyncio.to_thread(load_model, target, self.settings.backend, self.settings.threads)
+                model = await asyncio.to_thread(self._load, target, allow_model_change)
             except Exception:
                 self.metrics.reloads.labels(outcome="refused").inc()
                 raise
+            retired = weakref.ref(self.model) if self.model is not None else None
             self.install(model)
-            _settle_gc(self.settings.gc_gen0_threshold, collect=False)  # a full collection would stall serving
             self.settings = _replace_bundle(self.settings, target)
             self.metrics.reloads.labels(outcome="ok").inc()
             log.info("serving %s version %s from %s", model.name, model.version, target)
+            _settle_gc(self.settings.gc_gen0_threshold)
+            if retired is not None and retired() is not None:  # requests in flight still hold it
+                task = asyncio.get_running_loop().create_task(self._watch_retired(retired))
+                self._watches.add(task)
+                task.add_done_callback(self._watches.discard)
             return model
+
+    def _load(self, target: str, allow_model_change: bool) -> LoadedModel:
+        bundle = load_bundle(target)
+        current = self.model
+        if current is not None and not allow_model_change:
+            change = model_change(current.bundle, bundle)
+            if change:
+                raise BundleError(f"{target}: {change}; a reload keeps the model kind and the feature set unless "
+                                  "the request says allow_model_change: true")
+        del current
+        return load_model(bundle, self.settings.backend, self.settings.threads)
+
+    async def _watch_retired(self, retired: weakref.ref) -> None:
+        """Requests that held the old model finish within their timeout; then it must be gone. If a cycle
+        holds it (e.g. an exception's traceback), collect once more; if it is still there, say so."""
+        await asyncio.sleep(self.settings.request_timeout_s + 1.0)
+        if retired() is not None:
+            _settle_gc(self.settings.gc_gen0_threshold)
+        old = retired()
+        if old is not None:
+            log.warning("the replaced model %s version %s is still referenced %.0fs after the reload: its memory "
+                        "is not freed", old.name, old.version, self.settings.request_timeout_s + 1.0)
+
+
+def model_change(old: Bundle, new: Bundle) -> str:
+    """What a reload from ``old`` to ``new`` changes in the model kind or feature set ('' when nothing)."""
+    parts = []
+    if old.model_name != new.model_name:
+        parts.append(f"model {old.model_name!r} -> {new.model_name!r}")
+    before, after = dict(old.feature_set), dict(new.feature_set)
+    if before != after:
+        added, removed = sorted(set(after) - set(before)), sorted(set(before) - set(after))
+        kinds = sorted(n for n in set(before) & set(after) if before[n] != after[n])
+        for label, names in (("features added", added), ("features removed", removed), ("kind changed", kinds)):
+            if names:
+                parts.append(f"{label}: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}")
+    return "; ".join(parts)
 
 
 def _settle_gc(gen0_threshold: int, collect: bool = True) -> None:
     """Keep the cyclic GC off the loaded model: ``gc.freeze()`` moves everything alive now (the bundle, the
-    vocabulary tables with their Python strings, millions for a Criteo-sized vocabulary) out of the
-    collector's sight, so full collections no longer walk them in the middle of requests. Optionally a
-    larger generation-0 threshold (a 100-candidate request allocates ~8000 objects). On the benchmark's small
-    vocabularies neither changed throughput beyond this machine's run-to-run noise (±15%)."""
+    vocabulary tables, the runtime) out of the collector's sight, so full collections no longer walk them
+    in the middle of requests. Optionally a larger generation-0 threshold (a 100-candidate request
+    allocates ~8000 objects). On the benchmark's small vocabularies neither changed throughput beyond this
+    machine's run-to-run noise (±15%).
+
+    Frozen objects are never collected, so a model replaced by a reload must not stay frozen: the frozen
+    set is released first (``gc.unfreeze()``), collected once (the replaced model's cycles and any garbage
+    frozen with it; ~0.1 s for a DIN bundle's 200k objects, once per reload), then frozen again. Freezing
+    without that made every reload leak the old model (~50 MB per DIN reload)."""
     if collect:
+        gc.unfreeze()
         gc.collect()
     gc.freeze()
     if gen0_threshold > 0:
@@ -253,7 +309,7 @@ def create_app(bundle: str | None = None, settings: ServeSettings | None = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state.install(await asyncio.to_thread(load_model, settings.bundle, settings.backend, settings.threads))
-        _settle_gc(settings.gc_gen0_threshold)
+        _settle_gc(settings.gc_gen0_threshold)  # the full collection runs before the first request
         loop = asyncio.get_running_loop()
         # not possible outside the main thread (tests) or without signals: reload stays available over HTTP
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -351,11 +407,16 @@ def create_app(bundle: str | None = None, settings: ServeSettings | None = None,
             if problem is not None:
                 return problem
         try:
-            model = await s.reload(path)
+            model = await s.reload(path, allow_model_change=bool(body and body.allow_model_change))
         except (CtrzooError, OSError, ValueError) as exc:  # ValueError: e.g. a NUL in the path
             current = s.model.version if s.model else None
             status = 409 if isinstance(exc, CtrzooError) else 422
             return _error(status, f"bundle refused, still serving version {current}: {exc}", "bundle")
+        except Exception as exc:  # any other load failure is the bundle's too: a 409, the old model keeps serving
+            current = s.model.version if s.model else None
+            log.exception("reload failed unexpectedly; still serving version %s", current)
+            return _error(409, f"bundle refused, still serving version {current}: {exc.__class__.__name__}: "
+                               f"{str(exc)[:300]}", "bundle")
         return {"status": "reloaded", "model": model.name, "version": model.version}
 
     retrieval = retrieval or os.environ.get("CTRZOO_RETRIEVAL") or None
@@ -367,10 +428,13 @@ def create_app(bundle: str | None = None, settings: ServeSettings | None = None,
 
 
 async def _sighup_reload(state: ServiceState) -> None:
+    """Reload the configured bundle path; never a change of model kind or feature set."""
     try:
-        await state.reload(None)
+        await state.reload(None, allow_model_change=False)
     except CtrzooError as exc:
         log.error("SIGHUP reload refused, still serving the old model: %s", exc)
+    except Exception:
+        log.exception("SIGHUP reload failed unexpectedly, still serving the old model")
 
 
 def _field_of(exc: StarletteHTTPException) -> str | None:

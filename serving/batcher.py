@@ -69,6 +69,9 @@ class Coalescer:
                 groups.setdefault(id(it[0]), []).append(it)
             for group in groups.values():
                 self._run_group(group)
+            # drop this batch's references before blocking on the queue: idle, the thread must not keep a
+            # model that a reload replaced alive (nor its requests' arrays)
+            first = items = groups = group = nxt = it = None
 
     def _run_group(self, group: list) -> None:
         model = group[0][0]

@@ -66,6 +66,8 @@ class ErrorResponse(BaseModel):
 class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     bundle: str | None = Field(default=None, description="bundle directory; default: the one being served")
+    allow_model_change: bool = Field(default=False, strict=True, description="accept a bundle of another model "
+                                     "kind or feature set (refused with 409 otherwise); JSON true or false only")
 
 
 _RANK_KEYS = frozenset(RankRequest.model_fields)

@@ -29,3 +29,24 @@ def synth_prepared(tmp_path_factory):
         prepare(kind, [raw], root / kind)
         out[kind] = root / kind
     return out
+
+
+SERVING_HPARAMS = {"emb_dim": 8, "mlp": [32, 16]}
+
+
+@pytest.fixture(scope="session")
+def serving_bundles(synth_prepared, tmp_path_factory):
+    """Exported bundles for the service tests: two deepfm versions (same features) and a din."""
+    from ctrzoo.export import export_onnx
+    from ctrzoo.train.run import train_bundle
+
+    root = tmp_path_factory.mktemp("srv")
+    out = {}
+    for name, model, kind, seed in (("deepfm", "deepfm", "criteo", 1), ("deepfm2", "deepfm", "criteo", 2),
+                                    ("din", "din", "taobao", 1)):
+        train_bundle(model, synth_prepared[kind], root / name,
+                     overrides={"epochs": 1, "max_steps": 15, "seed": seed, "hparams": SERVING_HPARAMS},
+                     progress=False, verbose=False)
+        export_onnx(root / name)
+        out[name] = root / name
+    return out

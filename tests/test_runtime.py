@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -90,8 +91,11 @@ def test_missing_or_corrupt_onnx_fails_clearly(bundles, tmp_path):
         runtime.load(b, "onnxruntime")
     meta = json.loads((b / "bundle.json").read_text())
     del meta["artifacts"]
-    (b / "bundle.json").write_text(json.dumps(meta))
     (b / "model.onnx").write_bytes(b"garbage")
+    with pytest.raises(BundleError, match="model.onnx: checksum differs from the one recorded in the bundle's manifest"):
+        runtime.load(b, "onnxruntime")  # the manifest still records the exported file
+    meta["files"]["model.onnx"] = hashlib.sha256(b"garbage").hexdigest()  # a manifest that agrees with the garbage
+    (b / "bundle.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="onnxruntime cannot load it"):
         runtime.load(b, "onnxruntime")
 

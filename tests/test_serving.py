@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import itertools
 import json
-import shutil
-import socket
 import threading
-import time
 import warnings
 
-import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -20,8 +15,6 @@ from hypothesis import strategies as st
 from ctrzoo.bundle import load_bundle
 from ctrzoo.data.dataset import PreparedDataset
 from ctrzoo.evaluate import score_split
-from ctrzoo.export import export_onnx
-from ctrzoo.train.run import train_bundle
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 from fastapi.testclient import TestClient  # noqa: E402
@@ -34,17 +27,8 @@ USER_FIELDS = ["userid", "pid", "cms_segid", "cms_group_id", "final_gender_code"
 
 
 @pytest.fixture(scope="module")
-def bundles(synth_prepared, tmp_path_factory):
-    root = tmp_path_factory.mktemp("srv")
-    out = {}
-    for name, model, kind, seed in (("deepfm", "deepfm", "criteo", 1), ("deepfm2", "deepfm", "criteo", 2),
-                                    ("din", "din", "taobao", 1)):
-        train_bundle(model, synth_prepared[kind], root / name,
-                     overrides={"epochs": 1, "max_steps": 15, "seed": seed, "hparams": SMALL}, progress=False,
-                     verbose=False)
-        export_onnx(root / name)
-        out[name] = root / name
-    return out
+def bundles(serving_bundles):
+    return serving_bundles  # tests/conftest.py: shared with tests/test_reload.py and tests/test_bundle.py
 
 
 @pytest.fixture(scope="module")
@@ -201,74 +185,10 @@ def test_fuzzed_requests_never_cause_a_server_error(din_client, body):
         assert "error" in r.json()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_hot_reload_under_load_loses_no_request(bundles, tmp_path):
-    import uvicorn
-
-    corrupt = tmp_path / "corrupt"
-    shutil.copytree(bundles["deepfm2"], corrupt)
-    (corrupt / "model.onnx").write_bytes(b"\x08\x01garbage")
-    app = create_app(str(bundles["deepfm"]), admin_token="t")
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz").status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    v1, v2 = load_bundle(bundles["deepfm"]).version, load_bundle(bundles["deepfm2"]).version
-    seen: list[list[str]] = [[] for _ in range(4)]  # per client: its requests are sequential
-    failures: list[str] = []
-    stop = threading.Event()
-
-    def hammer(mine: list[str]) -> None:
-        with httpx.Client(base_url=base, timeout=10) as c:
-            while not stop.is_set():
-                r = c.post("/rank", json={"candidates": [{"C1": "a"}, {"C2": "b"}, {}]})
-                if r.status_code != 200:
-                    failures.append(r.text)
-                else:
-                    mine.append(r.json()["model"]["version"])
-
-    workers = [threading.Thread(target=hammer, args=(seen[i],)) for i in range(4)]
-    for w in workers:
-        w.start()
-    try:
-        time.sleep(0.5)
-        auth = {"Authorization": "Bearer t"}
-        good = httpx.post(f"{base}/admin/reload", json={"bundle": str(bundles["deepfm2"])}, headers=auth, timeout=60)
-        time.sleep(0.5)
-        bad = httpx.post(f"{base}/admin/reload", json={"bundle": str(corrupt)}, headers=auth, timeout=60)
-        time.sleep(0.5)
-    finally:
-        stop.set()
-        for w in workers:
-            w.join()
-        server.should_exit = True
-        thread.join(timeout=10)
-    assert good.status_code == 200 and bad.status_code == 409, (good.text, bad.text)
-    assert "still serving version" in bad.json()["error"]
-    assert failures == []
-    for mine in seen:  # each client saw the old version, then the new one, and never went back
-        switches = sum(1 for a, b in itertools.pairwise(mine) if a != b)
-        assert mine[0] == v1 and mine[-1] == v2 and switches == 1, (mine[:3], mine[-3:], switches)
-
-
 class _CountingPredictor:
     """Records the batch sizes it is called with; a batch with a negative id raises."""
 
     def __init__(self):
-        import threading
 
         self.calls: list[int] = []
         self.gate = threading.Event()  # held closed until every request is queued

@@ -21,6 +21,7 @@ when the package was built with its extension (``_gather.c``: a 100-candidate Cr
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Mapping, Sequence
 from itertools import chain, repeat
 from operator import itemgetter
@@ -55,7 +56,9 @@ class RequestEncoder:
     """``encode(context, candidates)`` for one ``FeatureEncoder``; the lookup tables are built once."""
 
     def __init__(self, encoder: FeatureEncoder):
-        self.encoder = encoder
+        # a proxy: the encoder owns this object, and a strong back-reference would make a cycle that only the
+        # cyclic GC can free (which the service freezes: every reload then leaked the old model's encoder)
+        self.encoder = weakref.proxy(encoder)
         spec = encoder.spec
         offsets = {f.name: f.offset for f in encoder.layout.sparse}
         self._cats = [(i, c, source_of(c), offsets[c.name]) for i, c in enumerate(spec.categorical)

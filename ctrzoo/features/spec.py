@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -264,7 +265,7 @@ def _vocab_from_json(d: dict[str, Any], vocab_dir: Path | None, name: str) -> Vo
     if "file" in d:
         if vocab_dir is None:
             raise SpecError("vocabulary stored in a file, but no directory given", field=name)
-        path = vocab_dir.parent / d["file"]
+        path = _inside(vocab_dir.parent, d.get("file"), name)
         try:
             t = pq.read_table(path)
         except (FileNotFoundError, OSError, pa.ArrowInvalid) as exc:
@@ -275,3 +276,18 @@ def _vocab_from_json(d: dict[str, Any], vocab_dir: Path | None, name: str) -> Vo
         return vocab
     return Vocabulary(pa.array(d["values"], pa.string()), np.asarray(d["counts"], dtype=np.int64))
 
+
+def _inside(root: Path, rel: Any, name: str) -> Path:
+    """``root / rel`` for a relative path that stays inside ``root`` (no ``..``, no absolute path, no link out)
+    and names a regular file: a spec must not make its reader open files elsewhere, or a FIFO that blocks."""
+    if not isinstance(rel, str) or not rel or os.path.isabs(rel) or ".." in Path(rel).parts:
+        raise SpecError(f"vocabulary file {rel!r} must be a relative path inside {root}", field=name)
+    path = root / rel
+    try:
+        if not path.resolve().is_relative_to(root.resolve()):
+            raise SpecError(f"vocabulary file {rel!r} leads outside {root}", field=name)
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise SpecError(f"vocabulary file {path} is not a regular file", field=name)
+    except OSError as exc:
+        raise SpecError(f"cannot read vocabulary {path}: {exc.strerror or exc}", field=name) from None
+    return path
