@@ -112,7 +112,6 @@ def test_reload_of_a_foreign_or_broken_bundle_is_a_409_and_the_old_model_keeps_s
             (other_weights, "does not reproduce its golden rows with the onnxruntime backend: max |diff|"),
             (unlisted, "model.onnx: checksum differs from the one recorded in the bundle's manifest"),
             (truncated, "weights.pt: checksum differs"),
-            (tmp_path / ("x" * 5000), "cannot read the bundle (File name too long)"),
         ]
         for path, message in cases:
             r = client.post("/admin/reload", json={"bundle": str(path)}, headers=AUTH)
@@ -130,7 +129,7 @@ def test_reload_of_a_foreign_or_broken_bundle_is_a_409_and_the_old_model_keeps_s
         r = client.post("/admin/reload", json={"bundle": str(b["deepfm2"])}, headers=AUTH)
         assert r.status_code == 409 and "RuntimeError: unexpected" in r.json()["error"], r.text
         assert client.get("/model").json()["version"] == v1
-        assert 'ctrzoo_reloads_total{outcome="refused"} 6.0' in client.get("/metrics").text
+        assert 'ctrzoo_reloads_total{outcome="refused"} 5.0' in client.get("/metrics").text
     gc.unfreeze()
 
 
