@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 import ctrzoo
-from ctrzoo.atomic import building, write_json
+from ctrzoo.atomic import building, recover, write_json
 from ctrzoo.errors import BundleError, CtrzooError
 from ctrzoo.features import FeatureSpec
 
@@ -117,7 +117,8 @@ def save_bundle(out: str | Path, model: nn.Module, model_name: str, spec: Featur
     """Write a bundle directory atomically (built beside ``out``, swapped in by rename)."""
     with building(out, META_FILE, "model bundle", BundleError) as tmp:
         spec.save(tmp)
-        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp / WEIGHTS_FILE)
+        with open(tmp / WEIGHTS_FILE, "wb") as fh:  # a file object: torch keeps the OS error (ENOSPC) then
+            torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, fh)
         digest = sha256_file(tmp / WEIGHTS_FILE)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         full = {
@@ -147,6 +148,7 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
 
 
 def _load(path: Path, verify: bool) -> Bundle:
+    recover(path, META_FILE)  # a writer killed between the fallback publish's two renames (ctrzoo.atomic)
     meta_path = path / META_FILE
     if not path.is_dir():
         raise BundleError(f"{_short(path)}: no such bundle directory")

@@ -216,3 +216,18 @@ def test_serve_on_an_unexported_bundle_is_one_line(copy, capsys):
     assert main(["serve", "--bundle", str(c), "--port", "1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"model.onnx: missing; run `ctrzoo export --bundle {c}` first" in err
+
+
+def test_load_recovers_a_bundle_renamed_away_by_a_writer_killed_mid_publish(copy, tmp_path):
+    """Where the atomic exchange is unsupported, publishing renames the old bundle away first; a hard kill
+    there leaves only ``.b.old-PID``: loading renames it back instead of reporting no bundle."""
+    import subprocess
+    import sys
+
+    b = copy("deepfm")
+    version = load_bundle(b).version
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    os.rename(b, tmp_path / f".b.old-{gone.pid}")
+    assert load_bundle(b).version == version
+    assert not (tmp_path / f".b.old-{gone.pid}").exists()

@@ -88,7 +88,8 @@ def save_retrieval_bundle(out: str | Path, model: TwoTower, spec: FeatureSpec, c
         raise CtrzooError(f"{out} is a model bundle, not a retrieval bundle: refusing to replace it")
     with building(out, META_FILE, "retrieval bundle") as tmp:
         spec.save(tmp)
-        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp / WEIGHTS_FILE)
+        with open(tmp / WEIGHTS_FILE, "wb") as fh:  # a file object: torch keeps the OS error (ENOSPC) then
+            torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, fh)
         catalogue.save(tmp / CATALOGUE_FILE)
         digest = hashlib.sha256((tmp / WEIGHTS_FILE).read_bytes()).hexdigest()
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
