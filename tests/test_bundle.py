@@ -231,3 +231,29 @@ def test_load_recovers_a_bundle_renamed_away_by_a_writer_killed_mid_publish(copy
     os.rename(b, tmp_path / f".b.old-{gone.pid}")
     assert load_bundle(b).version == version
     assert not (tmp_path / f".b.old-{gone.pid}").exists()
+
+
+class _Payload:
+    """Unpickling this runs ``open(marker, "w")``: what a malicious weights.pt would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickle_payload_in_weights_never_runs(copy, tmp_path):
+    """weights.pt is read with ``weights_only=True``: a payload, even one the manifest agrees with, is refused
+    before any of its code runs."""
+    import torch
+
+    b = copy("deepfm")
+    marker = tmp_path / "payload_ran"
+    torch.save({"w": _Payload(marker)}, b / "weights.pt")
+    _agree(b, "weights.pt")
+    with pytest.raises(BundleError, match="weights.pt: cannot read weights"):
+        load_bundle(b).build_model()
+    with pytest.raises(BundleError):
+        load_model(b, "torch")
+    assert not marker.exists()
