@@ -47,7 +47,8 @@ def _cpu() -> str:
 
 
 def _run(env: dict, *args: str) -> None:
-    subprocess.run([sys.executable, "-m", "ctrzoo", *args], env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "ctrzoo", *args], env=env, cwd=env["PYTHONPATH"], check=True,
+                   stdout=subprocess.DEVNULL)
 
 
 def _bundle(env: dict, work: Path, rows: int) -> Path:
@@ -74,7 +75,7 @@ def measure(env: dict, bundle: Path, reloads: int) -> list[dict]:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "ctrzoo", "serve", "--bundle", str(bundle), "--port", str(port),
-                             "--log-level", "warning"], env={**env, "CTRZOO_ADMIN_TOKEN": TOKEN},
+                             "--log-level", "warning"], env={**env, "CTRZOO_ADMIN_TOKEN": TOKEN}, cwd=env["PYTHONPATH"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120
@@ -142,8 +143,10 @@ def main() -> None:
     args = p.parse_args()
     import tempfile
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="reload-memory-"))
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="reload-memory-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    # ``python -m`` puts the working directory first on sys.path: children run in --code, or they would import
+    # whatever checkout the script was started from
     env = {**os.environ, "PYTHONPATH": str(Path(args.code).resolve())}
     bundle = _bundle(env, work, args.rows)
     samples = measure(env, bundle, args.reloads)
