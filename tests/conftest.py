@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -7,12 +8,32 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def shared_data_dir() -> Path:
+    """Where the real sample rows are: ``$CTRZOO_SHARED_DATA`` (CI may hide or move them), else ``../shared/data``."""
+    return Path(os.environ.get("CTRZOO_SHARED_DATA") or SHARED_DATA)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real sample rows beside the checkout (never copied into the repo)."""
-    if not (SHARED_DATA / "criteo_sample.tsv").exists():
-        pytest.skip(f"real sample rows not found at {SHARED_DATA}")
-    return SHARED_DATA
+    root = shared_data_dir()
+    if not (root / "criteo_sample.tsv").exists():
+        pytest.skip(f"real sample rows not found at {root}")
+    return root
+
+
+@pytest.fixture(scope="session", params=["real", "written"])
+def sample_rows(request, tmp_path_factory) -> Path:
+    """A directory holding ``criteo_sample.tsv``, ``criteo_sample.txt`` and ``taobao_ad_sample.csv``.
+
+    ``real``: the shared sample rows (real-row fidelity; skipped where absent). ``written``: the same formats
+    and edge cases written by the tests themselves, so a plain clone still tests every behaviour.
+    """
+    if request.param == "real":
+        return request.getfixturevalue("shared_data")
+    from sample_rows import write_sample_rows
+
+    return write_sample_rows(tmp_path_factory.mktemp("sample_rows"))
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,10 @@ from ctrzoo.data.prepare import PrepareOptions, prepare
 
 
 @pytest.fixture(scope="module")
-def criteo_ds(shared_data, tmp_path_factory):
+def criteo_ds(sample_rows, tmp_path_factory):
     out = tmp_path_factory.mktemp("ds") / "criteo"
     # tiny blocks so the train split has many row groups
-    prepare("criteo", [shared_data / "criteo_sample.tsv"], out, options=PrepareOptions(block_bytes=2500))
+    prepare("criteo", [sample_rows / "criteo_sample.tsv"], out, options=PrepareOptions(block_bytes=2500))
     return out
 
 
@@ -52,9 +52,9 @@ def test_streamed_equals_cached_without_shuffle(criteo_ds):
 
 
 @pytest.mark.parametrize("block_bytes", [2500, 1 << 20])  # many row groups / a single one
-def test_rank_parts_are_disjoint_and_cover_the_split(shared_data, tmp_path, block_bytes):
+def test_rank_parts_are_disjoint_and_cover_the_split(sample_rows, tmp_path, block_bytes):
     out = tmp_path / "ds"
-    prepare("criteo", [shared_data / "criteo_sample.tsv"], out, options=PrepareOptions(block_bytes=block_bytes))
+    prepare("criteo", [sample_rows / "criteo_sample.tsv"], out, options=PrepareOptions(block_bytes=block_bytes))
     whole = _rows(BatchLoader(out, "train", batch_size=1000, shuffle=False))
     parts = [_rows(BatchLoader(out, "train", batch_size=7, seed=3, rank=r, world_size=2)) for r in range(2)]
     assert len(parts[0]) > 0 and len(parts[1]) > 0

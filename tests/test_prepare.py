@@ -1,14 +1,17 @@
-"""`ctrzoo prepare`: real sample rows, bad input, atomic publish, splits, round trips."""
+"""`ctrzoo prepare`: sample rows (real and written), bad input, atomic publish, splits, round trips."""
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from sample_rows import CRITEO_HEADER
 
 from ctrzoo.data.dataset import PreparedDataset
 from ctrzoo.data.loader import BatchLoader, table_to_batch
@@ -17,10 +20,11 @@ from ctrzoo.data.reader import BadRows, read_blocks
 from ctrzoo.data.splits import SplitConfig
 from ctrzoo.errors import DataError, DatasetError
 from ctrzoo.features import FeatureEncoder, FeatureSpec
+from ctrzoo.synth.taobao import COLUMNS as TAOBAO_HEADER
 
 
-def _sample_lines(shared_data: Path) -> list[str]:
-    return (shared_data / "criteo_sample.tsv").read_text().splitlines()
+def _sample_lines(sample_rows: Path) -> list[str]:
+    return (sample_rows / "criteo_sample.tsv").read_text().splitlines()
 
 
 def _write(path: Path, lines: list[str]) -> Path:
@@ -28,9 +32,34 @@ def _write(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def test_criteo_tsv_and_csv_variants_prepare_identically(shared_data, tmp_path):
-    a = prepare("criteo", [shared_data / "criteo_sample.tsv"], tmp_path / "a")
-    b = prepare("criteo", [shared_data / "criteo_sample.txt"], tmp_path / "b")
+def test_sample_rows_have_the_real_formats_and_edge_cases(sample_rows):
+    """Both sources hold what the README of the real rows says, edge cases included (the written twin too)."""
+    tsv = [line.split("\t") for line in _sample_lines(sample_rows)]
+    assert len(tsv) == 200 and {len(r) for r in tsv} == {40}
+    assert {r[0] for r in tsv} == {"0", "1"}
+    ints, cats = [v for r in tsv for v in r[1:14]], [v for r in tsv for v in r[14:]]
+    assert "" in ints and any(v.startswith("-") for v in ints)  # missing and negative integers
+    assert all(re.fullmatch(r"-?\d+", v) for v in ints if v)
+    assert "" in cats and all(re.fullmatch(r"[0-9a-f]{8}", v) for v in cats if v)  # missing and 8-hex hashes
+    text = (sample_rows / "criteo_sample.txt").read_text().splitlines()
+    assert text[0] == ",".join(CRITEO_HEADER)
+    rows = [line.split(",") for line in text[1:]]
+    assert any(v.endswith(".0") for r in rows for v in r[1:14])  # integers written as floats
+    for a, b in zip(tsv, rows, strict=True):  # the same rows
+        assert b[0] == a[0] and b[14:] == a[14:]
+        assert [float(v) if v else None for v in b[1:14]] == [float(v) if v else None for v in a[1:14]]
+    with open(sample_rows / "taobao_ad_sample.csv", newline="") as f:
+        header, *taobao = list(csv.reader(f))
+    assert ",".join(header) == TAOBAO_HEADER and len(taobao) == 100 and {len(r) for r in taobao} == {19}
+    seqs = [r[-1] for r in taobao]
+    assert "" in seqs and any("^" in s for s in seqs)  # empty and ^-joined click sequences
+    assert all(re.fullmatch(r"\d+(\^\d+)*", s) for s in seqs if s)
+    assert any("" in r[10:18] for r in taobao)  # missing profile fields
+
+
+def test_criteo_tsv_and_csv_variants_prepare_identically(sample_rows, tmp_path):
+    a = prepare("criteo", [sample_rows / "criteo_sample.tsv"], tmp_path / "a")
+    b = prepare("criteo", [sample_rows / "criteo_sample.txt"], tmp_path / "b")
     assert sum(s["rows"] for s in a["splits"].values()) == 200
     assert a["bad_rows"]["total"] == 0 and b["bad_rows"]["total"] == 0
     for split in ("train", "valid", "test"):
@@ -39,8 +68,8 @@ def test_criteo_tsv_and_csv_variants_prepare_identically(shared_data, tmp_path):
         assert ta.equals(tb)
 
 
-def test_taobao_sample_keeps_user_and_shares_item_table(shared_data, tmp_path):
-    meta = prepare("taobao", [shared_data / "taobao_ad_sample.csv"], tmp_path / "t")
+def test_taobao_sample_keeps_user_and_shares_item_table(sample_rows, tmp_path):
+    meta = prepare("taobao", [sample_rows / "taobao_ad_sample.csv"], tmp_path / "t")
     ds = PreparedDataset.open(tmp_path / "t")
     assert meta["user_id"] == "userid"
     layout = ds.spec.layout()
@@ -53,8 +82,8 @@ def test_taobao_sample_keeps_user_and_shares_item_table(shared_data, tmp_path):
     assert batch.user_id is not None and batch.user_id.dtype == object
 
 
-def test_round_trip_saved_spec_equals_in_memory_for_files_and_dicts(shared_data, tmp_path):
-    prepare("taobao", [shared_data / "taobao_ad_sample.csv"], tmp_path / "t")
+def test_round_trip_saved_spec_equals_in_memory_for_files_and_dicts(sample_rows, tmp_path):
+    prepare("taobao", [sample_rows / "taobao_ad_sample.csv"], tmp_path / "t")
     ds = PreparedDataset.open(tmp_path / "t")
     # In-memory spec: refit from the same training rows, as prepare did, without touching disk.
     from ctrzoo.data.formats import FORMATS
@@ -62,7 +91,7 @@ def test_round_trip_saved_spec_equals_in_memory_for_files_and_dicts(shared_data,
 
     cfg = SplitConfig()
     fitter = SpecFitter(FORMATS["taobao"].default_spec())
-    blocks = list(read_blocks([shared_data / "taobao_ad_sample.csv"], "taobao", BadRows()))
+    blocks = list(read_blocks([sample_rows / "taobao_ad_sample.csv"], "taobao", BadRows()))
     for blk in blocks:
         fitter.update(blk.table.filter(cfg.assign(blk.row_index) == 0))
     in_memory = fitter.finalize()
@@ -82,8 +111,8 @@ def test_round_trip_saved_spec_equals_in_memory_for_files_and_dicts(shared_data,
     np.testing.assert_allclose(shard.dense.numpy(), enc.dense)
 
 
-def test_bad_rows_are_counted_by_reason_with_line_numbers(shared_data, tmp_path):
-    lines = _sample_lines(shared_data)
+def test_bad_rows_are_counted_by_reason_with_line_numbers(sample_rows, tmp_path):
+    lines = _sample_lines(sample_rows)
     lines[3] = "\t".join(lines[3].split("\t")[:-2])  # truncated line (line 4)
     lines[5] += "\textra"  # extra column (line 6)
     fields = lines[9].split("\t")
@@ -101,8 +130,8 @@ def test_bad_rows_are_counted_by_reason_with_line_numbers(shared_data, tmp_path)
     assert by_reason["label (label) is not 0 or 1"]["first"] == [f"{path}:13"]
 
 
-def test_strict_fails_at_first_bad_row_with_file_and_line(shared_data, tmp_path):
-    lines = _sample_lines(shared_data)
+def test_strict_fails_at_first_bad_row_with_file_and_line(sample_rows, tmp_path):
+    lines = _sample_lines(sample_rows)
     lines[41] = "2" + lines[41][1:]
     lines[70] += "\tx"
     path = _write(tmp_path / "bad.tsv", lines)
@@ -112,8 +141,8 @@ def test_strict_fails_at_first_bad_row_with_file_and_line(shared_data, tmp_path)
     assert not list(tmp_path.glob(".ds.tmp-*"))
 
 
-def test_header_mismatch_and_broken_sequence(shared_data, tmp_path):
-    lines = (shared_data / "taobao_ad_sample.csv").read_text().splitlines()
+def test_header_mismatch_and_broken_sequence(sample_rows, tmp_path):
+    lines = (sample_rows / "taobao_ad_sample.csv").read_text().splitlines()
     broken = lines.copy()
     broken[5] = broken[5].rsplit(",", 1)[0] + ",12^^x"
     meta = prepare("taobao", [_write(tmp_path / "b.csv", broken)], tmp_path / "ds")
@@ -134,9 +163,9 @@ def test_empty_or_missing_file(tmp_path, content):
     assert not (tmp_path / "ds").exists()
 
 
-def test_crash_mid_prepare_leaves_old_dataset_intact(shared_data, tmp_path, monkeypatch):
+def test_crash_mid_prepare_leaves_old_dataset_intact(sample_rows, tmp_path, monkeypatch):
     out = tmp_path / "ds"
-    prepare("criteo", [shared_data / "criteo_sample.tsv"], out)
+    prepare("criteo", [sample_rows / "criteo_sample.tsv"], out)
     before = json.loads((out / "dataset.json").read_text())
     files = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     assert {"spec.json", "train/part-00000-000.parquet", "raw/test.parquet"} <= {str(p) for p in files}
@@ -153,7 +182,7 @@ def test_crash_mid_prepare_leaves_old_dataset_intact(shared_data, tmp_path, monk
 
     monkeypatch.setattr(prep._ShardWriter, "write", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        prepare("criteo", [shared_data / "criteo_sample.txt"], out)
+        prepare("criteo", [sample_rows / "criteo_sample.txt"], out)
     assert json.loads((out / "dataset.json").read_text()) == before
     # shards, spec, vocabularies and raw rows too, byte for byte
     assert {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == files
@@ -170,20 +199,20 @@ def test_incomplete_directory_never_loads(tmp_path):
         prepare("criteo", [tmp_path / "half" / "spec.json"], tmp_path / "half")
 
 
-def test_splits_random_and_order(shared_data, tmp_path):
-    r1 = prepare("criteo", [shared_data / "criteo_sample.tsv"], tmp_path / "r1")
-    r2 = prepare("criteo", [shared_data / "criteo_sample.tsv"], tmp_path / "r2",
+def test_splits_random_and_order(sample_rows, tmp_path):
+    r1 = prepare("criteo", [sample_rows / "criteo_sample.tsv"], tmp_path / "r1")
+    r2 = prepare("criteo", [sample_rows / "criteo_sample.tsv"], tmp_path / "r2",
                  options=PrepareOptions(split=SplitConfig(seed=7)))
     rows = {k: v["rows"] for k, v in r1["splits"].items()}
     assert sum(rows.values()) == 200 and rows["train"] > rows["valid"]
     assert r1["fingerprint"] == r2["fingerprint"]  # same raw data
     assert r1["splits"] != r2["splits"] or r1["layout"] != r2["layout"]
-    o = prepare("criteo", [shared_data / "criteo_sample.tsv"], tmp_path / "o",
+    o = prepare("criteo", [sample_rows / "criteo_sample.tsv"], tmp_path / "o",
                 options=PrepareOptions(split=SplitConfig(method="order", ratios=(0.5, 0.25, 0.25))))
     assert {k: v["rows"] for k, v in o["splits"].items()} == {"train": 100, "valid": 50, "test": 50}
     # order split: the test rows are the last 50 lines
     raw = pq.read_table(PreparedDataset.open(tmp_path / "o").raw_path("test"))
-    last = [line.split("\t")[14] for line in _sample_lines(shared_data)[150:]]
+    last = [line.split("\t")[14] for line in _sample_lines(sample_rows)[150:]]
     assert raw.column("C1").to_pylist() == last
 
 
@@ -197,9 +226,9 @@ def test_split_assignment_is_independent_of_blocks():
     np.testing.assert_allclose(frac, [0.8, 0.1, 0.1], atol=0.01)
 
 
-def test_small_blocks_give_the_same_dataset(shared_data, tmp_path):
-    prepare("criteo", [shared_data / "criteo_sample.tsv"], tmp_path / "big")
-    prepare("criteo", [shared_data / "criteo_sample.tsv"], tmp_path / "small",
+def test_small_blocks_give_the_same_dataset(sample_rows, tmp_path):
+    prepare("criteo", [sample_rows / "criteo_sample.tsv"], tmp_path / "big")
+    prepare("criteo", [sample_rows / "criteo_sample.tsv"], tmp_path / "small",
             options=PrepareOptions(block_bytes=3000))
     a, b = PreparedDataset.open(tmp_path / "big"), PreparedDataset.open(tmp_path / "small")
     assert a.spec.equals(b.spec)

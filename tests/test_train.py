@@ -1,4 +1,4 @@
-"""Trainer and bundles: every model learns, resume is exact, bundles reload to the same scores."""
+"""Trainer and bundles: every model learns (synthetic and sample rows), resume is exact, reloads score alike."""
 
 from __future__ import annotations
 
@@ -37,9 +37,9 @@ def test_every_model_learns_on_synthetic_data(synth_prepared, tmp_path, model, k
 
 
 @pytest.mark.parametrize("model", list_models())
-def test_every_model_trains_on_real_sample_rows(shared_data, tmp_path, model):
+def test_every_model_trains_on_sample_rows(sample_rows, tmp_path, model):
     kind, file = ("taobao", "taobao_ad_sample.csv") if model == "din" else ("criteo", "criteo_sample.tsv")
-    prepare(kind, [shared_data / file], tmp_path / "ds")
+    prepare(kind, [sample_rows / file], tmp_path / "ds")
     ds = PreparedDataset.open(tmp_path / "ds")
     cfg = TrainConfig(model=model, hparams=SMALL, epochs=4, batch_size=32, lr=3e-3, patience=10)
     trainer = Trainer(cfg, ds, tmp_path / "work", progress=False)
