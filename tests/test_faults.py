@@ -238,9 +238,9 @@ def test_evaluate_of_a_criteo_bundle_on_avazu_data_is_one_clear_line(criteo_bund
     assert "evaluate it on data prepared from criteo logs" in one_line_error(capsys, "evaluate")
 
 
-def test_five_row_file_warns_trains_without_early_stopping_and_leaves_nothing(shared_data, tmp_path, capsys):
+def test_five_row_file_warns_trains_without_early_stopping_and_leaves_nothing(sample_rows, tmp_path, capsys):
     five = tmp_path / "five.tsv"
-    five.write_text("".join((shared_data / "criteo_sample.tsv").read_text().splitlines(keepends=True)[:5]))
+    five.write_text("".join((sample_rows / "criteo_sample.tsv").read_text().splitlines(keepends=True)[:5]))
     assert main(["prepare", "criteo", "--input", str(five), "--out", str(tmp_path / "ds")]) == 0
     out = capsys.readouterr()
     assert "ctrzoo prepare: warning: the valid split is empty: no early stopping" in out.err
@@ -258,9 +258,9 @@ def test_five_row_file_warns_trains_without_early_stopping_and_leaves_nothing(sh
     assert main(args) == 0  # and again, over the first bundle
 
 
-def test_too_small_training_split_is_refused_before_anything_is_written(shared_data, tmp_path, capsys):
+def test_too_small_training_split_is_refused_before_anything_is_written(sample_rows, tmp_path, capsys):
     five = tmp_path / "five.tsv"
-    five.write_text("".join((shared_data / "criteo_sample.tsv").read_text().splitlines(keepends=True)[:5]))
+    five.write_text("".join((sample_rows / "criteo_sample.tsv").read_text().splitlines(keepends=True)[:5]))
     prepare("criteo", [five], tmp_path / "ds", options=PrepareOptions(split=SplitConfig("order", (0.2, 0.4, 0.4))))
     assert PreparedDataset.open(tmp_path / "ds").rows("train") == 1
     assert main(["train", "--model", "deepfm", "--data", str(tmp_path / "ds"), "--out", str(tmp_path / "b")]) == 2
