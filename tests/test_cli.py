@@ -248,6 +248,30 @@ def test_info_on_a_bundle_then_exported_then_damaged(small, tmp_path, capsys):
     assert cap.err == f"ctrzoo info: error: {bundle}: damaged; train or copy the bundle again\n"
 
 
+def test_info_on_a_retrieval_bundle(tmp_path, capsys):
+    pytest.importorskip("faiss")
+    from ctrzoo.data.prepare import prepare
+    from ctrzoo.retrieval.train import RetrievalConfig, train_retrieval
+    from ctrzoo.synth import generate
+
+    generate("taobao", 4_000, 2, tmp_path / "t.csv", config={"target_ctr": 0.2})
+    prepare("taobao", [tmp_path / "t.csv"], tmp_path / "data")
+    out = tmp_path / "r"
+    train_retrieval(tmp_path / "data", out, config=RetrievalConfig(epochs=1, batch_size=256, max_steps=2,
+                                                                   recall_k=[10]), progress=False, verbose=False)
+    meta = json.loads((out / "bundle.json").read_text())
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"retrieval bundle {out} (two_tower, version {meta['version']}, format 1")
+    assert f"item tower: {', '.join(meta['towers']['item'])} (id {meta['towers']['item_id']})" in text
+    assert f"catalogue: {meta['catalogue']['items']:,d} items by adgroup_id" in text
+    assert f"index: none (`ctrzoo index --bundle {out} --kind auto` builds one)" in text
+    assert main(["info", "--json", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["kind"] == "retrieval"
+    assert main(["info", "--verify", str(out)]) == 2
+    assert "--verify checks datasets and model bundles" in capsys.readouterr().err
+
+
 def test_info_names_what_it_cannot_read(tmp_path, capsys):
     assert main(["info", str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err == (f"ctrzoo info: error: {tmp_path / 'nowhere'}: no such directory "
