@@ -420,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("bench", help="benchmarks: `ctrzoo bench inference --bundle B`, `ctrzoo bench retrieval ...`")
-    s.add_argument("what", choices=["inference", "retrieval"], help="%(choices)s")
+    s.add_argument("what", choices=["inference", "retrieval"],
+                   help="inference: latency of a model bundle per backend; retrieval: recall vs QPS per index kind")
     s.add_argument("--bundle", help="inference: a model bundle; retrieval: a retrieval bundle")
     s.add_argument("--backends", action=ListOf, known=BACKENDS, default=["torch", "onnxruntime", "fused"],
                    metavar="BACKEND",
