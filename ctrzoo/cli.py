@@ -1,13 +1,92 @@
-"""The ``ctrzoo`` command line: one subcommand per job, thin wrappers over the library."""
+"""The ``ctrzoo`` command line: one subcommand per job; it parses the arguments and calls the library.
+
+Choices come from the library's registries (dataset formats, models, backends, index kinds), read on
+first use so that ``ctrzoo --help`` and ``ctrzoo info`` do not import torch. List options take their
+values space- or comma-separated (``--backends torch,onnxruntime``, ``--mlp 400 400``, ``--mlp "400 400"``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import re
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import ctrzoo
 from ctrzoo.errors import CtrzooError
+
+
+class Registry(Sequence[str]):
+    """The names of a library registry (``module.attr``: a collection, or a function returning one), read
+    each time argparse checks or lists them (so never at import, and models registered later count);
+    ``extra`` names are accepted too."""
+
+    def __init__(self, module: str, attr: str, extra: tuple[str, ...] = ()):
+        self.module, self.attr, self.extra = module, attr, extra
+
+    def names(self) -> tuple[str, ...]:
+        value = getattr(importlib.import_module(self.module), self.attr)
+        return (*(value() if callable(value) else value), *self.extra)
+
+    def __getitem__(self, i):
+        return self.names()[i]
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __str__(self) -> str:
+        return ", ".join(self.names())
+
+
+FORMATS = Registry("ctrzoo.data.formats", "FORMATS")
+SYNTH_KINDS = Registry("ctrzoo.synth", "KINDS")
+SPLITS = Registry("ctrzoo.data.splits", "SPLITS")
+MODELS = Registry("ctrzoo.models", "list_models")
+BACKENDS = Registry("ctrzoo.runtime", "BACKENDS")
+INDEX_KINDS = Registry("ctrzoo.retrieval.index", "KINDS")
+INDEX_KINDS_AUTO = Registry("ctrzoo.retrieval.index", "KINDS", extra=("auto",))  # ctrzoo index measures, picks
+NORMALIZE = Registry("ctrzoo.retrieval.towers", "NORMALIZE")
+
+
+class ListOf(argparse.Action):
+    """A list option: ``--x a b``, ``--x a,b`` and ``--x "a b"`` all give ``[a, b]``.
+
+    ``item`` converts each value, ``known`` (a ``Registry`` or a sequence) restricts them, ``count`` fixes
+    how many there are; ``allow_empty`` lets ``--x ""`` mean an empty list. In help texts ``%(known)s``
+    lists the known values.
+    """
+
+    def __init__(self, option_strings, dest, item: Callable[[str], object] = str, known: Sequence[str] | None = None,
+                 count: int | None = None, allow_empty: bool = False, nargs="+", **kwargs):
+        super().__init__(option_strings, dest, nargs=nargs, **kwargs)
+        self.item, self.known, self.count, self.allow_empty = item, known, count, allow_empty
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        out = []
+        for text in (p for v in values for p in re.split(r"[\s,]+", v) if p):
+            try:
+                value = self.item(text)
+            except ValueError:
+                raise argparse.ArgumentError(self, f"invalid {getattr(self.item, '__name__', 'value')} value: "
+                                                   f"{text!r}") from None
+            if self.known is not None and value not in self.known:
+                raise argparse.ArgumentError(self, f"invalid choice: {text!r} (choose from "
+                                                   f"{', '.join(map(repr, self.known))})")
+            out.append(value)
+        if self.count is not None and len(out) != self.count:
+            raise argparse.ArgumentError(self, f"expected {self.count} values, got {len(out)}")
+        if not out and not self.allow_empty:
+            raise argparse.ArgumentError(self, "expected at least one value")
+        setattr(namespace, self.dest, out)
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
@@ -18,42 +97,16 @@ def _cmd_synth(args: argparse.Namespace) -> None:
           f"oracle AUC {summary['oracle_auc']:.4f}, oracle logloss {summary['oracle_logloss']:.4f}")
 
 
-def _load_spec_file(path: str | None):
-    if path is None:
-        return None
-    import yaml
-
-    from ctrzoo.features import FeatureSpec
-
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise CtrzooError(f"{p}: no such spec file") from None
-    except yaml.YAMLError as exc:
-        raise CtrzooError(f"{p}: not valid YAML/JSON ({exc})") from None
-    data.setdefault("format_version", 1)
-    return FeatureSpec.from_dict(data)
-
-
 def _cmd_prepare(args: argparse.Namespace) -> None:
     from ctrzoo.data.formats import FORMATS
     from ctrzoo.data.prepare import PrepareOptions, prepare
     from ctrzoo.data.splits import SplitConfig
-    from ctrzoo.features import FeatureSpec
+    from ctrzoo.data.summary import format_summary
+    from ctrzoo.features.spec_file import load_spec_file, with_overrides
 
-    spec = _load_spec_file(args.spec) or FORMATS[args.kind].default_spec()
-    if args.drop:
-        unknown = set(args.drop) - {f.name for f in spec.features}
-        if unknown:
-            raise CtrzooError(f"--drop: unknown features {sorted(unknown)}")
-        spec = FeatureSpec([f for f in spec.features if f.name not in args.drop], spec.label, spec.user_id)
-    for c in spec.categorical:
-        if args.min_count is not None:
-            c.min_count = args.min_count
-        if args.max_vocab is not None:
-            c.max_vocab = args.max_vocab
-            c.overflow = "hash" if args.hash_overflow else "truncate"
+    spec = load_spec_file(args.spec) if args.spec else FORMATS[args.kind].default_spec()
+    spec = with_overrides(spec, drop=args.drop, min_count=args.min_count, max_vocab=args.max_vocab,
+                          hash_overflow=args.hash_overflow)
     opts = PrepareOptions(
         split=SplitConfig(args.split, tuple(args.ratios), args.seed),
         strict=args.strict,
@@ -69,53 +122,12 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
         print(f"ctrzoo prepare: warning: {warning}", file=sys.stderr)
 
 
-def format_summary(path: str | Path) -> str:
-    from ctrzoo.data.dataset import PreparedDataset
-    from ctrzoo.data.prepare import split_warnings
-
-    ds = PreparedDataset.open(path)
-    m = ds.meta
-    lines = [f"dataset {ds.path} ({m['kind']}, fingerprint {m['fingerprint'][:24]}...)"]
-    for name, s in m["splits"].items():
-        ctr = s["positives"] / s["rows"] if s["rows"] else float("nan")
-        lines.append(f"  {name:<5} {s['rows']:>10,d} rows  CTR {ctr:.4f}  {len(s['shards'])} shard(s)")
-    layout = ds.spec.layout()
-    sizes = ", ".join(f"{f.name}:{f.size}" for f in layout.sparse)
-    lines.append(f"  features: {layout.n_sparse} categorical ({sizes}), {layout.n_dense} numeric, {layout.n_seq} sequence")
-    lines.append(f"  embedding rows: {layout.num_embeddings:,d}")
-    bad = m["bad_rows"]
-    if bad["total"]:
-        lines.append(f"  bad rows skipped: {bad['total']}")
-        for reason, info in bad["by_reason"].items():
-            lines.append(f"    {info['count']:>8} x {reason}  (first: {', '.join(info['first'][:3])})")
-    else:
-        lines.append("  bad rows skipped: 0")
-    lines += [f"  warning: {w}" for w in split_warnings(m["splits"])]
-    return "\n".join(lines)
-
-
 def _cmd_info(args: argparse.Namespace) -> None:
+    from ctrzoo.info import describe, metadata, verify
+
     if args.verify:
-        _verify(args.path)
-    if args.json:
-        from ctrzoo.data.dataset import PreparedDataset
-
-        print(json.dumps(PreparedDataset.open(args.path).meta, indent=1))
-    else:
-        print(format_summary(args.path))
-
-
-def _verify(path: str) -> None:
-    """Read every file of the dataset; print each damaged one; fail (exit 2) if any is."""
-    from ctrzoo.data.dataset import verify
-    from ctrzoo.errors import DatasetError
-
-    problems = verify(path)
-    for p in problems:
-        print(f"damaged: {p}")
-    if problems:
-        raise DatasetError(f"{path}: {len(problems)} damaged file(s); prepare the data again")
-    print(f"verified {path}: every shard and the raw test file read back, row counts match dataset.json")
+        print(verify(args.path, report=print))
+    print(json.dumps(metadata(args.path), indent=1) if args.json else describe(args.path))
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -154,7 +166,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
     bundle = load_bundle(args.bundle)
     m = evaluate_bundle(bundle, PreparedDataset.open(args.data), args.split)
-    line = f"{bundle.model_name} on {args.split} ({m['rows']:,d} rows): {format_auc(m, args.split)}  logloss {m['logloss']:.4f}"
+    line = (f"{bundle.model_name} on {args.split} ({m['rows']:,d} rows): {format_auc(m, args.split)}  "
+            f"logloss {m['logloss']:.4f}")
     if "gauc" in m:
         line += f"  GAUC {m['gauc']:.4f} ({m['gauc_users']} users, {m['gauc_users_skipped']} one-class users skipped)"
     print(line)
@@ -204,46 +217,18 @@ def _index_params(args: argparse.Namespace):
 
 
 def _bench_retrieval(args: argparse.Namespace) -> None:
-    import numpy as np
+    from ctrzoo.retrieval.bench import bench_inputs, bench_vectors, format_builds, format_table, goals, write_report
 
-    from ctrzoo.retrieval.bench import bench_vectors, format_builds, format_table, goals, plot
-
-    if bool(args.bundle) == bool(args.synthetic):
-        raise CtrzooError("bench retrieval: give either --bundle R (a retrieval bundle) or --synthetic N_ITEMS")
-    n_q = args.queries_n
-    if args.synthetic:
-        from ctrzoo.retrieval.synth import zipf_factorized
-
-        items, users = zipf_factorized(n_items=args.synthetic, n_users=max(args.synthetic // 2, 2 * n_q), seed=args.seed)
-        users = users[np.linalg.norm(users, axis=1) > 0]
-        title = f"synthetic popularity-skewed vectors ({args.synthetic:,d} items)"
-    else:
-        from ctrzoo.retrieval.bundle import load_retrieval_bundle
-        from ctrzoo.retrieval.retriever import catalogue_vectors, held_out_queries
-
-        bundle = load_retrieval_bundle(args.bundle)
-        model = bundle.build_model()
-        items, _ = catalogue_vectors(bundle, model, bundle.catalogue())
-        users = held_out_queries(bundle, model, args.queries, limit=2 * n_q, seed=args.seed)
-        title = f"two-tower item vectors of {args.bundle} ({len(items):,d} items)"
-    rng = np.random.default_rng(args.seed)
-    users = users[rng.permutation(len(users))]
-    if len(users) < 4:
-        raise CtrzooError(f"bench retrieval: only {len(users)} distinct queries; need at least 4")
-    half = min(n_q, len(users) // 2)
-    result = bench_vectors(items, users[:half], users[half : 2 * half], k=args.k, kinds=args.kinds,
+    items, queries, select, title = bench_inputs(args.bundle, args.synthetic, args.queries, args.queries_n, args.seed)
+    result = bench_vectors(items, queries, select, k=args.k, kinds=args.kinds or list(INDEX_KINDS),
                            params=_index_params(args), targets=args.targets, log=print)
     result["goals"] = goals(result)
     result["title"] = title
     print(format_table(result))
     print(format_builds(result))
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "retrieval.json").write_text(json.dumps(result, indent=1, default=str))
-        (out / "retrieval.md").write_text(f"## {title}\n\n{format_table(result)}\n\n{format_builds(result)}\n")
-        plot(result, out / "retrieval.png", title)
-        print(f"wrote {out / 'retrieval.md'}, retrieval.json, retrieval.png")
+        md = write_report(result, args.out, title)
+        print(f"wrote {md}, retrieval.json, retrieval.png")
     if args.json:
         print(json.dumps(result["goals"]))
 
@@ -341,27 +326,31 @@ def _add_index_build_args(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ctrzoo", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="ctrzoo", description=__doc__.split("\n\n")[0].replace("``", ""))
+    p.add_argument("--version", action="version", version=f"%(prog)s {ctrzoo.__version__}",
+                   help="print the version and exit")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one job each:")
 
     s = sub.add_parser("synth", help="write synthetic raw logs with known click probabilities")
-    s.add_argument("kind", choices=["criteo", "avazu", "taobao"])
-    s.add_argument("--rows", type=int, default=100_000)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("kind", choices=SYNTH_KINDS, metavar="FORMAT", help="raw format to write: %(choices)s")
+    s.add_argument("--rows", type=int, default=100_000, help="rows to write (default %(default)s)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (same seed, same rows)")
     s.add_argument("--out", required=True, help="raw file to write (.gz to compress)")
     s.set_defaults(func=_cmd_synth)
 
     s = sub.add_parser("prepare", help="raw logs -> prepared dataset (spec + Parquet shards)")
-    s.add_argument("kind", choices=["criteo", "avazu", "taobao"])
-    s.add_argument("--input", nargs="+", required=True, help="raw file(s); .gz is read transparently")
+    s.add_argument("kind", choices=FORMATS, metavar="FORMAT", help="raw format of the input: %(choices)s")
+    s.add_argument("--input", nargs="+", required=True,
+                   help="raw file(s), space-separated (file names may hold commas); .gz is read transparently")
     s.add_argument("--out", required=True, help="dataset directory (replaced atomically)")
     s.add_argument("--split", choices=["random", "order"], default="random",
                    help="random: hashed per line with --seed; order: the last fractions (time-ordered logs)")
-    s.add_argument("--ratios", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VALID", "TEST"))
-    s.add_argument("--seed", type=int, default=2024)
+    s.add_argument("--ratios", action=ListOf, item=float, count=3, default=[0.8, 0.1, 0.1], metavar="RATIO",
+                   help="train, valid and test fractions (default 0.8 0.1 0.1, or 0.8,0.1,0.1)")
+    s.add_argument("--seed", type=int, default=2024, help="seed of the random split (default %(default)s)")
     s.add_argument("--strict", action="store_true", help="fail at the first bad row instead of skipping it")
     s.add_argument("--min-count", type=int, default=None, help="override every categorical feature's min count")
-    s.add_argument("--drop", nargs="+", default=None, metavar="FEATURE", help="leave these features out")
+    s.add_argument("--drop", action=ListOf, default=None, metavar="FEATURE", help="leave these features out")
     s.add_argument("--spec", default=None, help="YAML/JSON feature spec instead of the dataset's default")
     s.add_argument("--no-raw", action="store_true", help="do not keep the raw test rows")
     s.add_argument("--block-mb", type=float, default=32, help="bytes read per block (memory vs overhead)")
@@ -373,33 +362,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --max-vocab: hash fields whose vocabulary would exceed it, instead of truncating")
     s.set_defaults(func=_cmd_prepare)
 
-    s = sub.add_parser("info", help="summary of a prepared dataset")
-    s.add_argument("path")
-    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("info", help="summary of a prepared dataset, a model bundle or a retrieval bundle")
+    s.add_argument("path", help="a prepared dataset or a (retrieval) bundle directory")
+    s.add_argument("--json", action="store_true", help="print its metadata (dataset.json or bundle.json) as JSON")
     s.add_argument("--verify", action="store_true",
-                   help="read every shard and the raw test file back, check row counts (slow; exit 2 if damaged)")
+                   help="dataset: read every shard and the raw test file back, check row counts; bundle: every "
+                   "file against the manifest and the golden rows through torch (slow; exit 2 if damaged)")
     s.set_defaults(func=_cmd_info)
 
     s = sub.add_parser("train", help="train a model on a prepared dataset and write a bundle")
-    s.add_argument("--model", required=True, help="wide_deep, deepfm, dcn or din")
+    s.add_argument("--model", required=True, choices=MODELS, metavar="MODEL", help="the model: %(choices)s")
     s.add_argument("--data", required=True, help="prepared dataset directory")
     s.add_argument("--out", required=True, help="bundle directory to write")
     s.add_argument("--config", default=None, help="YAML with 'train:' settings and 'models: {NAME: hparams}'")
-    s.add_argument("--epochs", type=int)
-    s.add_argument("--batch-size", type=int)
-    s.add_argument("--lr", type=float)
-    s.add_argument("--emb-dim", type=int)
-    s.add_argument("--mlp", type=lambda v: [int(x) for x in v.split(",")], help="hidden sizes, e.g. 400,400,400")
-    s.add_argument("--dropout", type=float)
-    s.add_argument("--seed", type=int)
+    s.add_argument("--epochs", type=int, help="most epochs (early stopping may stop sooner)")
+    s.add_argument("--batch-size", type=int, help="rows per training step")
+    s.add_argument("--lr", type=float, help="learning rate (Adam)")
+    s.add_argument("--emb-dim", type=int, help="embedding size of every feature")
+    s.add_argument("--mlp", action=ListOf, item=int, metavar="SIZE", help="hidden sizes, e.g. 400,400,400")
+    s.add_argument("--dropout", type=float, help="dropout of the MLP layers")
+    s.add_argument("--seed", type=int, help="random seed (weights, shuffling)")
     s.add_argument("--reg", choices=["none", "l2", "mba"], help="embedding regularization")
-    s.add_argument("--reg-lambda", type=float)
+    s.add_argument("--reg-lambda", type=float, help="strength of --reg")
     s.add_argument("--patience", type=int, help="epochs without validation AUC gain before stopping")
     s.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: each epoch)")
     s.add_argument("--resume", action="store_true", help="continue from OUT.work/checkpoint.pt")
-    s.add_argument("--threads", type=int)
+    s.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     s.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast for the matmuls while training (default: on where the CPU has AVX512-BF16 or AMX)")
+                   help="bf16 autocast for the matmuls while training "
+                   "(default: on where the CPU has AVX512-BF16 or AMX)")
     s.add_argument("--dense-updates", action="store_true", help="dense Adam on embeddings instead of row-sparse Adam")
     s.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
     s.add_argument("--nproc", type=int, default=1,
@@ -407,87 +398,97 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("evaluate", help="AUC, logloss and GAUC of a bundle on a prepared split")
-    s.add_argument("--bundle", required=True)
-    s.add_argument("--data", required=True)
-    s.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--bundle", required=True, help="model bundle directory")
+    s.add_argument("--data", required=True, help="prepared dataset directory")
+    s.add_argument("--split", default="test", choices=SPLITS, metavar="SPLIT", help="%(choices)s (default test)")
+    s.add_argument("--json", action="store_true", help="also print the metrics as JSON")
     s.set_defaults(func=_cmd_evaluate)
 
     s = sub.add_parser("compare", help="A/B comparison of bundles on the same rows, with significance")
     s.add_argument("bundles", nargs="+", help="two or more bundle directories")
     s.add_argument("--data", required=True, help="the prepared dataset the bundles were trained from")
-    s.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    s.add_argument("--split", default="test", choices=SPLITS, metavar="SPLIT", help="%(choices)s (default test)")
     s.add_argument("--baseline", default=None, help="bundle to compare the others with (default: the first)")
     s.add_argument("--slice-by", default=None, help="raw field for per-slice AUC (e.g. C1, pid)")
     s.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for logloss and GAUC")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     s.add_argument("--report", required=True, help="output directory for report.{json,md,html}")
     s.set_defaults(func=_cmd_compare)
 
     s = sub.add_parser("export", help="write model.onnx into a bundle (checked against torch)")
-    s.add_argument("--bundle", required=True)
+    s.add_argument("--bundle", required=True, help="model bundle directory (model.onnx is added to it)")
     s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("bench", help="benchmarks: `ctrzoo bench inference --bundle B`, `ctrzoo bench retrieval ...`")
-    s.add_argument("what", choices=["inference", "retrieval"])
+    s.add_argument("what", choices=["inference", "retrieval"],
+                   help="inference: latency of a model bundle per backend; retrieval: recall vs QPS per index kind")
     s.add_argument("--bundle", help="inference: a model bundle; retrieval: a retrieval bundle")
-    s.add_argument("--backends", nargs="+", default=["torch", "onnxruntime", "fused"])
-    s.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 100, 1024])
+    s.add_argument("--backends", action=ListOf, known=BACKENDS, default=["torch", "onnxruntime", "fused"],
+                   metavar="BACKEND",
+                   help="inference: backends to time, of %(known)s (default torch onnxruntime fused)")
+    s.add_argument("--batch-sizes", action=ListOf, item=int, default=[1, 100, 1024], metavar="N",
+                   help="inference: batch sizes (default 1 100 1024)")
     s.add_argument("--seconds", type=float, default=1.0, help="time per (backend, batch size)")
-    s.add_argument("--threads", type=int, default=None)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--threads", type=int, default=None, help="inference: threads per backend")
+    s.add_argument("--json", action="store_true", help="also print the results as JSON")
     g = s.add_argument_group("retrieval", "recall@k vs QPS per index kind (efSearch / nprobe sweeps), auto's picks")
     g.add_argument("--synthetic", type=int, default=None, metavar="N_ITEMS",
                    help="popularity-skewed vectors (factorized Zipf clicks) instead of a bundle's catalogue")
     g.add_argument("--queries", default=None, help="prepared dataset (its test split) or .npy of user vectors")
     g.add_argument("--queries-n", type=int, default=2000, help="evaluation queries (as many again select auto's)")
-    g.add_argument("--kinds", nargs="+", default=["flat-ip", "hnsw-ip", "mobius-hnsw", "ivfpq-ip"],
-                   choices=["flat-ip", "hnsw-ip", "mobius-hnsw", "ivfpq-ip"])
-    g.add_argument("--k", type=int, default=10)
-    g.add_argument("--targets", type=float, nargs="+", default=[0.9, 0.95, 0.99], help="auto's recall targets")
+    g.add_argument("--kinds", action=ListOf, known=INDEX_KINDS, default=None, metavar="KIND",
+                   help="index kinds to measure, of %(known)s (default: all)")
+    g.add_argument("--k", type=int, default=10, help="recall@k and results per query")
+    g.add_argument("--targets", action=ListOf, item=float, default=[0.9, 0.95, 0.99], metavar="RECALL",
+                   help="auto's recall targets (default 0.9 0.95 0.99)")
     g.add_argument("--out", default=None, help="directory for retrieval.md, retrieval.json, retrieval.png")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of the synthetic vectors and the query sample")
     _add_index_build_args(g)
     s.set_defaults(func=_cmd_bench)
 
     s = sub.add_parser("train-retrieval", help="train the two-tower retrieval model and write a retrieval bundle")
     s.add_argument("--data", required=True, help="prepared dataset directory (clicked rows are the positives)")
     s.add_argument("--out", required=True, help="retrieval bundle directory to write")
-    s.add_argument("--item-features", nargs="+", default=None, metavar="FEATURE",
+    s.add_argument("--item-features", action=ListOf, default=None, metavar="FEATURE",
                    help="features of the item tower (default for taobao: the ad's fields)")
     s.add_argument("--item-id", default=None, help="the item tower feature naming the item (default: the first)")
-    s.add_argument("--user-features", nargs="+", default=None, metavar="FEATURE",
+    s.add_argument("--user-features", action=ListOf, default=None, metavar="FEATURE",
                    help="features of the user/context tower (default: every other feature)")
-    s.add_argument("--history-attributes", nargs="+", default=None, metavar="FEATURE",
+    s.add_argument("--history-attributes", action=ListOf, default=None, metavar="FEATURE",
                    help="item features also pooled over the user's history (e.g. cate_id)")
-    s.add_argument("--epochs", type=int)
+    s.add_argument("--epochs", type=int, help="most epochs (early stopping on valid recall may stop sooner)")
     s.add_argument("--batch-size", type=int, help="clicks per batch (each one's negatives are the others)")
-    s.add_argument("--lr", type=float)
-    s.add_argument("--emb-dim", type=int)
-    s.add_argument("--hidden", type=lambda v: [int(x) for x in v.split(",") if x], help="tower MLP sizes, e.g. 128")
+    s.add_argument("--lr", type=float, help="learning rate")
+    s.add_argument("--emb-dim", type=int, help="embedding size of every feature")
+    s.add_argument("--hidden", action=ListOf, item=int, allow_empty=True, metavar="SIZE",
+                   help="tower MLP sizes, e.g. 128 (\"\" for none)")
     s.add_argument("--out-dim", type=int, help="vector size")
-    s.add_argument("--normalize", choices=["both", "user", "none"])
-    s.add_argument("--temperature", type=float)
+    s.add_argument("--normalize", choices=NORMALIZE, metavar="WHICH",
+                   help="which tower's vectors are L2-normalized: %(choices)s")
+    s.add_argument("--temperature", type=float, help="softmax temperature of the logits")
     s.add_argument("--no-logq", action="store_true", help="no sampling-bias correction of in-batch negatives")
     s.add_argument("--random-negatives", type=int, help="uniform catalogue negatives added to each batch")
     s.add_argument("--hard-negatives", type=int, help="per click, mined from the current index each epoch")
-    s.add_argument("--hard-ranks", type=int, nargs=2, metavar=("LO", "HI"), help="ranks hard negatives come from")
-    s.add_argument("--recall-k", type=int, nargs="+", help="cut-offs of the recall report (default 10 50 100)")
-    s.add_argument("--patience", type=int)
-    s.add_argument("--seed", type=int)
-    s.add_argument("--threads", type=int)
-    s.add_argument("--max-steps", type=int)
+    s.add_argument("--hard-ranks", action=ListOf, item=int, count=2, metavar="RANK",
+                   help="the ranks LO HI hard negatives come from")
+    s.add_argument("--recall-k", action=ListOf, item=int, metavar="K",
+                   help="cut-offs of the recall report (default 10 50 100)")
+    s.add_argument("--patience", type=int, help="epochs without valid recall gain before stopping")
+    s.add_argument("--seed", type=int, help="random seed")
+    s.add_argument("--threads", type=int, help="torch threads while training")
+    s.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
     s.set_defaults(func=_cmd_train_retrieval)
 
     s = sub.add_parser("index", help="index a catalogue with a retrieval bundle's item tower (FAISS)")
     s.add_argument("--bundle", required=True, help="retrieval bundle directory")
     s.add_argument("--items", default=None, help="catalogue file (Parquet/CSV; default: the bundle's catalogue)")
-    s.add_argument("--kind", required=True, choices=["flat-ip", "hnsw-ip", "mobius-hnsw", "ivfpq-ip", "auto"])
+    s.add_argument("--kind", required=True, choices=INDEX_KINDS_AUTO,
+                   metavar="KIND", help="index kind: %(choices)s (auto: measure them, keep the fastest at --target)")
     s.add_argument("--out", default=None, help="index directory (default: BUNDLE/index)")
     s.add_argument("--queries", default=None, help="auto: held-out queries, a prepared dataset (test split) or "
                    ".npy of user vectors (default: the bundle's training dataset)")
     s.add_argument("--target", type=float, default=0.95, help="auto: recall@k the index must reach")
-    s.add_argument("--k", type=int, default=10)
+    s.add_argument("--k", type=int, default=10, help="auto: the k of recall@k")
     s.add_argument("--ef-search", type=int, default=None, help="default efSearch of the graph kinds")
     s.add_argument("--nprobe", type=int, default=None, help="default nprobe of ivfpq-ip")
     s.add_argument("--allow-unknown-items", action="store_true",
@@ -496,34 +497,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_index)
 
     s = sub.add_parser("serve", help="run the /rank service on a bundle under uvicorn")
-    s.add_argument("--bundle", required=True)
-    s.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "onnxruntime-int8", "torch", "fused", "tvm"])
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--bundle", required=True, help="model bundle directory (or a root of versioned bundles)")
+    s.add_argument("--backend", default="onnxruntime", choices=BACKENDS, metavar="BACKEND",
+                   help="inference backend: %(choices)s (default onnxruntime)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on (default %(default)s)")
+    s.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     s.add_argument("--threads", type=int, default=None, help="inference threads per worker")
     s.add_argument("--retrieval", default=None, help="a retrieval bundle with its index: also serve POST /recommend")
-    s.add_argument("--log-level", default="info")
+    s.add_argument("--log-level", default="info", help="uvicorn's log level (default info)")
     s.add_argument("--read-timeout", type=float, default=None,
                    help="seconds a client has to send a request's headers, and then its body (default 10, "
                    "or CTRZOO_READ_TIMEOUT_S); slower clients get a 408 or a closed connection")
     s.set_defaults(func=_cmd_serve)
 
     s = sub.add_parser("tune", help="tune the tvm backend's kernels for a bundle (MetaSchedule; extra: tvm)")
-    s.add_argument("--bundle", required=True)
+    s.add_argument("--bundle", required=True, help="exported model bundle directory (tvm/ is written into it)")
     s.add_argument("--trials", type=int, default=2000, help="measured schedules, in total")
     s.add_argument("--minutes", type=float, default=10.0, help="time budget, in total")
-    s.add_argument("--buckets", type=int, nargs="+", default=None, metavar="BATCH",
+    s.add_argument("--buckets", action=ListOf, item=int, default=None, metavar="BATCH",
                    help="batch sizes compiled (default: 1 16 128 1024); other batches are padded or split")
-    s.add_argument("--focus", type=int, nargs="+", default=[], metavar="BATCH",
+    s.add_argument("--focus", action=ListOf, item=int, default=[], metavar="BATCH",
                    help="batch sizes that matter most: the buckets serving them get 4x the tuning weight")
     s.set_defaults(func=_cmd_tune)
 
     s = sub.add_parser("demo", help="the main job end to end on built-in synthetic data")
-    s.add_argument("--out", default="demo")
-    s.add_argument("--rows", type=int, default=200_000)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--epochs", type=int, default=2)
+    s.add_argument("--out", default="demo", help="directory for the raw logs, datasets and bundles")
+    s.add_argument("--rows", type=int, default=200_000, help="rows per synthetic log")
+    s.add_argument("--seed", type=int, default=0, help="random seed of the logs")
+    s.add_argument("--epochs", type=int, default=2, help="most epochs per model")
     s.set_defaults(func=_cmd_demo)
     return p
 

@@ -14,9 +14,9 @@ DEMO_MODELS = {"criteo": "deepfm", "taobao": "din"}
 
 def run_demo(out: Path, rows: int = 200_000, seed: int = 0, epochs: int = 2) -> None:
     from ctrzoo.bundle import load_bundle
-    from ctrzoo.cli import format_summary
     from ctrzoo.data.dataset import PreparedDataset
     from ctrzoo.data.prepare import prepare
+    from ctrzoo.data.summary import format_summary
     from ctrzoo.evaluate import evaluate_bundle
     from ctrzoo.synth import generate
     from ctrzoo.train.run import train_bundle

@@ -10,6 +10,7 @@ settings that reach it.
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ctrzoo.errors import CtrzooError
 from ctrzoo.retrieval.auto import AUTO_KINDS, candidate_kinds, choose, sweep_many, why
 from ctrzoo.retrieval.evaluate import exact_top
 from ctrzoo.retrieval.index import KINDS, IndexParams, build_index, check_vectors, faiss_module
@@ -144,3 +146,44 @@ def plot(result: dict[str, Any], path: str | Path, title: str) -> Path:
     plt.close(fig)
     path.write_bytes(buf.getvalue())
     return path
+
+
+def bench_inputs(bundle: str | Path | None = None, synthetic: int | None = None, queries: str | Path | None = None,
+                 n_queries: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Item vectors, evaluation queries, as many disjoint selection queries (for ``auto``), and a title.
+
+    Either a retrieval bundle's catalogue through its item tower (queries: ``queries`` or the test split of
+    its dataset) or ``synthetic`` popularity-skewed vectors; the queries are shuffled with ``seed``.
+    """
+    if bool(bundle) == bool(synthetic):
+        raise CtrzooError("bench retrieval: give either --bundle R (a retrieval bundle) or --synthetic N_ITEMS")
+    if synthetic:
+        from ctrzoo.retrieval.synth import zipf_factorized
+
+        items, users = zipf_factorized(n_items=synthetic, n_users=max(synthetic // 2, 2 * n_queries), seed=seed)
+        users = users[np.linalg.norm(users, axis=1) > 0]
+        title = f"synthetic popularity-skewed vectors ({synthetic:,d} items)"
+    else:
+        from ctrzoo.retrieval.bundle import load_retrieval_bundle
+        from ctrzoo.retrieval.retriever import catalogue_vectors, held_out_queries
+
+        b = load_retrieval_bundle(bundle)
+        model = b.build_model()
+        items, _ = catalogue_vectors(b, model, b.catalogue())
+        users = held_out_queries(b, model, queries, limit=2 * n_queries, seed=seed)
+        title = f"two-tower item vectors of {bundle} ({len(items):,d} items)"
+    users = users[np.random.default_rng(seed).permutation(len(users))]
+    if len(users) < 4:
+        raise CtrzooError(f"bench retrieval: only {len(users)} distinct queries; need at least 4")
+    half = min(n_queries, len(users) // 2)
+    return items, users[:half], users[half : 2 * half], title
+
+
+def write_report(result: dict[str, Any], out: str | Path, title: str) -> Path:
+    """``retrieval.md`` (the tables), ``retrieval.json`` (everything) and ``retrieval.png`` into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "retrieval.json").write_text(json.dumps(result, indent=1, default=str))
+    (out / "retrieval.md").write_text(f"## {title}\n\n{format_table(result)}\n\n{format_builds(result)}\n")
+    plot(result, out / "retrieval.png", title)
+    return out / "retrieval.md"

@@ -75,6 +75,9 @@ def train_bundle(model: str, data: str | Path, out: str | Path, config_file: str
         for h in trainer.history:
             print(f"epoch {h['epoch']}: train logloss {h['train_logloss']:.4f}  {format_valid(h)}  "
                   f"{h['samples_per_s'] or 0:,.0f} samples/s")
+        note = early_stopping_note(trainer.history, best, cfg.epochs)
+        if note:
+            print(note)
         if test["rows"]:
             line = f"{cfg.model} -> {out}: test {format_auc(test)}  logloss {test['logloss']:.4f}"
             if "gauc" in test:
@@ -90,6 +93,19 @@ def format_auc(m: dict[str, Any], split: str = "test") -> str:
     if "auc_undefined" in m:
         return f"AUC undefined: {m['auc_undefined'].replace('the split', f'the {split} split')}"
     return f"AUC {m['auc']:.4f}"
+
+
+def early_stopping_note(history: list[dict[str, Any]], best: dict[str, Any], epochs: int) -> str | None:
+    """One line when the weights kept are of an earlier epoch than the last one run (None otherwise):
+    ``early stopping: kept epoch 2 (valid AUC 0.7412); epochs 3-4 did not improve``."""
+    if not history or best.get("epoch", history[-1]["epoch"]) >= history[-1]["epoch"]:
+        return None
+    kept, last = best["epoch"], history[-1]["epoch"]
+    score = (f"valid AUC {best['valid_auc']:.4f}" if "valid_auc_undefined" not in best and "valid_auc" in best
+             else f"valid logloss {best.get('valid_logloss', float('nan')):.4f}")
+    worse = f"epoch {last} did" if last == kept + 1 else f"epochs {kept + 1}-{last} did"
+    stopped = f" (stopped after {last} of {epochs} epochs)" if last < epochs else ""
+    return f"early stopping: kept epoch {kept} ({score}); {worse} not improve{stopped}"
 
 
 def format_valid(h: dict[str, Any]) -> str:

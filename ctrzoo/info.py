@@ -1,0 +1,202 @@
+"""What ``ctrzoo info PATH`` shows: a prepared dataset, a model bundle or a retrieval bundle, told apart by
+their marker file.
+
+A bundle is described even when its integrity manifest does not match (the summary says so): inspecting a
+damaged bundle is one reason to run ``info``. ``verify`` is the strict check (exit 2 in the CLI).
+Bundle modules load torch, so they are imported only for bundles.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from ctrzoo.atomic import recover
+from ctrzoo.errors import BundleError, CtrzooError, DatasetError
+
+# the marker files, named here so that telling them apart imports neither pyarrow nor torch:
+DATASET_META = "dataset.json"  # ctrzoo.data.dataset.META_FILE
+BUNDLE_META = "bundle.json"  # ctrzoo.bundle.META_FILE and ctrzoo.retrieval.bundle.META_FILE
+
+Kind = Literal["dataset", "bundle", "retrieval"]
+
+
+def kind_of(path: str | Path) -> Kind:
+    """``bundle`` or ``retrieval`` where ``bundle.json`` is (by its ``kind``), ``dataset`` where
+    ``dataset.json`` is; a CtrzooError naming the path otherwise."""
+    path = Path(path)
+    for marker in (BUNDLE_META, DATASET_META):
+        recover(path, marker)  # an artefact whose writer died mid-publish (as their loaders do)
+    if not path.is_dir():
+        raise CtrzooError(f"{path}: no such directory (a prepared dataset or a bundle)")
+    meta_path = path / BUNDLE_META
+    if not meta_path.is_file():
+        if (path / DATASET_META).exists():
+            return "dataset"
+        raise CtrzooError(f"{path}: neither a prepared dataset ({DATASET_META} missing) nor a bundle "
+                          f"({BUNDLE_META} missing)")
+    try:
+        kind = json.loads(meta_path.read_text()).get("kind")
+    except (ValueError, OSError, AttributeError):
+        return "bundle"  # unreadable: load_bundle names what is wrong with it
+    return "retrieval" if kind == "retrieval" else "bundle"
+
+
+def metadata(path: str | Path) -> dict[str, Any]:
+    """The artefact's own metadata: ``dataset.json`` or ``bundle.json``, as loaded."""
+    kind = kind_of(path)
+    if kind == "dataset":
+        from ctrzoo.data.dataset import PreparedDataset
+
+        return PreparedDataset.open(path).meta
+    if kind == "retrieval":
+        from ctrzoo.retrieval.bundle import load_retrieval_bundle
+
+        return load_retrieval_bundle(path).meta
+    from ctrzoo.bundle import load_bundle
+
+    return load_bundle(path, verify=False).meta
+
+
+def describe(path: str | Path) -> str:
+    """The human summary of whatever ``path`` is."""
+    kind = kind_of(path)
+    if kind == "dataset":
+        from ctrzoo.data.summary import format_summary
+
+        return format_summary(path)
+    return describe_retrieval(path) if kind == "retrieval" else describe_bundle(path)
+
+
+def verify(path: str | Path, report: Callable[[str], None] = print) -> str:
+    """Read everything back: every dataset file with its row counts; a bundle's files against its manifest
+    and its golden rows through the torch model. ``report`` gets one line per damaged part, then the error
+    is raised; returns what was checked."""
+    kind = kind_of(path)
+    if kind == "dataset":
+        from ctrzoo.data.dataset import verify as verify_dataset
+
+        problems = verify_dataset(path)
+        for p in problems:
+            report(f"damaged: {p}")
+        if problems:
+            raise DatasetError(f"{path}: {len(problems)} damaged file(s); prepare the data again")
+        return f"verified {path}: every shard and the raw test file read back, row counts match dataset.json"
+    if kind == "retrieval":
+        raise BundleError(f"{path}: --verify checks datasets and model bundles; a retrieval bundle is checked "
+                          "when it loads (`ctrzoo info` without --verify)")
+    return _verify_bundle(path, report)
+
+
+# -- model bundles -------------------------------------------------------------------------------
+def describe_bundle(path: str | Path) -> str:
+    """Model, version, hyper-parameters, features, training data, metrics, export state, manifest state."""
+    from ctrzoo.bundle import ONNX_FILE, load_bundle
+    from ctrzoo.train.run import early_stopping_note, format_auc, format_valid
+
+    b = load_bundle(path, verify=False)
+    m = b.meta
+    lines = [f"bundle {b.path} ({b.model_name}, version {b.version}, format {m.get('format_version')}, "
+             f"written by ctrzoo {m.get('ctrzoo_version', '?')})"]
+    lines.append("  hyper-parameters: " + (", ".join(f"{k}={v}" for k, v in b.hparams.items()) or "none"))
+    lines += _features(b.spec)
+    data = m.get("data") or {}
+    if data:
+        lines.append(f"  trained on: {data.get('path')} ({data.get('kind')}, fingerprint "
+                     f"{str(data.get('fingerprint'))[:24]}...)")
+    metrics = m.get("metrics") or {}
+    valid, test = metrics.get("valid"), metrics.get("test")
+    if valid:
+        lines.append(f"  best epoch {valid.get('epoch')}: {format_valid(valid)}")
+        note = early_stopping_note(m.get("history") or [], valid, (m.get("train") or {}).get("epochs", 0))
+        if note:
+            lines.append(f"    {note}")
+    if test:
+        line = f"  test ({test['rows']:,d} rows): " if test.get("rows") else "  test: no test rows"
+        if test.get("rows"):
+            line += f"{format_auc(test)}  logloss {test['logloss']:.4f}"
+            if "gauc" in test:
+                line += f"  GAUC {test['gauc']:.4f}"
+        lines.append(line)
+    onnx = (m.get("artifacts") or {}).get("onnx")
+    if (b.path / ONNX_FILE).exists():
+        detail = (f" (opset {onnx.get('opset')}, onnxruntime vs torch max |diff| "
+                  f"{onnx.get('parity_max_abs_diff', float('nan')):.1e})") if onnx else ""
+        caches = [name for name in ("model.int8.onnx", "tvm") if (b.path / name).exists()]
+        lines.append(f"  exported: {ONNX_FILE}{detail}" + (f"; caches: {', '.join(caches)}" if caches else ""))
+    else:
+        lines.append(f"  exported: no (`ctrzoo export --bundle {b.path}` writes {ONNX_FILE})")
+    lines.append(f"  manifest: {_manifest_status(b)}")
+    return "\n".join(lines)
+
+
+def _manifest_status(bundle) -> str:
+    from ctrzoo.bundle import verify_manifest
+
+    if bundle.meta.get("format_version") == 1:
+        return f"none (bundle format 1; `ctrzoo export --bundle {bundle.path}` adds one)"
+    try:
+        verify_manifest(bundle.path, bundle.meta)
+    except BundleError as exc:
+        return f"DAMAGED: {exc}"
+    return f"ok ({len(bundle.meta['files'])} files match their sha256)"
+
+
+def _verify_bundle(path: str | Path, report: Callable[[str], None]) -> str:
+    from ctrzoo.bundle import check_golden, load_bundle
+    from ctrzoo.features import FeatureEncoder
+    from ctrzoo.runtime import load
+
+    try:
+        bundle = load_bundle(path)  # the manifest: regular files, every sha256
+        diff = check_golden(bundle, FeatureEncoder(bundle.spec), load(bundle, "torch").predict, what=" (torch)")
+    except BundleError as exc:
+        report(f"damaged: {exc}")
+        raise BundleError(f"{path}: damaged; train or copy the bundle again") from None
+    golden = "no golden rows (format 1)" if diff is None else f"golden rows reproduced (max |diff| {diff:.1e})"
+    return f"verified {path}: every file matches the bundle's manifest, {golden}"
+
+
+# -- retrieval bundles ---------------------------------------------------------------------------
+def describe_retrieval(path: str | Path) -> str:
+    """Towers, hyper-parameters, catalogue, recall, and the index if ``ctrzoo index`` built one."""
+    from ctrzoo.retrieval.bundle import load_retrieval_bundle
+
+    b = load_retrieval_bundle(path)
+    m = b.meta
+    hp = m["model"]["hparams"]
+    lines = [f"retrieval bundle {b.path} (two_tower, version {b.version}, format {m.get('format_version')}, "
+             f"written by ctrzoo {m.get('ctrzoo_version', '?')})",
+             "  hyper-parameters: " + ", ".join(f"{k}={v}" for k, v in hp.items())]
+    split = b.split
+    lines.append(f"  item tower: {', '.join(split.item)} (id {split.item_id})")
+    lines.append(f"  user tower: {', '.join(split.user)}"
+                 + (f"; history attributes: {', '.join(split.history_attributes)}" if split.history_attributes else ""))
+    lines += _features(b.spec)
+    cat = m.get("catalogue") or {}
+    lines.append(f"  catalogue: {cat.get('items', 0):,d} items by {cat.get('id_column')}")
+    test = (m.get("metrics") or {}).get("test") or {}
+    if test:
+        lines.append("  test: " + "  ".join(f"{k} {v:.4f}" for k, v in test.items()))
+    index = b.index_dir / "index.json"
+    if index.is_file():
+        try:
+            im = json.loads(index.read_text())
+            lines.append(f"  index: {im.get('kind')} over {im.get('ntotal', 0):,d} vectors of dim {im.get('dim')}")
+        except (ValueError, OSError) as exc:
+            lines.append(f"  index: unreadable {index} ({exc})")
+    else:
+        lines.append(f"  index: none (`ctrzoo index --bundle {b.path} --kind auto` builds one)")
+    return "\n".join(lines)
+
+
+def _features(spec) -> list[str]:
+    layout = spec.layout()
+    sizes = ", ".join(f"{f.name}:{f.size}" for f in layout.sparse)
+    numeric = ", ".join(f.name for f in spec.numeric)
+    seq = ", ".join(f.name for f in spec.sequence)
+    return [f"  features: {layout.n_sparse} categorical ({sizes}), {layout.n_dense} numeric"
+            + (f" ({numeric})" if numeric else "") + f", {layout.n_seq} sequence" + (f" ({seq})" if seq else ""),
+            f"  embedding rows: {layout.num_embeddings:,d}"]
