@@ -10,7 +10,18 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ctrzoo.errors import CtrzooError
+
+
+class SettingsError(CtrzooError):
+    """A setting of the wrong type or outside its choices: names the field and its ``CTRZOO_*`` variable."""
+
+    def __init__(self, message: str, field: str | None = None):
+        self.field = field
+        super().__init__(message)
 
 
 class ServeSettings(BaseSettings):
@@ -32,7 +43,7 @@ class ServeSettings(BaseSettings):
     # cost per row is flat past ~100 rows) and, measured with 100-candidate requests at concurrency 8,
     # merging up to 4096 rows lowered throughput 25% (a long batch leaves the event loop idle, then busy).
     coalesce_max_rows: int = 128
-    admin_token: str | None = None
+    admin_token: str | None = Field(default=None, repr=False)  # never in a log line
     # /admin/reload only loads bundles under this directory (symlinks resolved); unset: any directory
     bundle_root: str | None = None
     # A request's body must arrive within this many seconds of its headers (else 408, connection closed), and
@@ -46,5 +57,15 @@ class ServeSettings(BaseSettings):
 
     @classmethod
     def from_env(cls, **overrides) -> ServeSettings:
-        """``CTRZOO_<FIELD>`` variables, then explicit overrides (None means: keep the environment's or default)."""
-        return cls(**{k: v for k, v in overrides.items() if v is not None})
+        """``CTRZOO_<FIELD>`` variables, then explicit overrides (None means: keep the environment's or default).
+
+        Raises ``SettingsError`` (one line naming the field and its variable) for a value that does not fit."""
+        try:
+            return cls(**{k: v for k, v in overrides.items() if v is not None})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = str(first["loc"][0]) if first.get("loc") else None
+            if first["type"] == "extra_forbidden":
+                raise SettingsError(f"unknown setting {field!r}", field) from None
+            where = f"{field} (CTRZOO_{field.upper()})" if field else "settings"
+            raise SettingsError(f"{where}: {first['msg']}, got {first.get('input')!r}", field) from None
