@@ -39,8 +39,8 @@ _RANK_BODY = {"required": True, "content": {"application/json": {"schema": RankR
 # The work is handle_rank, which RankingApp's lane calls without FastAPI's routing; this route documents the
 # endpoint (request and response schemas in /openapi.json) and serves it when the app runs without the lane
 # (CTRZOO_RANK_LANE=0). The body is parsed from the raw bytes (parse_rank_request), hence openapi_extra.
-@router.post("/rank", response_model=RankResponse, response_class=JSONResponse, openapi_extra={"requestBody": _RANK_BODY},
-             responses=error_responses(408, 413, 415, 422, 503))
+@router.post("/rank", response_model=RankResponse, response_class=JSONResponse,
+             openapi_extra={"requestBody": _RANK_BODY}, responses=error_responses(408, 413, 415, 422, 503))
 async def rank(request: Request, s: ServiceState = Depends(get_state)):
     content_type = request.headers.get("content-type")
     if not json_content_type(content_type):

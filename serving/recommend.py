@@ -47,7 +47,8 @@ class RecommendRequest(BaseModel):
     context: Features = Field(default_factory=dict, description="user/context features (profile, device, "
                               "behaviour sequence); item features come from the catalogue")
     top_k: int = Field(default=10, ge=1, le=1000, strict=True, description="items to return, best first")
-    candidates: int | None = Field(default=None, ge=1, strict=True, description="items retrieval hands to the ranking model "
+    candidates: int | None = Field(default=None, ge=1, strict=True,
+                                   description="items retrieval hands to the ranking model "
                                    f"(default {DEFAULT_CANDIDATES}, at most the service's max_candidates)")
     exclude: list[RawValue] = Field(default_factory=list, max_length=1000,
                                     description="item ids never to return (e.g. already bought)")
