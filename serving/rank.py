@@ -1,9 +1,10 @@
 """``POST /rank`` from body bytes to response bytes: parse, check, encode, predict, rank, serialize.
 
-One implementation serves both ways in: the FastAPI route (which documents the endpoint in
+One implementation serves both ways in: the FastAPI route (``router``, which documents the endpoint in
 ``/openapi.json``) and ``RankLane``, a plain-ASGI lane that ``serving.app.RankingApp`` sends the request
 down before Starlette's middleware, request object, routing and dependency solving: per request that
-machinery cost ~0.3 ms, a sixth of a 100-candidate request's server time.
+machinery cost ~0.3 ms, a sixth of a 100-candidate request's server time. ``predict_scores`` is /rank's and
+/recommend's one way to the model (coalescer, timeout).
 """
 
 from __future__ import annotations
