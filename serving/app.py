@@ -51,7 +51,8 @@ log = logging.getLogger("ctrzoo.serving")
 
 
 class ServiceState:
-    """Everything a request needs, held by the app instead of module globals."""
+    """Everything a request needs, held by the app (``app.state.service``) instead of module globals; routes get
+    it from the dependency ``serving.deps.get_state``, the /rank lane and ``BodyLimit`` hold it directly."""
 
     def __init__(self, settings: ServeSettings):
         self.settings = settings
