@@ -1,9 +1,10 @@
 """``POST /rank`` from body bytes to response bytes: parse, check, encode, predict, rank, serialize.
 
-One implementation serves both ways in: the FastAPI route (which documents the endpoint in
+One implementation serves both ways in: the FastAPI route (``router``, which documents the endpoint in
 ``/openapi.json``) and ``RankLane``, a plain-ASGI lane that ``serving.app.RankingApp`` sends the request
 down before Starlette's middleware, request object, routing and dependency solving: per request that
-machinery cost ~0.3 ms, a sixth of a 100-candidate request's server time.
+machinery cost ~0.3 ms, a sixth of a 100-candidate request's server time. ``predict_scores`` is /rank's and
+/recommend's one way to the model (coalescer, timeout).
 """
 
 from __future__ import annotations
@@ -11,44 +12,53 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
 import pyarrow as pa
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from ctrzoo.errors import CtrzooError, SpecError
-from serving.schemas import ErrorResponse, RankRequest, parse_rank_request
+from ctrzoo.features import EncodedBatch
+from serving.deps import get_state
+from serving.errors import PredictionTimeout, error_body, error_responses, validation_error_body
+from serving.schemas import RankRequest, RankResponse, parse_rank_request
+
+if TYPE_CHECKING:
+    from serving.app import ServiceState
+    from serving.model_state import LoadedModel
 
 log = logging.getLogger("ctrzoo.serving")
 JSON = [(b"content-type", b"application/json")]
+router = APIRouter()
+_RANK_BODY = {"required": True, "content": {"application/json": {"schema": RankRequest.model_json_schema()}}}
 
 
-def error_body(error: str, field: str | None = None, detail: list | None = None) -> bytes:
-    return orjson.dumps(ErrorResponse(error=error, field=field, detail=detail).model_dump())
+# The work is handle_rank, which RankingApp's lane calls without FastAPI's routing; this route documents the
+# endpoint (request and response schemas in /openapi.json) and serves it when the app runs without the lane
+# (CTRZOO_RANK_LANE=0). The body is parsed from the raw bytes (parse_rank_request), hence openapi_extra.
+@router.post("/rank", response_model=RankResponse, response_class=JSONResponse,
+             openapi_extra={"requestBody": _RANK_BODY}, responses=error_responses(408, 413, 415, 422, 503))
+async def rank(request: Request, s: ServiceState = Depends(get_state)):
+    content_type = request.headers.get("content-type")
+    if not json_content_type(content_type):
+        s.metrics.requests.labels(endpoint="/rank", status="415").inc()
+        return Response(unsupported_media_type(content_type), status_code=415, media_type="application/json")
+    status, payload = await handle_rank(s, await request.body())
+    return Response(payload, status_code=status, media_type="application/json")
 
 
-def validation_error_body(errors: list) -> bytes:
-    """pydantic's errors as ``{"error", "field", "detail"}``: the first error's message and location."""
-    first = errors[0] if errors else {}
-    loc = list(first.get("loc", ()))
-    if loc[:1] == ["body"]:  # FastAPI's prefix (a feature may itself be called "body")
-        loc = loc[1:]
-    # json_invalid's loc is a character position; an empty loc is the body as a whole
-    field = "body" if first.get("type") == "json_invalid" or not loc else ".".join(map(str, loc))
-    detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors[:20]]
-    return error_body(first.get("msg", "invalid request"), field, detail)
-
-
-async def handle_rank(state: Any, body: bytes) -> tuple[int, bytes]:
+async def handle_rank(state: ServiceState, body: bytes) -> tuple[int, bytes]:
     """(HTTP status, JSON body) for one /rank request; every bad input is a 4xx naming the field."""
     status, payload = await _rank(state, body)
     state.metrics.requests.labels(endpoint="/rank", status=str(status)).inc()
     return status, payload
 
 
-async def _rank(s: Any, body: bytes) -> tuple[int, bytes]:
+async def _rank(s: ServiceState, body: bytes) -> tuple[int, bytes]:
     t0 = time.perf_counter()
     try:
         req = parse_rank_request(body)
@@ -73,13 +83,9 @@ async def _rank(s: Any, body: bytes) -> tuple[int, bytes]:
         return 422, error_body(f"a feature value could not be encoded: {exc}")
     t1 = time.perf_counter()
     try:
-        async with asyncio.timeout(s.settings.request_timeout_s):  # no extra task, unlike wait_for
-            if s.coalescer is not None:
-                scores = await s.coalescer.predict(m, batch)
-            else:
-                scores = await asyncio.to_thread(m.predictor.predict, batch)
-    except TimeoutError:
-        return 503, error_body(f"prediction took longer than {s.settings.request_timeout_s}s")
+        scores = await predict_scores(s, m, batch)
+    except PredictionTimeout as exc:
+        return 503, error_body(str(exc))
     t2 = time.perf_counter()
     order = np.argsort(-scores, kind="stable")
     if req.top_k is not None:
@@ -92,6 +98,18 @@ async def _rank(s: Any, body: bytes) -> tuple[int, bytes]:
                 "features": {"absent": absent, "unknown": unknown},
                 "timing": {"encode_ms": (t1 - t0) * 1e3, "predict_ms": (t2 - t1) * 1e3, "total_ms": (t2 - t0) * 1e3}}
     return 200, orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+async def predict_scores(s: ServiceState, m: LoadedModel, batch: EncodedBatch) -> np.ndarray:
+    """``m``'s scores for ``batch`` (through the coalescer when it is on), or ``PredictionTimeout`` after
+    ``request_timeout_s``: /rank's and /recommend's one way to the model."""
+    try:
+        async with asyncio.timeout(s.settings.request_timeout_s):  # no extra task, unlike wait_for
+            if s.coalescer is not None:
+                return await s.coalescer.predict(m, batch)
+            return await asyncio.to_thread(m.predictor.predict, batch)
+    except TimeoutError:
+        raise PredictionTimeout(f"prediction took longer than {s.settings.request_timeout_s}s") from None
 
 
 def check_names(req: RankRequest, known: frozenset[str], policy: str) -> tuple[bytes | None, list, list]:
@@ -155,7 +173,7 @@ class RankLane:
     first; every answer is the same JSON as through the FastAPI route, which the lane bypasses.
     """
 
-    def __init__(self, state: Any):
+    def __init__(self, state: ServiceState):
         self.state = state
 
     async def __call__(self, scope, receive, send):

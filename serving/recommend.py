@@ -1,6 +1,6 @@
 """``POST /recommend``: user tower -> index top-N -> ranking model on those candidates -> top-k.
 
-Mounted on the ranking app by ``add_recommend_routes(app, state, retrieval_bundle)`` (or
+Mounted on the ranking app by ``add_recommend_routes(app, retrieval_bundle)`` (or
 ``create_app(..., retrieval=PATH)``): the request carries user/context features only; retrieval picks
 ``candidates`` items from the catalogue, whose raw item features are what the ranking model scores, with
 the same encoder, batching and model reference as ``/rank``. ``/rank`` is untouched.
@@ -11,18 +11,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
 import pyarrow as pa
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ctrzoo.errors import SpecError
 from ctrzoo.retrieval.retriever import Retriever
-from serving.schemas import ErrorResponse, FeatureReport, Features, ModelInfo, RawValue
+from serving.deps import get_state
+from serving.errors import PredictionTimeout, error_response, error_responses
+from serving.rank import predict_scores
+from serving.schemas import FeatureReport, Features, ModelInfo, RawValue
+
+if TYPE_CHECKING:
+    from serving.app import ServiceState
 
 log = logging.getLogger("ctrzoo.serving")
 # what encoding a context value can raise besides SpecError (which names its field): arrow's type errors,
@@ -39,7 +47,8 @@ class RecommendRequest(BaseModel):
     context: Features = Field(default_factory=dict, description="user/context features (profile, device, "
                               "behaviour sequence); item features come from the catalogue")
     top_k: int = Field(default=10, ge=1, le=1000, strict=True, description="items to return, best first")
-    candidates: int | None = Field(default=None, ge=1, strict=True, description="items retrieval hands to the ranking model "
+    candidates: int | None = Field(default=None, ge=1, strict=True,
+                                   description="items retrieval hands to the ranking model "
                                    f"(default {DEFAULT_CANDIDATES}, at most the service's max_candidates)")
     exclude: list[RawValue] = Field(default_factory=list, max_length=1000,
                                     description="item ids never to return (e.g. already bought)")
@@ -74,88 +83,106 @@ class RecommendResponse(BaseModel):
     timing: RecommendTiming
 
 
-def _error(status: int, error: str, field: str | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content=ErrorResponse(error=error, field=field).model_dump())
+@dataclass(frozen=True)
+class Recommender:
+    """The retrieval side of /recommend, loaded once (``app.state.recommender``): the retriever and the names
+    the request checks need."""
+
+    retriever: Retriever
+    item_columns: frozenset[str]  # raw item features: the catalogue's, never the context's
+    retriever_columns: frozenset[str]
+    info: RetrievalInfo
+
+    @classmethod
+    def load(cls, retrieval: str | Path | Retriever, index_dir: str | Path | None = None) -> Recommender:
+        retriever = retrieval if isinstance(retrieval, Retriever) else Retriever.load(retrieval, index_dir)
+        info = RetrievalInfo(version=retriever.bundle.version, index=retriever.index.kind,
+                             catalogue_items=len(retriever.catalogue))
+        return cls(retriever, frozenset(retriever.item_columns), frozenset(retriever.bundle.spec.raw_columns()),
+                   info)
 
 
-def add_recommend_routes(app: FastAPI, state, retrieval: str | Path | Retriever,
+async def get_recommender(request: Request) -> Recommender:
+    return request.app.state.recommender
+
+
+def add_recommend_routes(app: FastAPI, retrieval: str | Path | Retriever,
                          index_dir: str | Path | None = None) -> Retriever:
     """Load the retriever now (a bad bundle or index fails here, not on the first request) and mount
-    ``POST /recommend`` on ``app``; ``state`` is the app's ``ServiceState`` (ranking model, metrics)."""
-    retriever = retrieval if isinstance(retrieval, Retriever) else Retriever.load(retrieval, index_dir)
-    item_columns = set(retriever.item_columns)
-    retriever_columns = set(retriever.bundle.spec.raw_columns())
-    info = RetrievalInfo(version=retriever.bundle.version, index=retriever.index.kind,
-                         catalogue_items=len(retriever.catalogue))
-    app.state.retriever = retriever
+    ``POST /recommend`` on ``app`` (whose ``app.state.service`` holds the ranking model and metrics)."""
+    recommender = Recommender.load(retrieval, index_dir)
+    app.state.recommender = recommender
+    app.state.retriever = recommender.retriever
+    app.include_router(router)
+    return recommender.retriever
 
-    def refuse(status: int, error: str, field: str | None = None) -> JSONResponse:
-        state.metrics.requests.labels(endpoint="/recommend", status=str(status)).inc()
-        return _error(status, error, field)
 
-    @app.post("/recommend", response_model=RecommendResponse,
-              responses={status: {"model": ErrorResponse} for status in (400, 408, 413, 422, 503)})
-    async def recommend(req: RecommendRequest):
-        t0 = time.perf_counter()
-        m = state.model
-        if m is None:
-            return refuse(503, "model not loaded yet")
-        bad = _unencodable(req)
-        if bad is not None:
-            return refuse(422, "text that is not valid Unicode (a lone surrogate) cannot be encoded", bad)
-        names = req.context.keys()
-        clash = sorted(names & item_columns)
-        if clash:
-            return refuse(422, f"item features {clash} come from the catalogue, not the context", clash[0])
-        known = m.raw_columns | retriever_columns
-        unknown = sorted(names - known)
-        if unknown and state.settings.unknown_features == "reject":
-            return refuse(422, f"unknown features {unknown}", unknown[0])
-        absent = sorted(known - item_columns - names)
-        limit = state.settings.max_candidates
-        n = req.candidates or min(DEFAULT_CANDIDATES, limit)
-        if n > limit:
-            return refuse(422, f"{n} candidates exceed the limit of {limit}", "candidates")
-        excluded = {str(v) for v in req.exclude}
+def _refuse(state: ServiceState, status: int, error: str, field: str | None = None) -> Response:
+    state.metrics.requests.labels(endpoint="/recommend", status=str(status)).inc()
+    return error_response(status, error, field)
+
+
+router = APIRouter()
+
+
+@router.post("/recommend", response_model=RecommendResponse, responses=error_responses(400, 408, 413, 422, 503))
+async def recommend(req: RecommendRequest, state: ServiceState = Depends(get_state),
+                    rec: Recommender = Depends(get_recommender)):
+    t0 = time.perf_counter()
+    retriever = rec.retriever
+    m = state.model
+    if m is None:
+        return _refuse(state, 503, "model not loaded yet")
+    bad = _unencodable(req)
+    if bad is not None:
+        return _refuse(state, 422, "text that is not valid Unicode (a lone surrogate) cannot be encoded", bad)
+    names = req.context.keys()
+    clash = sorted(names & rec.item_columns)
+    if clash:
+        return _refuse(state, 422, f"item features {clash} come from the catalogue, not the context", clash[0])
+    known = m.raw_columns | rec.retriever_columns
+    unknown = sorted(names - known)
+    if unknown and state.settings.unknown_features == "reject":
+        return _refuse(state, 422, f"unknown features {unknown}", unknown[0])
+    absent = sorted(known - rec.item_columns - names)
+    limit = state.settings.max_candidates
+    n = req.candidates or min(DEFAULT_CANDIDATES, limit)
+    if n > limit:
+        return _refuse(state, 422, f"{n} candidates exceed the limit of {limit}", "candidates")
+    excluded = {str(v) for v in req.exclude}
+    try:
+        pos, rscores = await asyncio.to_thread(retriever.retrieve, req.context, n + len(excluded))
+        if excluded:
+            ids = np.asarray(retriever.catalogue.ids.take(pos).to_pylist(), dtype=object)
+            keep = ~np.isin(ids, list(excluded))
+            pos, rscores = pos[keep][:n], rscores[keep][:n]
+        batch = m.encoder.encode_request(req.context, retriever.catalogue.rows(pos)) if len(pos) else None
+    except SpecError as exc:
+        return _refuse(state, 422, exc.reason, exc.field)
+    except _VALUE_ERRORS as exc:  # a value the encoders could not type: find which, for the answer
+        log.warning("recommend context could not be encoded: %s", exc)
+        return _refuse(state, 422, f"a context value could not be encoded: {type(exc).__name__}",
+                       _failing_field(req.context, [retriever.encoder, m.encoder]))
+    state.metrics.count_names("/recommend", absent, unknown)
+    t1 = time.perf_counter()
+    if batch is None:
+        scores = np.zeros(0, dtype=np.float32)
+    else:
         try:
-            pos, rscores = await asyncio.to_thread(retriever.retrieve, req.context, n + len(excluded))
-            if excluded:
-                ids = np.asarray(retriever.catalogue.ids.take(pos).to_pylist(), dtype=object)
-                keep = ~np.isin(ids, list(excluded))
-                pos, rscores = pos[keep][:n], rscores[keep][:n]
-            batch = m.encoder.encode_request(req.context, retriever.catalogue.rows(pos)) if len(pos) else None
-        except SpecError as exc:
-            return refuse(422, exc.reason, exc.field)
-        except _VALUE_ERRORS as exc:  # a value the encoders could not type: find which, for the answer
-            log.warning("recommend context could not be encoded: %s", exc)
-            return refuse(422, f"a context value could not be encoded: {type(exc).__name__}",
-                          _failing_field(req.context, [retriever.encoder, m.encoder]))
-        state.metrics.count_names("/recommend", absent, unknown)
-        t1 = time.perf_counter()
-        if batch is None:
-            scores = np.zeros(0, dtype=np.float32)
-        else:
-            try:
-                async with asyncio.timeout(state.settings.request_timeout_s):  # no extra task, unlike wait_for
-                    if state.coalescer is not None:
-                        scores = await state.coalescer.predict(m, batch)
-                    else:
-                        scores = await asyncio.to_thread(m.predictor.predict, batch)
-            except TimeoutError:
-                return refuse(503, f"prediction took longer than {state.settings.request_timeout_s}s")
-        t2 = time.perf_counter()
-        order = np.argsort(-scores, kind="stable")[: req.top_k]
-        ids = retriever.catalogue.ids.take(pos[order]).to_pylist() if len(order) else []
-        items = [RecommendedItem(item_id=i, score=float(scores[j]), retrieval_score=float(rscores[j]))
-                 for i, j in zip(ids, order)]
-        state.metrics.requests.labels(endpoint="/recommend", status="200").inc()
-        return RecommendResponse(
-            request_id=req.request_id, model=ModelInfo(name=m.name, version=m.version), retrieval=info,
-            candidates=len(pos), items=items, features=FeatureReport(absent=absent, unknown=unknown),
-            timing=RecommendTiming(retrieve_ms=(t1 - t0) * 1e3, rank_ms=(t2 - t1) * 1e3, total_ms=(t2 - t0) * 1e3),
-        )
-
-    return retriever
+            scores = await predict_scores(state, m, batch)
+        except PredictionTimeout as exc:
+            return _refuse(state, 503, str(exc))
+    t2 = time.perf_counter()
+    order = np.argsort(-scores, kind="stable")[: req.top_k]
+    ids = retriever.catalogue.ids.take(pos[order]).to_pylist() if len(order) else []
+    items = [RecommendedItem(item_id=i, score=float(scores[j]), retrieval_score=float(rscores[j]))
+             for i, j in zip(ids, order)]
+    state.metrics.requests.labels(endpoint="/recommend", status="200").inc()
+    return RecommendResponse(
+        request_id=req.request_id, model=ModelInfo(name=m.name, version=m.version), retrieval=rec.info,
+        candidates=len(pos), items=items, features=FeatureReport(absent=absent, unknown=unknown),
+        timing=RecommendTiming(retrieve_ms=(t1 - t0) * 1e3, rank_ms=(t2 - t1) * 1e3, total_ms=(t2 - t0) * 1e3),
+    )
 
 
 def _unencodable(req: RecommendRequest) -> str | None:

@@ -3,7 +3,7 @@ or trickles its headers, is closed ``read_timeout_s`` after it opened or after i
 
 uvicorn (0.55) has no such deadline: ``timeout_keep_alive`` is armed only after a response and is cancelled
 by the first byte of the next request, so an idle socket or a 1 byte/s header is held forever. The body's
-deadline is the app's (``serving.app.BodyLimit``, a 408). ``ctrzoo serve`` passes ``http=protocol_class()``;
+deadline is the app's (``serving.middleware.BodyLimit``, a 408). ``ctrzoo serve`` passes ``http=protocol_class()``;
 the class reads ``CTRZOO_READ_TIMEOUT_S`` (workers are processes: they read settings from the environment).
 """
 
