@@ -162,6 +162,9 @@ def _load(path: Path, verify: bool) -> Bundle:
         raise BundleError(f"{meta_path}: not UTF-8 text ({exc.reason})") from None
     if not isinstance(meta, dict):
         raise BundleError(f"{meta_path}: bundle metadata must be a JSON object")
+    if meta.get("kind", "model") != "model":  # e.g. a retrieval bundle: say so here, not at the first missing key
+        raise BundleError(f"{path}: a {meta.get('kind')} bundle, not a ranking model bundle (a retrieval bundle is "
+                          "served with `ctrzoo serve --retrieval` beside a model bundle)")
     if meta.get("format_version") not in READABLE_FORMATS:
         raise BundleError(
             f"{meta_path}: bundle format version {meta.get('format_version')!r}, this ctrzoo reads "

@@ -280,6 +280,11 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     if args.backend not in ("torch", "fused") and not (bundle.path / "model.onnx").exists():
         raise CtrzooError(f"{args.bundle} has no model.onnx: run `ctrzoo export --bundle {args.bundle}` or use "
                           "--backend torch")
+    from serving.settings import ServeSettings
+
+    # a bad CTRZOO_* value is one line here (nothing set yet), not a failure inside every worker
+    ServeSettings.from_env(bundle=str(bundle.path), backend=args.backend, threads=args.threads or None,
+                           read_timeout_s=args.read_timeout)
     # workers are separate processes: they read their settings from the environment
     os.environ["CTRZOO_BUNDLE"] = str(Path(args.bundle).resolve())
     os.environ["CTRZOO_BACKEND"] = args.backend

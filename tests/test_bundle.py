@@ -200,6 +200,22 @@ def test_format_1_bundle_loads_with_a_warning_and_export_upgrades_it(copy, caplo
         load_bundle(b)
 
 
+def test_serve_with_a_bad_setting_is_one_line_before_uvicorn_starts(copy, capsys, monkeypatch):
+    import uvicorn
+
+    def never(*args, **kwargs):
+        raise AssertionError("uvicorn must not start")
+
+    monkeypatch.setattr(uvicorn, "run", never)
+    for name in ("CTRZOO_BUNDLE", "CTRZOO_BACKEND", "CTRZOO_THREADS", "CTRZOO_RETRIEVAL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CTRZOO_UNKNOWN_FEATURES", "rejct")
+    assert main(["serve", "--bundle", str(copy("deepfm")), "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ctrzoo serve: error: ") and "CTRZOO_UNKNOWN_FEATURES" in err and err.count("\n") == 1
+    assert "CTRZOO_BUNDLE" not in os.environ  # nothing half-set
+
+
 def test_serve_on_an_unexported_bundle_is_one_line(copy, capsys):
     b = copy("deepfm")
     (b / "model.onnx").unlink()

@@ -270,6 +270,18 @@ def test_a_model_bundle_is_not_a_retrieval_bundle(ranker):
         load_retrieval_bundle(ranker)
 
 
+def test_a_retrieval_bundle_is_not_a_model_bundle(rbundle, capsys, monkeypatch):
+    from ctrzoo.bundle import load_bundle
+    from ctrzoo.errors import BundleError
+
+    with pytest.raises(BundleError, match="a retrieval bundle, not a ranking model bundle"):
+        load_bundle(rbundle[0])
+    for name in ("CTRZOO_RETRIEVAL", "CTRZOO_BUNDLE", "CTRZOO_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["serve", "--bundle", str(rbundle[0])]) == 2
+    assert "not a ranking model bundle" in capsys.readouterr().err
+
+
 def test_serve_refuses_a_missing_retrieval_bundle_before_starting(ranker, tmp_path, capsys, monkeypatch):
     for name in ("CTRZOO_RETRIEVAL", "CTRZOO_BUNDLE", "CTRZOO_BACKEND"):
         monkeypatch.delenv(name, raising=False)

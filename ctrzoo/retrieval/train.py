@@ -35,6 +35,7 @@ from ctrzoo.retrieval.errors import RetrievalError
 from ctrzoo.retrieval.evaluate import click_recall, popularity_recall
 from ctrzoo.retrieval.index import build_index
 from ctrzoo.retrieval.towers import NORMALIZE, TowerSplit, TwoTower, default_split, encode_items, encode_users
+from ctrzoo.threads import torch_threads
 
 
 @dataclass
@@ -257,15 +258,10 @@ def train_retrieval(data: str | Path, out: str | Path, split: TowerSplit | None 
     cat_info: dict[str, Any] = {}
     if catalogue is None:
         catalogue, cat_info = catalogue_from_dataset(ds, split)
-    threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         trainer = RetrievalTrainer(cfg, ds, split, catalogue, progress)
         best = trainer.fit()
         test = trainer.recall(trainer.test) if len(trainer.test) else {}
-    finally:
-        torch.set_num_threads(threads)
     trainer.model.eval()
     popularity = popularity_recall(trainer.train_counts, trainer.test.target.numpy(), cfg.recall_k)
     meta = {

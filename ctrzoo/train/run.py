@@ -24,6 +24,7 @@ from ctrzoo.bundle import save_bundle
 from ctrzoo.data.dataset import PreparedDataset
 from ctrzoo.data.loader import BatchLoader
 from ctrzoo.errors import CtrzooError
+from ctrzoo.threads import torch_threads
 from ctrzoo.train.config import resolve_config
 from ctrzoo.train.distributed import init_from_env, shutdown
 from ctrzoo.train.trainer import CHECKPOINT_FILE, Trainer
@@ -43,34 +44,35 @@ def train_bundle(model: str, data: str | Path, out: str | Path, config_file: str
             print(f"note: {note}", file=sys.stderr)
     trainer = None
     had_checkpoint = (workdir / CHECKPOINT_FILE).exists()  # another run's: never removed here
-    try:
-        t0 = time.perf_counter()
-        trainer = Trainer(cfg, ds, workdir, progress=progress, dist=dist)
-        best = trainer.fit(resume=resume, on_step=on_step)
-        if ds.rows("test"):
-            test_loader = BatchLoader(ds, "test", cfg.eval_batch_size, shuffle=False, with_user=ds.has_user_id,
-                                      rank=dist.rank, world_size=dist.world_size)
-            test = trainer.evaluate(test_loader)  # fp32, like every later consumer
-        else:
-            test = {"rows": 0}
-        meta = {
-            "data": {"path": str(ds.path.resolve()), "kind": ds.meta.get("kind"), "fingerprint": ds.fingerprint},
-            "train": {**asdict(cfg), "processes": dist.world_size},
-            "metrics": {"valid": best, "test": test},
-            "history": trainer.history,
-            "train_seconds": round(time.perf_counter() - t0, 2),
-        }
-        if dist.is_main:
-            with disk_errors("the model bundle", out):
-                save_bundle(out, trainer.model, cfg.model, ds.spec, meta)
-            trainer.clean_workdir()
-        dist.barrier()
-    except BaseException as exc:
-        if dist.is_main and trainer is not None:
-            exc = _after_failure(exc, workdir, keep=resume or had_checkpoint)
-        raise exc
-    finally:
-        shutdown(dist)
+    with torch_threads(cfg.threads):  # config.threads for this call only; the caller's count comes back after
+        try:
+            t0 = time.perf_counter()
+            trainer = Trainer(cfg, ds, workdir, progress=progress, dist=dist)
+            best = trainer.fit(resume=resume, on_step=on_step)
+            if ds.rows("test"):
+                test_loader = BatchLoader(ds, "test", cfg.eval_batch_size, shuffle=False, with_user=ds.has_user_id,
+                                          rank=dist.rank, world_size=dist.world_size)
+                test = trainer.evaluate(test_loader)  # fp32, like every later consumer
+            else:
+                test = {"rows": 0}
+            meta = {
+                "data": {"path": str(ds.path.resolve()), "kind": ds.meta.get("kind"), "fingerprint": ds.fingerprint},
+                "train": {**asdict(cfg), "processes": dist.world_size},
+                "metrics": {"valid": best, "test": test},
+                "history": trainer.history,
+                "train_seconds": round(time.perf_counter() - t0, 2),
+            }
+            if dist.is_main:
+                with disk_errors("the model bundle", out):
+                    save_bundle(out, trainer.model, cfg.model, ds.spec, meta)
+                trainer.clean_workdir()
+            dist.barrier()
+        except BaseException as exc:
+            if dist.is_main and trainer is not None:
+                exc = _after_failure(exc, workdir, keep=resume or had_checkpoint)
+            raise exc
+        finally:
+            shutdown(dist)
     if verbose and dist.is_main:
         for h in trainer.history:
             print(f"epoch {h['epoch']}: train logloss {h['train_logloss']:.4f}  {format_valid(h)}  "

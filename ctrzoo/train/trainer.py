@@ -130,9 +130,7 @@ class Trainer:
         self.cfg, self.ds, self.workdir = config, dataset, Path(workdir)
         self.dist = dist or DistContext()
         self.progress = (sys.stderr.isatty() if progress is None else progress) and self.dist.is_main
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed)  # thread count: the caller's scope (train_bundle: ctrzoo.threads)
         from ctrzoo.models import build_model
 
         hparams = dict(config.hparams)
