@@ -105,7 +105,8 @@ def isolated_bench(script: Path, bundle: Path, backends: list[str], batch_sizes:
     order = list(backends)
     for _ in range(rounds):
         for backend in order:
-            for r in run_child(script, str(bundle), backend, str(seconds), str(threads), *map(str, batch_sizes))["rows"]:
+            for r in run_child(script, str(bundle), backend, str(seconds), str(threads),
+                               *map(str, batch_sizes))["rows"]:
                 per.setdefault((backend, r["batch"]), []).append(r)
         order.reverse()
     rows = []

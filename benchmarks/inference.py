@@ -56,7 +56,8 @@ def _verdicts(results: dict) -> None:
             line = f"{model} batch {n}: onnxruntime best-round p50 {ort_best[n]:.3f} ms"
             if best_other:
                 line += f", fastest other exact backend {best_other} {others[best_other]:.3f} ms"
-                line += " -> onnxruntime fastest" if ort_best[n] <= others[best_other] else " -> onnxruntime NOT fastest"
+                line += (" -> onnxruntime fastest" if ort_best[n] <= others[best_other]
+                         else " -> onnxruntime NOT fastest")
             print(line)
         fused = next((r for r in rows if r["backend"] == "fused" and r["batch"] == 100), None)
         if model == "din" and fused and 100 in ort_best:

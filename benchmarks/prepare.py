@@ -77,9 +77,11 @@ def main() -> None:
     speed = (o["rows"] / o["seconds"]) / (b["rows"] / b["seconds"])
     print(f"{'run':<28}{'rows':>12}{'seconds':>10}{'rows/s':>12}{'peak RSS MB':>13}")
     for label, r in (("pandas read_csv+factorize", b), ("ctrzoo prepare", o), ("ctrzoo prepare (big)", ob)):
-        print(f"{label:<28}{r['rows']:>12,d}{r['seconds']:>10.2f}{r['rows'] / r['seconds']:>12,.0f}{r['peak_rss_mb']:>13.0f}")
+        print(f"{label:<28}{r['rows']:>12,d}{r['seconds']:>10.2f}"
+              f"{r['rows'] / r['seconds']:>12,.0f}{r['peak_rss_mb']:>13.0f}")
     print(f"prepare rows/s vs baseline: {speed:.2f}x (goal >= 1.5x)")
-    print(f"prepare peak RSS {a.big_rows:,d} / {a.rows:,d} rows: {ob['peak_rss_mb'] / o['peak_rss_mb']:.2f}x (goal < 1.5x)")
+    print(f"prepare peak RSS {a.big_rows:,d} / {a.rows:,d} rows: "
+          f"{ob['peak_rss_mb'] / o['peak_rss_mb']:.2f}x (goal < 1.5x)")
     print(f"prepare peak RSS vs baseline: {o['peak_rss_mb'] / b['peak_rss_mb']:.2f}x")
 
 

@@ -122,7 +122,8 @@ def run_one(job: dict, threads: int, reuse: bool) -> dict:
             result["reused"] = True
             print(f"  reused {job['name']:<26} test AUC {result['test']['auc']:.4f}", file=sys.stderr, flush=True)
             return result
-    cmd = [sys.executable, str(HERE), "--child", str(job["data"]), job["model"], json.dumps(overrides), str(job["scores"])]
+    cmd = [sys.executable, str(HERE), "--child", str(job["data"]), job["model"], json.dumps(overrides),
+           str(job["scores"])]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -161,7 +162,8 @@ def main() -> None:
     ap.add_argument("--extra-train-seeds", type=int, nargs="*", default=[],
                     help="also train DIN and sum-pooled DIN with these training seeds (Table 2b: run-to-run spread)")
     ap.add_argument("--reuse", action="store_true",
-                    help="reuse the saved scores of identical runs (same data and overrides; code changes not detected)")
+                    help="reuse the saved scores of identical runs "
+                         "(same data and overrides; code changes not detected)")
     ap.add_argument("--out", type=Path, default=HERE.parent / "results" / "quality.md")
     a = ap.parse_args()
     from _common import WORK, synth_file
@@ -202,7 +204,8 @@ def main() -> None:
         add(f"din_sum_seed{seed}", "taobao", "din", seed=seed, hparams={"pooling": "sum"})
     print(f"{len(jobs)} training runs, {a.jobs} at a time, {a.threads} thread(s) each", file=sys.stderr)
     with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
-        results = dict(zip([(j["kind"], j["name"]) for j in jobs], pool.map(lambda j: run_one(j, a.threads, a.reuse), jobs)))
+        results = dict(zip([(j["kind"], j["name"]) for j in jobs],
+                           pool.map(lambda j: run_one(j, a.threads, a.reuse), jobs)))
     scores = {}
     for j in jobs:
         key = (j["kind"], j["name"])
@@ -287,17 +290,21 @@ def main() -> None:
     ct = {m: results[("criteo", m)]["test"]["auc"] for m in MODELS}
     gap = {k: auc(*truth[k]) for k in sizes}
     reading = (
-        f"On synth taobao, {verdict('attention vs sum pooling', 'DIN with target attention', 'the same network with sum pooling')}"
+        "On synth taobao, "
+        f"{verdict('attention vs sum pooling', 'DIN with target attention', 'the same network with sum pooling')}"
         f"; {verdict('Dice vs PReLU', 'Dice', 'PReLU')}; and "
         f"{verdict('mini-batch-aware L2 vs plain L2', 'mini-batch-aware L2', 'plain L2')}. "
-        f"Every model stays far below the oracle: the best criteo model reaches {max(ct.values()):.4f} against an oracle "
-        f"{gap['criteo']:.4f}, the best taobao model {max(tb.values()):.4f} against {gap['taobao']:.4f}. The generators draw "
-        "per-value biases and latent vectors for hundreds of thousands of ids (100k users and 200k items on taobao), most "
+        "Every model stays far below the oracle: the best criteo model reaches "
+        f"{max(ct.values()):.4f} against an oracle "
+        f"{gap['criteo']:.4f}, the best taobao model {max(tb.values()):.4f} against {gap['taobao']:.4f}. "
+        "The generators draw per-value biases and latent vectors for hundreds of thousands of ids "
+        "(100k users and 200k items on taobao), most "
         "of which appear a handful of times in these training sets, so much of the oracle's signal cannot be learned "
         "from this much data; the tables measure the models against each other on the same rows, with the oracle as "
         "the ceiling, not as a target. On criteo there is no behaviour sequence, so `din` there is its MLP (with "
         "Dice) over the field embeddings. "
-        f"Each interval covers the sampling of the test rows for one trained model per arm (training seed {main_seed}), "
+        "Each interval covers the sampling of the test rows for one trained model per arm "
+        f"(training seed {main_seed}), "
         "not the run-to-run variation of training"
         + (
             f"; retrained with training seeds {', '.join(map(str, a.extra_train_seeds))}, attention minus sum pooling "
@@ -320,7 +327,8 @@ def main() -> None:
 
     cmd = "python benchmarks/quality.py " + " ".join(
         shlex.quote(x) for x in [f"--criteo-rows={a.criteo_rows}", f"--taobao-rows={a.taobao_rows}",
-                                 f"--seed={a.seed}", f"--epochs={a.epochs}", f"--jobs={a.jobs}", f"--threads={a.threads}"]
+                                 f"--seed={a.seed}", f"--epochs={a.epochs}", f"--jobs={a.jobs}",
+                                 f"--threads={a.threads}"]
         + (["--extra-train-seeds", *map(str, a.extra_train_seeds)] if a.extra_train_seeds else []))
     cfg = results[("taobao", "din")]["config"]
     size_rows = []
@@ -339,15 +347,18 @@ def main() -> None:
     md = "\n\n".join([
         "## Quality on synthetic data (`benchmarks/quality.py`)",
         f"```\n{cmd}\n```",
-        f"{len(jobs)} training runs, {a.jobs} at a time with {a.threads} torch thread(s) each; {took}. Each run uses the default config of its dataset (`ctrzoo/configs/<kind>.yaml`, "
+        f"{len(jobs)} training runs, {a.jobs} at a time with {a.threads} torch thread(s) each; {took}. "
+        "Each run uses the default config of its dataset (`ctrzoo/configs/<kind>.yaml`, "
         f"training seed {cfg['train']['seed']}) with `epochs` capped at {a.epochs}; DIN on taobao: "
         f"`{json.dumps(cfg['hparams'])}`, batch {cfg['train']['batch_size']}, lr {cfg['train']['lr']}, "
         f"`{cfg['train']['regularization']}` with lambda {cfg['train']['reg_lambda']}. The oracle is the generator's "
         "true click probability on exactly the same test rows.",
         md_table(["data", "rows", "data seed", "train", "valid", "test", "oracle test AUC"], size_rows),
-        "### Table 1: every model against the oracle\n\nsynth criteo\n\n" + t1["criteo"] + "\n\nsynth taobao\n\n" + t1["taobao"],
+        "### Table 1: every model against the oracle\n\nsynth criteo\n\n" + t1["criteo"]
+        + "\n\nsynth taobao\n\n" + t1["taobao"],
         "### Table 2: DIN, target attention vs sum pooling (synth taobao)\n\n"
-        "Difference = AUC(first) - AUC(second) on the same test rows; everything else (data, config, seed) is equal.\n\n" + t2,
+        "Difference = AUC(first) - AUC(second) on the same test rows; "
+        "everything else (data, config, seed) is equal.\n\n" + t2,
         "### Table 3: Dice vs PReLU, mini-batch-aware L2 vs plain L2 (DIN, synth taobao)\n\n"
         "The first run of each row is the default DIN of Tables 1 and 2. No winner is required here.\n\n" + t3,
         "### Reading\n\n" + reading,

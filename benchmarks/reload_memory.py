@@ -130,7 +130,8 @@ def summary(samples: list[dict]) -> dict:
     slope = float(np.polyfit(x, y, 1)[0]) if len(tail) > 1 else float("nan")
     return {"reloads": samples[-1]["reload"], "rss_start_mb": round(samples[0]["rss_mb"], 1),
             "rss_after_5_mb": round(tail[0]["rss_mb"], 1), "rss_end_mb": round(samples[-1]["rss_mb"], 1),
-            "mb_per_reload": round(slope, 2), "reload_seconds_median": round(float(np.median([s["seconds"] for s in samples[1:]])), 2)}
+            "mb_per_reload": round(slope, 2),
+            "reload_seconds_median": round(float(np.median([s["seconds"] for s in samples[1:]])), 2)}
 
 
 def main() -> None:

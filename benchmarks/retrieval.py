@@ -150,7 +150,8 @@ def goals_text(name: str, g: dict) -> list[str]:
     for a in g["auto_vs_hnsw"]:
         hq = f"{a['hnsw_qps_at_that_recall']:,.0f}" if a["hnsw_qps_at_that_recall"] else "never reached"
         verdict = "not slower" if a["not_slower"] else "**slower**"
-        lines.append(f"- auto @ {a['target']}: {a['auto_kind']} recall {a['auto_recall']:.4f}, {a['auto_qps']:,.0f} QPS; "
+        lines.append(f"- auto @ {a['target']}: {a['auto_kind']} recall {a['auto_recall']:.4f}, "
+                     f"{a['auto_qps']:,.0f} QPS; "
                      f"hnsw-ip at that recall: {hq} QPS -> {verdict}")
     return lines
 
@@ -296,7 +297,8 @@ def main() -> None:
         results[name] = res
         plot(res, out / f"retrieval_{name}.png", title)
         (out / "retrieval.json").write_text(json.dumps({"sets": results, "train": train_meta and {
-            "metrics": train_meta["metrics"], "clicks": train_meta["clicks"], "train_seconds": train_meta["train_seconds"],
+            "metrics": train_meta["metrics"], "clicks": train_meta["clicks"],
+            "train_seconds": train_meta["train_seconds"],
             "catalogue": train_meta["catalogue"]}}, indent=1, default=str))
         print(f"\n## {title}\n\n{format_table(res)}\n\n{format_builds(res)}\n", flush=True)
         print("\n".join(goals_text(name, res["goals"])), flush=True)

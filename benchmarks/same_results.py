@@ -60,7 +60,8 @@ def run(code: Path) -> dict:
     ``-c`` put the working directory first on sys.path)."""
     with tempfile.TemporaryDirectory(prefix="same-results-") as tmp:
         script = f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); " \
-                 f"from same_results import digests; from pathlib import Path; print(json.dumps(digests(Path({tmp!r}))))"
+                 "from same_results import digests; from pathlib import Path; " \
+                 f"print(json.dumps(digests(Path({tmp!r}))))"
         env = {**os.environ, "PYTHONPATH": str(code)}
         done = subprocess.run([sys.executable, "-c", script], cwd=code, env=env, check=True, capture_output=True,
                               text=True)

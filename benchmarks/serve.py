@@ -175,7 +175,8 @@ def main() -> None:
     errors = sum(r["errors"] for r in rows)
     total = sum(r["requests"] for r in rows)
     print(f"goal p99 at concurrency 8 < 20 ms: {c8['p99_ms']:.2f} ms -> {'met' if c8['p99_ms'] < 20 else 'NOT met'}")
-    print(f"goal 0 errors over {total:,d} requests: {errors} -> {'met' if errors == 0 and total >= 10_000 else 'NOT met'}")
+    print(f"goal 0 errors over {total:,d} requests: {errors} -> "
+          f"{'met' if errors == 0 and total >= 10_000 else 'NOT met'}")
     ratio = c1["server_p50_ms"] / floor_ms
     print(f"goal server p50 at concurrency 1 <= 2x floor: {ratio:.2f}x -> {'met' if ratio <= 2 else 'NOT met'}")
 

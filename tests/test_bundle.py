@@ -66,7 +66,8 @@ def test_truncated_or_empty_weights_are_refused_with_the_onnxruntime_backend(cop
     b = copy("deepfm")
     data = (b / "weights.pt").read_bytes()
     (b / "weights.pt").write_bytes(data[: len(data) // 2] if damage == "half" else b"")
-    with pytest.raises(BundleError, match=r"weights.pt: checksum differs from the one recorded in the bundle's manifest"):
+    with pytest.raises(BundleError,
+                       match=r"weights.pt: checksum differs from the one recorded in the bundle's manifest"):
         load_model(b, "onnxruntime")
     with pytest.raises(BundleError, match=r"weights.pt: checksum differs"):
         runtime.load(b, "onnxruntime")
@@ -133,7 +134,8 @@ def test_fifo_in_place_of_a_bundle_file_is_refused(copy):
 
 def test_a_path_too_long_is_a_bundle_error_naming_it(tmp_path):
     path = tmp_path / ("x" * 5000)
-    with pytest.raises(BundleError, match=r"x+\.\.\.x+ \(\d+ characters\): cannot read the bundle \(File name too long\)"):
+    with pytest.raises(BundleError,
+                       match=r"x+\.\.\.x+ \(\d+ characters\): cannot read the bundle \(File name too long\)"):
         load_bundle(path)
 
 
@@ -174,7 +176,8 @@ def test_bundle_with_a_vocabulary_path_outside_is_refused(copy):
     (b / "spec.json").write_text(json.dumps(spec))
     _agree(b, "spec.json")
     name = spec["features"][0]["name"]
-    with pytest.raises(BundleError, match=rf"bad feature spec: field '{name}': vocabulary file '../../etc/passwd' must"):
+    with pytest.raises(BundleError,
+                       match=rf"bad feature spec: field '{name}': vocabulary file '../../etc/passwd' must"):
         load_bundle(b)
 
 

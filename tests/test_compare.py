@@ -91,8 +91,8 @@ def test_bundles_from_other_raw_data_are_refused(world, tmp_path):
     raw = tmp_path / "other.tsv"
     generate("criteo", 3000, 99, raw)
     prepare("criteo", [raw], tmp_path / "other")
-    train_bundle("deepfm", tmp_path / "other", tmp_path / "x", overrides={"epochs": 1, "max_steps": 1, "hparams": SMALL},
-                 progress=False, verbose=False)
+    train_bundle("deepfm", tmp_path / "other", tmp_path / "x",
+                 overrides={"epochs": 1, "max_steps": 1, "hparams": SMALL}, progress=False, verbose=False)
     with pytest.raises(CtrzooError, match="other raw data"):
         compare([world / "a", tmp_path / "x"], world / "full")
     with pytest.raises(CtrzooError, match="no such raw column"):

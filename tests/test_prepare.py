@@ -241,7 +241,8 @@ def test_small_blocks_give_the_same_dataset(sample_rows, tmp_path):
 
 def _dataset_tables(path: Path) -> dict[str, pa.Table]:
     ds = PreparedDataset.open(path)
-    return {split: pa.concat_tables([pq.read_table(s) for s in ds.shards(split)]) for split in ("train", "valid", "test")}
+    return {split: pa.concat_tables([pq.read_table(s) for s in ds.shards(split)])
+            for split in ("train", "valid", "test")}
 
 
 def test_several_files_with_two_workers_equal_one_worker(tmp_path):
@@ -258,7 +259,8 @@ def test_several_files_with_two_workers_equal_one_worker(tmp_path):
     a, b = _dataset_tables(tmp_path / "w1"), _dataset_tables(tmp_path / "w2")
     for split in a:
         assert a[split].equals(b[split]), split
-    assert pq.read_table(tmp_path / "w1" / "raw" / "test.parquet").equals(pq.read_table(tmp_path / "w2" / "raw" / "test.parquet"))
+    assert pq.read_table(tmp_path / "w1" / "raw" / "test.parquet").equals(
+        pq.read_table(tmp_path / "w2" / "raw" / "test.parquet"))
     assert sum(s["rows"] for s in one["splits"].values()) == 4000 + 4500 + 5000
 
 

@@ -254,7 +254,8 @@ def test_hot_reload_under_load_loses_no_request(serving_bundles, tmp_path):
     try:
         with clients:
             clients.next_phase()  # phase 0: before any reload
-            good = httpx.post(f"{base}/admin/reload", json={"bundle": str(bundles["deepfm2"])}, headers=AUTH, timeout=60)
+            good = httpx.post(f"{base}/admin/reload", json={"bundle": str(bundles["deepfm2"])}, headers=AUTH,
+                              timeout=60)
             clients.next_phase()  # phase 1: after the good reload
             bad = httpx.post(f"{base}/admin/reload", json={"bundle": str(corrupt)}, headers=AUTH, timeout=60)
             clients.next_phase()  # phase 2: after the refused reload

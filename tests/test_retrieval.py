@@ -389,7 +389,8 @@ def test_recommend_returns_mostly_the_history_category(indexed, ranker, shop):
         r = client.post("/recommend", json={"context": {}, "top_k": 3})  # no history at all: still served
         assert r.status_code == 200 and len(r.json()["items"]) == 3
         # /rank is unchanged
-        r = client.post("/rank", json={"context": {"click_sequence": history}, "candidates": [{"adgroup_id": history[0]}]})
+        r = client.post("/rank", json={"context": {"click_sequence": history},
+                                       "candidates": [{"adgroup_id": history[0]}]})
         assert r.status_code == 200 and len(r.json()["scores"]) == 1
 
 
@@ -451,5 +452,6 @@ def test_recommend_under_concurrency_8_reports_p99(indexed, ranker, shop):
         thread.join(timeout=10)
     assert failures == []
     p50, p99 = np.percentile(latencies, [50, 99]) * 1e3
-    print(f"\n/recommend at concurrency 8 ({len(latencies)} requests, 200 candidates): p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    print(f"\n/recommend at concurrency 8 ({len(latencies)} requests, 200 candidates): "
+          f"p50 {p50:.1f} ms, p99 {p99:.1f} ms")
     assert len(latencies) == 96

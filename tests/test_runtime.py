@@ -92,7 +92,8 @@ def test_missing_or_corrupt_onnx_fails_clearly(bundles, tmp_path):
     meta = json.loads((b / "bundle.json").read_text())
     del meta["artifacts"]
     (b / "model.onnx").write_bytes(b"garbage")
-    with pytest.raises(BundleError, match="model.onnx: checksum differs from the one recorded in the bundle's manifest"):
+    with pytest.raises(BundleError,
+                       match="model.onnx: checksum differs from the one recorded in the bundle's manifest"):
         runtime.load(b, "onnxruntime")  # the manifest still records the exported file
     meta["files"]["model.onnx"] = hashlib.sha256(b"garbage").hexdigest()  # a manifest that agrees with the garbage
     (b / "bundle.json").write_text(json.dumps(meta))

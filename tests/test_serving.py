@@ -156,7 +156,8 @@ def test_admin_reload_needs_the_token(bundles):
         assert client.post("/admin/reload").status_code == 403
     with TestClient(create_app(str(bundles["deepfm"]), admin_token="t")) as client:
         assert client.post("/admin/reload", headers={"Authorization": "Bearer nope"}).status_code == 401
-        r = client.post("/admin/reload", headers={"Authorization": "Bearer t"}, json={"bundle": str(bundles["deepfm2"])})
+        r = client.post("/admin/reload", headers={"Authorization": "Bearer t"},
+                        json={"bundle": str(bundles["deepfm2"])})
         assert r.status_code == 200 and r.json()["version"] == load_bundle(bundles["deepfm2"]).version
 
 

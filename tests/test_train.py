@@ -116,7 +116,8 @@ def test_bad_bundles_fail_clearly(synth_prepared, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(out, broken)
     (broken / "weights.pt").write_bytes(b"not a torch file")
-    with pytest.raises(BundleError, match="weights.pt: checksum differs from the one recorded in the bundle's manifest"):
+    with pytest.raises(BundleError,
+                       match="weights.pt: checksum differs from the one recorded in the bundle's manifest"):
         load_bundle(broken)
     with pytest.raises(BundleError, match="cannot read weights"):  # without the manifest check: torch.load's error
         load_bundle(broken, verify=False).build_model()

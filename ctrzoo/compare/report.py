@@ -30,7 +30,8 @@ def model_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for name, m in report["models"].items():
         cal = m["calibration"]
-        rows.append([name, _fmt(m["auc"]), _fmt(m["logloss"]), *([_fmt(m.get("gauc", float("nan")))] if has_gauc else []),
+        rows.append([name, _fmt(m["auc"]), _fmt(m["logloss"]),
+                     *([_fmt(m.get("gauc", float("nan")))] if has_gauc else []),
                      f"{m['rela_impr'] * 100:+.2f}%", _fmt(cal["ratio"], 3), _fmt(cal["ece"])])
     return head, rows
 
@@ -59,7 +60,8 @@ def to_markdown(report: dict) -> str:
     d = report["data"]
     parts = [
         "# A/B offline comparison",
-        f"Rows: {d['rows']:,d} ({d['split']} split of `{d['path']}`), CTR {d['ctr']:.4f}. Baseline: **{report['baseline']}**.",
+        f"Rows: {d['rows']:,d} ({d['split']} split of `{d['path']}`), CTR {d['ctr']:.4f}. "
+        f"Baseline: **{report['baseline']}**.",
         "",
         *[f"- {v}" for v in report["verdicts"]],
         "",
@@ -74,7 +76,8 @@ def to_markdown(report: dict) -> str:
     if report.get("slices"):
         s = report["slices"]
         names = list(report["models"])
-        rows = [[x["slice"], f"{x['rows']:,d}", _fmt(x["ctr"]), *[_fmt(x["auc"][n]) for n in names]] for x in s["slices"]]
+        rows = [[x["slice"], f"{x['rows']:,d}", _fmt(x["ctr"]), *[_fmt(x["auc"][n]) for n in names]]
+                for x in s["slices"]]
         parts += ["", f"## AUC by `{s['field']}`", _md_table([s["field"], "rows", "CTR", *names], rows)]
     return "\n".join(parts) + "\n"
 
@@ -105,7 +108,8 @@ def plots(report: dict) -> dict[str, str]:
     top = 0.0
     for name, m in report["models"].items():
         cur = m["calibration"]["curve"]
-        ax.plot(cur["predicted"], cur["observed"], marker="o", ms=3, label=f"{name} (ECE {m['calibration']['ece']:.4f})")
+        ax.plot(cur["predicted"], cur["observed"], marker="o", ms=3,
+                label=f"{name} (ECE {m['calibration']['ece']:.4f})")
         top = max(top, *cur["predicted"], *cur["observed"])
     ax.plot([0, top], [0, top], color="grey", lw=0.8, ls="--")
     ax.set(xlabel="mean predicted CTR (equal-mass bins)", ylabel="observed CTR", title="Calibration (reliability)")
@@ -143,7 +147,8 @@ def to_html(report: dict) -> str:
     verdicts = "".join(f"<li>{html.escape(v)}</li>" for v in report["verdicts"])
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>ctrzoo A/B comparison</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:1em 0}}
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}\
+table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
 figure{{display:inline-block;margin:0 1em 1em 0}}img{{max-width:520px}}</style></head><body>
 <h1>A/B offline comparison</h1>

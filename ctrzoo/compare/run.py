@@ -100,7 +100,8 @@ def compare(paths: list[str | Path], data: str | Path, split: str = "test", base
     names = [s.name for s in scored]
     base_name = baseline or names[0]
     if base_name not in names:
-        matches = [s.name for s in scored if str(s.bundle.path) == str(Path(base_name)) or s.name == Path(base_name).name]
+        matches = [s.name for s in scored
+                   if str(s.bundle.path) == str(Path(base_name)) or s.name == Path(base_name).name]
         if not matches:
             raise CtrzooError(f"--baseline {baseline!r} is none of the compared bundles: {names}")
         base_name = matches[0]
@@ -110,7 +111,8 @@ def compare(paths: list[str | Path], data: str | Path, split: str = "test", base
     models = {}
     for s in scored:
         m = {"bundle": str(s.bundle.path), "model": s.bundle.model_name, "version": s.bundle.version,
-             "auc": auc(labels, s.probs), "logloss": logloss(labels, s.probs), "calibration": calibration(labels, s.probs)}
+             "auc": auc(labels, s.probs), "logloss": logloss(labels, s.probs),
+             "calibration": calibration(labels, s.probs)}
         m["rela_impr"] = rela_impr(m["auc"], base_auc) if s is not base else 0.0
         if users is not None:
             m["gauc"], info = gauc(labels, s.probs, users)

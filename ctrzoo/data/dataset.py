@@ -119,7 +119,8 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
     """A whole Parquet file (some columns), or ``DatasetError`` naming it when it is damaged."""
     pf = parquet_file(path)
     groups = [read_row_group(pf, path, g, columns) for g in range(pf.metadata.num_row_groups)]
-    return pa.concat_tables(groups) if groups else pf.schema_arrow.empty_table().select(columns or pf.schema_arrow.names)
+    return (pa.concat_tables(groups) if groups
+            else pf.schema_arrow.empty_table().select(columns or pf.schema_arrow.names))
 
 
 def iter_batches(path: str | Path, batch_size: int, columns: list[str] | None = None):

@@ -37,7 +37,8 @@ class Batch:
 
     def slice(self, start: int, stop: int) -> Batch:
         users = None if self.user_id is None else self.user_id[start:stop]
-        return Batch(self.sparse[start:stop], self.dense[start:stop], self.seq[start:stop], self.label[start:stop], users)
+        return Batch(self.sparse[start:stop], self.dense[start:stop], self.seq[start:stop], self.label[start:stop],
+                     users)
 
     def permute(self, perm: torch.Tensor) -> Batch:
         users = None if self.user_id is None else self.user_id[perm.numpy()]
@@ -71,7 +72,8 @@ def table_to_batch(table: pa.Table, with_user: bool = False) -> Batch:
         seq = np.zeros((n, 0, 0), dtype=np.int64)
     label = col("label").astype(np.float32)
     users = col("user_id") if with_user and "user_id" in names else None
-    return Batch(torch.from_numpy(sparse), torch.from_numpy(dense), torch.from_numpy(seq), torch.from_numpy(label), users)
+    return Batch(torch.from_numpy(sparse), torch.from_numpy(dense), torch.from_numpy(seq), torch.from_numpy(label),
+                 users)
 
 
 class BatchLoader:
@@ -102,7 +104,9 @@ class BatchLoader:
             groups += [(path, g, footer.row_group(g).num_rows) for g in range(footer.num_row_groups)]
         self._groups = _shard(groups, rank, world_size)
         self.rows = sum(stop - start for _, _, start, stop in self._groups)
-        row_bytes = 8 * (len(self.dataset.spec.categorical) + 1 + self.dataset.spec.layout().n_seq * max(1, self.dataset.spec.layout().seq_len)) + 4 * len(self.dataset.spec.numeric)
+        row_bytes = (8 * (len(self.dataset.spec.categorical) + 1
+                          + self.dataset.spec.layout().n_seq * max(1, self.dataset.spec.layout().seq_len))
+                     + 4 * len(self.dataset.spec.numeric))
         self.cache = (self.rows * row_bytes <= cache_bytes) if cache is None else cache
         self._cached: list[Batch | None] | None = None
 

@@ -348,7 +348,8 @@ def _should_spill(paths: list[Path], tmp: Path, opts: PrepareOptions) -> bool:
     return shutil.disk_usage(tmp).free > 2 * raw
 
 
-def _to_shard_table(batch: EncodedBatch, raw: pa.Table, label: str, user_col: str | None, schema: pa.Schema) -> pa.Table:
+def _to_shard_table(batch: EncodedBatch, raw: pa.Table, label: str, user_col: str | None,
+                    schema: pa.Schema) -> pa.Table:
     cols: list[pa.Array] = [raw.column(label).combine_chunks().cast(pa.int8())]
     names = schema.names
     if user_col:

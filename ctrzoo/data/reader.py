@@ -70,7 +70,8 @@ class BadRows:
         return sum(self.counts.values())
 
     def summary(self) -> dict:
-        return {"total": self.total, "by_reason": {r: {"count": c, "first": self.first[r]} for r, c in self.counts.items()}}
+        return {"total": self.total,
+                "by_reason": {r: {"count": c, "first": self.first[r]} for r, c in self.counts.items()}}
 
 
 def check_inputs(paths: Iterable[str | Path]) -> list[Path]:

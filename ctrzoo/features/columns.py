@@ -32,7 +32,8 @@ def as_table(data: Any, columns: Sequence[str]) -> pa.Table:
         elif isinstance(data, Sequence) and all(isinstance(r, Mapping) for r in data):
             return _table_from_dicts(data, columns)  # already exactly ``columns``
         else:
-            raise SpecError(f"expected a pyarrow table, a pandas DataFrame or a list of dicts, got {type(data).__name__}")
+            raise SpecError("expected a pyarrow table, a pandas DataFrame or a list of dicts, "
+                            f"got {type(data).__name__}")
     n = data.num_rows
     out = {}
     for name in columns:
@@ -145,7 +146,8 @@ class Codes:
 def category_codes(arr: pa.Array, field: str, transform=None) -> Codes:
     """Dictionary-encode (unless already) and canonicalize the uniques; ``transform`` maps uniques too."""
     if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks() if not pa.types.is_dictionary(arr.type) else arr.unify_dictionaries().combine_chunks()
+        arr = (arr.combine_chunks() if not pa.types.is_dictionary(arr.type)
+               else arr.unify_dictionaries().combine_chunks())
     if not pa.types.is_dictionary(arr.type):
         t = arr.type
         if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t)

@@ -69,7 +69,8 @@ class RequestEncoder:
         self._plain: list[tuple[dict, int]] | None = None  # per field: value -> global row, and the OOV row
         self._num_params = _NumericParams([f for _, f, _ in self._nums])
         self.use_native = native is not None  # tests switch it off to check the Python steps
-        self._id_gather_args: dict[tuple[int, ...], tuple] = {}  # row-field selections -> argument tuples for the C gathers
+        # row-field selections -> argument tuples for the C gathers
+        self._id_gather_args: dict[tuple[int, ...], tuple] = {}
         self._float_gather_keys: dict[tuple[int, ...], tuple[str, ...]] = {}
 
     def encode(self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]) -> EncodedBatch:

@@ -68,7 +68,8 @@ class Vocabulary:
         self._index: hashtable.PyObjectHashTable | None = None
 
     @classmethod
-    def from_counts(cls, values: pa.Array, counts: np.ndarray, min_count: int, max_size: int | None = None) -> Vocabulary:
+    def from_counts(cls, values: pa.Array, counts: np.ndarray, min_count: int,
+                    max_size: int | None = None) -> Vocabulary:
         keep = counts >= min_count
         values, counts = values.filter(pa.array(keep)), counts[keep]
         order = pc.sort_indices(

@@ -58,7 +58,8 @@ class RowSparseAdam(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
                 exp_avg = state["exp_avg"].index_select(0, rows).lerp_(grad, 1.0 - beta1)
-                exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+                exp_avg_sq = (state["exp_avg_sq"].index_select(0, rows).mul_(beta2)
+                              .addcmul_(grad, grad, value=1.0 - beta2))
                 state["exp_avg"].index_copy_(0, rows, exp_avg)
                 state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
                 t = state["step"]

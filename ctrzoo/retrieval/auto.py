@@ -8,9 +8,9 @@ queries per second, writing every measurement and the reason into the index's me
 
 Queries per second are measured on one thread, per query as a service pays it (one user per request):
 all queries go in one call, but FAISS's BLAS path for large query batches (which would make exact search
-look several times faster than it is for a single query) is switched off while measuring. Each setting is timed ``repeats`` times in interleaved rounds over all settings of all
-kinds and the best time kept, so a burst of load on a shared machine slows one round of everything rather
-than one kind.
+look several times faster than it is for a single query) is switched off while measuring. Each setting is
+timed ``repeats`` times in interleaved rounds over all settings of all kinds and the best time kept, so a
+burst of load on a shared machine slows one round of everything rather than one kind.
 """
 
 from __future__ import annotations

@@ -84,7 +84,8 @@ def save_retrieval_bundle(out: str | Path, model: TwoTower, spec: FeatureSpec, c
                           meta: dict[str, Any]) -> Path:
     """Write a retrieval bundle atomically; an existing one is replaced, any other directory is refused."""
     out = Path(out)
-    if (out / META_FILE).exists() and read_json(out / META_FILE, CtrzooError, "bundle metadata").get("kind") != "retrieval":
+    if ((out / META_FILE).exists()
+            and read_json(out / META_FILE, CtrzooError, "bundle metadata").get("kind") != "retrieval"):
         raise CtrzooError(f"{out} is a model bundle, not a retrieval bundle: refusing to replace it")
     with building(out, META_FILE, "retrieval bundle") as tmp:
         spec.save(tmp)

@@ -138,7 +138,8 @@ class Catalogue:
         sparse, dense = model.item_inputs(torch.from_numpy(batch.sparse), torch.from_numpy(batch.dense))
         local = sparse[:, model.item_id_col].numpy() - model.item_field.offset
         feature = spec[model.split.item_id]
-        known = local >= FIRST_ID if isinstance(feature, Categorical) and not feature.hash_buckets else local != MISSING_ID
+        known = (local >= FIRST_ID if isinstance(feature, Categorical) and not feature.hash_buckets
+                 else local != MISSING_ID)
         if not known.all() and not allow_unknown:
             bad = np.flatnonzero(local == OOV_ID)
             examples = self.ids.take(pa.array(bad[:5])).to_pylist()

@@ -215,7 +215,8 @@ class RetrievalTrainer:
                     break
             seconds = time.perf_counter() - t0
             valid = self.recall(self.valid) if len(self.valid) else {}
-            record = {"epoch": epoch, "train_loss": total / max(steps, 1), **{f"valid_{k}": v for k, v in valid.items()},
+            record = {"epoch": epoch, "train_loss": total / max(steps, 1),
+                      **{f"valid_{k}": v for k, v in valid.items()},
                       "seconds": round(seconds, 2), "clicks_per_s": round(steps * bs / max(seconds, 1e-9), 1)}
             self.history.append(record)
             score = valid.get(select, float("nan"))
@@ -280,7 +281,8 @@ def train_retrieval(data: str | Path, out: str | Path, split: TowerSplit | None 
     if verbose:
         for h in trainer.history:
             rec = "  ".join(f"{k[6:]} {v:.4f}" for k, v in h.items() if k.startswith("valid_recall"))
-            print(f"epoch {h['epoch']}: train loss {h['train_loss']:.4f}  valid {rec}  {h['clicks_per_s']:,.0f} clicks/s")
+            print(f"epoch {h['epoch']}: train loss {h['train_loss']:.4f}  valid {rec}  "
+                  f"{h['clicks_per_s']:,.0f} clicks/s")
         ks = "  ".join(f"{k} {v:.4f} (popularity {popularity[k]:.4f})" for k, v in test.items())
         print(f"two_tower -> {out}: {len(catalogue):,d} items; held-out clicks ({len(trainer.test):,d}): {ks}")
     return meta

@@ -33,7 +33,8 @@ def checked_onnx_path(bundle: Bundle) -> Path:
     record = bundle.meta.get("artifacts", {}).get("onnx", {})
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if record.get("sha256") and record["sha256"] != digest:
-        raise BundleError(f"{path}: checksum differs from the one recorded at export (corrupt or replaced); export again")
+        raise BundleError(f"{path}: checksum differs from the one recorded at export (corrupt or replaced); "
+                          "export again")
     return path
 
 
@@ -56,7 +57,8 @@ class OnnxRuntimePredictor(Predictor):
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
-            raise BundleError(f"{path}: onnxruntime cannot load it ({exc.__class__.__name__}: {str(exc)[:200]})") from None
+            raise BundleError(f"{path}: onnxruntime cannot load it "
+                              f"({exc.__class__.__name__}: {str(exc)[:200]})") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.warm_up()
 

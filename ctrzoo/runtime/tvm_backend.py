@@ -40,8 +40,8 @@ class TvmPredictor(Predictor):
         t0 = time.perf_counter()
         trials_done = 0
         if tune:
-            summary = tune_tvm(bundle, trials or DEFAULT_TRIALS, DEFAULT_MINUTES if max_minutes is None else max_minutes,
-                               buckets, focus=focus)
+            summary = tune_tvm(bundle, trials or DEFAULT_TRIALS,
+                               DEFAULT_MINUTES if max_minutes is None else max_minutes, buckets, focus=focus)
             trials_done = summary["trials"]
         onnx_path = checked_onnx_path(bundle)
         onnx_sha = artifacts.sha256_file(onnx_path)
@@ -113,7 +113,8 @@ class TvmPredictor(Predictor):
                 self._fn[b] = self.vm[f"b{b}"]
                 prep = self.vm[f"b{b}_transform_params"]
             except Exception as exc:
-                raise CtrzooError(f"{self.bundle.path}: the tvm library has no function for bucket {b}: {exc}") from None
+                raise CtrzooError(f"{self.bundle.path}: the tvm library has no function for bucket {b}: "
+                                  f"{exc}") from None
             self._weights[b] = list(prep(params))
             bufs = [tvm.runtime.empty((b, *shapes[n]), compiler.INPUT_DTYPES[n]) for n in self.input_names]
             self._buffers[b] = bufs

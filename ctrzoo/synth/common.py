@@ -46,7 +46,8 @@ def load_defaults(kind: str) -> dict:
 
 
 def merge_config(defaults: dict, overrides: Mapping | None, where: str = "") -> dict:
-    """Deep-merge ``overrides`` into a copy of ``defaults``; an unknown key is an error, so typos never pass silently."""
+    """Deep-merge ``overrides`` into a copy of ``defaults``; an unknown key is an error, so typos never pass
+    silently."""
     out = copy.deepcopy(defaults)
     for key, value in (overrides or {}).items():
         name = f"{where}{key}"

@@ -76,13 +76,15 @@ class TrainConfig:
 
 
 def bf16_native() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 autocast is emulated and slower."""
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 autocast is emulated and
+    slower."""
     checks = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
     return any(check() for check in checks if check is not None)
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, loader: BatchLoader, bf16: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def predict(model: nn.Module, loader: BatchLoader,
+            bf16: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Labels, click probabilities and user ids (when the loader keeps them) for a whole split."""
     model.eval()
     labels, probs, users = [], [], []
@@ -267,7 +269,8 @@ class Trainer:
         if cfg.regularization == "mba" and cfg.reg_lambda > 0:
             ids = [batch.sparse, batch.seq] if batch.seq.numel() else [batch.sparse]
             table = self.model.embedding.weight
-            total = total + mba_l2(table, ids, self.id_frequency, cfg.reg_lambda, sparse=cfg.uses_sparse_updates) / len(batch)
+            total = total + mba_l2(table, ids, self.id_frequency, cfg.reg_lambda,
+                                   sparse=cfg.uses_sparse_updates) / len(batch)
         elif cfg.regularization == "l2" and cfg.reg_lambda > 0:
             total = total + plain_l2([self.model.embedding.weight], cfg.reg_lambda) / len(batch)
         for opt in self.optimizers:

@@ -32,7 +32,8 @@ def import_onnx(onnx_path: Path, layout: TableLayout, batches: tuple[int, ...]):
     names = [i.name for i in model.graph.input]
     funcs, params = {}, None
     for b in batches:
-        shapes = {"sparse": [b, layout.n_sparse], "dense": [b, layout.n_dense], "seq": [b, layout.n_seq, layout.seq_len]}
+        shapes = {"sparse": [b, layout.n_sparse], "dense": [b, layout.n_dense],
+                  "seq": [b, layout.n_seq, layout.seq_len]}
         with quiet_fd(2):  # "Fast mode segfaults when there are out-of-bounds indices" (ids are checked at predict)
             mod = from_onnx(model, shape_dict={n: shapes[n] for n in names},
                             dtype_dict={n: INPUT_DTYPES[n] for n in names}, keep_params_in_input=True)
