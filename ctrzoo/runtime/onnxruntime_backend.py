@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from ctrzoo.bundle import Bundle
+from ctrzoo.bundle import Bundle, sha256_file
 from ctrzoo.errors import BundleError, CtrzooError
 from ctrzoo.export import ONNX_FILE
 from ctrzoo.runtime.base import Predictor
@@ -31,7 +30,7 @@ def checked_onnx_path(bundle: Bundle) -> Path:
     if not path.exists():
         raise BundleError(f"{path}: missing; run `ctrzoo export --bundle {bundle.path}` first")
     record = bundle.meta.get("artifacts", {}).get("onnx", {})
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = sha256_file(path)
     if record.get("sha256") and record["sha256"] != digest:
         raise BundleError(f"{path}: checksum differs from the one recorded at export (corrupt or replaced); "
                           "export again")

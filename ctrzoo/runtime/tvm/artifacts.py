@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -16,7 +15,7 @@ import time
 from pathlib import Path
 
 from ctrzoo.atomic import write_json
-from ctrzoo.bundle import Bundle
+from ctrzoo.bundle import Bundle, sha256_file  # re-exported: the backend and tuning use it
 from ctrzoo.errors import BundleError
 from ctrzoo.runtime.tvm.compiler import build, import_onnx, prepare
 from ctrzoo.runtime.tvm.env import require_tvm
@@ -29,14 +28,6 @@ MANIFEST = "manifest.json"
 DB_WORKLOAD = "database_workload.json"
 DB_RECORDS = "database_tuning_record.json"
 MANIFEST_VERSION = 1
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def artifact_dir(bundle: Bundle) -> Path:
