@@ -5,8 +5,10 @@
 For each checkout (this one and ``--base``), in its own child process run from that checkout: synthesize
 Criteo and Taobao rows (fixed seed), prepare them, train DeepFM, DIN, DCN and Wide&Deep for 30 steps with a
 fixed seed, and digest what must not change: the raw-data fingerprint, ``spec.json``, the decoded contents of
-every shard (not the file bytes: Parquet metadata may differ), the trained weights, and the test AUC and
-logloss. Exit 1 if any digest differs. Used for the no-behaviour-change restructure (issue 15).
+every shard (not the file bytes: Parquet metadata may differ), the trained weights, the test AUC and
+logloss, and the JSON answers of ``POST /rank`` (the service, in-process) to requests built from raw test rows
+with context features, unknown values, missing keys and mixed types. Exit 1 if any digest differs. Used for
+the no-behaviour-change restructure (issue 15).
 """
 
 from __future__ import annotations
@@ -51,8 +53,44 @@ def digests(out: Path) -> dict:
         state = torch.load(out / model / "weights.pt", weights_only=True)
         test = json.loads((out / model / "bundle.json").read_text())["metrics"]["test"]
         res[model] = {"weights": hashlib.sha256(b"".join(v.numpy().tobytes() for _, v in sorted(state.items())))
-                      .hexdigest()[:16], "test_auc": test["auc"], "test_logloss": test["logloss"]}
+                      .hexdigest()[:16], "test_auc": test["auc"], "test_logloss": test["logloss"],
+                      "rank": _rank_answers(out / model, out / kind)}
     return res
+
+
+def _rank_answers(bundle: Path, dataset: Path) -> str:
+    """Digest of /rank's answers to requests made of raw test rows: half the features as context, odd values."""
+    import pyarrow.parquet as pq
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+
+    rows = pq.read_table(dataset / "raw" / "test.parquet").slice(0, 200).to_pylist()
+    names = [k for k in rows[0] if k not in ("label", "clk", "click")]
+    bodies = []
+    for i in range(0, 200, 25):
+        group = [dict(r) for r in rows[i:i + 25]]
+        context = {k: group[0][k] for k in names[: len(names) // 3]}
+        for j, r in enumerate(group):
+            for k in context:
+                r.pop(k, None)
+            if j % 5 == 1:
+                r[names[-1]] = "never-seen-value"
+            if j % 5 == 2 and len(r) > 1:
+                r.pop(next(iter(r)))
+            if j % 7 == 3:
+                r = {k: (str(v) if isinstance(v, int) else v) for k, v in r.items()}  # "7" is 7
+            group[j] = r
+        bodies.append({"context": context, "candidates": group})
+    h = hashlib.sha256()
+    with TestClient(create_app(bundle=str(bundle), backend="torch", threads=1)) as client:
+        for body in bodies:
+            r = client.post("/rank", json=body)
+            answer = r.json()
+            for varying in ("timing", "model"):  # timings; the model version is a training timestamp
+                answer.pop(varying, None)
+            h.update(f"{r.status_code} {json.dumps(answer, sort_keys=True)}".encode())
+    return h.hexdigest()[:16]
 
 
 def run(code: Path) -> dict:

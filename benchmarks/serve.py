@@ -43,11 +43,12 @@ def _floor(bundle, bodies: list[dict], backend: str, threads: int, runs: int = 3
     from serving.model_state import load_model
 
     m = load_model(bundle, backend, threads)
+    codec = m.codec if hasattr(m, "codec") else m.encoder  # (an older checkout, in A/B runs)
     times = []
     for i in range(runs):
         body = bodies[i % len(bodies)]
         t0 = time.perf_counter()
-        m.predictor.predict(m.encoder.encode_request(body.get("context", {}), body["candidates"]))
+        m.predictor.predict(codec.encode_request(body.get("context", {}), body["candidates"]))
         times.append(time.perf_counter() - t0)
     return float(np.median(times) * 1e3)
 

@@ -186,9 +186,9 @@ def _prepared(raw: Path, rows: int) -> Path:
     meta_file = out / "dataset.json"
     if meta_file.exists() and json.loads(meta_file.read_text()).get("train_speed_source") == str(raw):
         return out
-    spec = FORMATS["criteo"].default_spec()
-    for c in spec.categorical:
-        c.min_count = MIN_COUNT
+    from ctrzoo.features.spec_file import with_overrides
+
+    spec = with_overrides(FORMATS["criteo"].default_spec(), min_count=MIN_COUNT)
     print(f"preparing {raw} -> {out}", file=sys.stderr)
     prepare("criteo", [raw], out, spec,
             PrepareOptions(split=SplitConfig("order", (0.9, 0.0, 0.1)), keep_raw_test=False))

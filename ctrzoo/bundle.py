@@ -26,6 +26,7 @@ import os
 import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from torch import nn
 import ctrzoo
 from ctrzoo.atomic import building, recover, write_json
 from ctrzoo.errors import BundleError, CtrzooError
-from ctrzoo.features import FeatureSpec
+from ctrzoo.features import EncodedBatch, FeatureCodec, FeatureSpec
 
 BUNDLE_FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)  # 1: no manifest, no golden rows (loaded with a warning)
@@ -59,6 +60,11 @@ class Bundle:
     path: Path
     meta: dict[str, Any]
     spec: FeatureSpec
+
+    @cached_property
+    def codec(self) -> FeatureCodec:
+        """The spec compiled (once per loaded bundle)."""
+        return self.spec.compile()
 
     @property
     def model_name(self) -> str:
@@ -95,7 +101,7 @@ class Bundle:
         """The model with its trained weights, in eval mode."""
         from ctrzoo.models import build_model
 
-        model = build_model(self.model_name, self.spec.layout(), **self.hparams)
+        model = build_model(self.model_name, self.codec.layout, **self.hparams)
         path = self.path / WEIGHTS_FILE
         try:
             _require_regular(path)
@@ -270,11 +276,10 @@ def write_golden(bundle: Bundle, data_path: str | None = None) -> dict[str, Any]
     bundle can always get them. Scores are of the saved weights, in eval mode.
     """
     from ctrzoo.export import ProbabilityModel
-    from ctrzoo.features import FeatureEncoder
 
     rows = _dataset_rows(bundle.spec, data_path, GOLDEN_ROWS // 2)
     rows += _spec_rows(bundle.spec, GOLDEN_ROWS - len(rows))
-    batch = encode_rows(FeatureEncoder(bundle.spec), rows)
+    batch = encode_rows(bundle.codec, rows)
     model = ProbabilityModel(bundle.build_model()).eval()
     with torch.inference_mode():
         scores = model(*(torch.from_numpy(a) for a in (batch.sparse, batch.dense, batch.seq))).numpy()
@@ -283,7 +288,8 @@ def write_golden(bundle: Bundle, data_path: str | None = None) -> dict[str, Any]
     return data
 
 
-def check_golden(bundle: Bundle, encoder, predict, tolerance: float = GOLDEN_TOLERANCE, what: str = "") -> float | None:
+def check_golden(bundle: Bundle, codec: FeatureCodec, predict, tolerance: float = GOLDEN_TOLERANCE,
+                 what: str = "") -> float | None:
     """Score the golden rows with ``predict(encoded_batch)``; BundleError when they are not reproduced.
 
     Returns the largest difference (None for a bundle without golden rows)."""
@@ -291,7 +297,7 @@ def check_golden(bundle: Bundle, encoder, predict, tolerance: float = GOLDEN_TOL
     if golden is None:
         return None
     try:
-        got = np.asarray(predict(encode_rows(encoder, golden["rows"])), dtype=np.float64).reshape(-1)
+        got = np.asarray(predict(encode_rows(codec, golden["rows"])), dtype=np.float64).reshape(-1)
     except Exception as exc:  # an encoder's CtrzooError, or a runtime's own error type
         raise BundleError(f"{bundle.path}: cannot score its golden rows{what}: {exc.__class__.__name__}: "
                           f"{str(exc)[:200]}") from None
@@ -305,12 +311,9 @@ def check_golden(bundle: Bundle, encoder, predict, tolerance: float = GOLDEN_TOL
     return diff
 
 
-def encode_rows(encoder, rows: list[dict[str, Any]]):
+def encode_rows(codec: FeatureCodec, rows: list[dict[str, Any]]) -> EncodedBatch:
     """Each row as its own request (a dataset's rows and the spec's may type a column differently)."""
-    from ctrzoo.features import EncodedBatch
-
-    parts = [encoder.encode_request({}, [row]) for row in rows]
-    return EncodedBatch(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("sparse", "dense", "seq")))
+    return EncodedBatch.concat([codec.encode_request({}, [row]) for row in rows])
 
 
 def _dataset_rows(spec: FeatureSpec, data_path: str | None, n: int) -> list[dict[str, Any]]:

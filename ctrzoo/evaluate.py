@@ -16,7 +16,6 @@ from ctrzoo.bundle import Bundle
 from ctrzoo.data.dataset import PreparedDataset, iter_batches, parquet_file
 from ctrzoo.data.loader import BatchLoader
 from ctrzoo.errors import CtrzooError
-from ctrzoo.features import FeatureEncoder
 from ctrzoo.train.trainer import evaluate_arrays, predict
 
 
@@ -56,11 +55,11 @@ def check_bundle_fits(bundle: Bundle, ds: PreparedDataset) -> None:
 
 @torch.inference_mode()
 def score_raw_file(bundle: Bundle, model, path: str | Path, user_col: str | None, batch_rows: int = 65536):
-    encoder = FeatureEncoder(bundle.spec)
+    codec = bundle.codec
     label_col = bundle.spec.label
     labels, probs, users = [], [], []
     for batch in iter_batches(path, batch_rows):
-        enc = encoder.encode(batch)
+        enc = codec.encode(batch)
         logits = model(torch.from_numpy(enc.sparse), torch.from_numpy(enc.dense), torch.from_numpy(enc.seq))
         probs.append(torch.sigmoid(logits).numpy())
         labels.append(batch.column(label_col).to_numpy(zero_copy_only=False).astype(np.float32))

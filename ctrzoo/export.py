@@ -31,9 +31,8 @@ from ctrzoo.bundle import (
     write_golden,
 )
 from ctrzoo.errors import BundleError
-from ctrzoo.features import FeatureEncoder, TableLayout
+from ctrzoo.features import INPUT_NAMES, TableLayout, random_batch
 
-INPUT_NAMES = ("sparse", "dense", "seq")
 OUTPUT_NAME = "prob"
 PARITY_TOLERANCE = 1e-5
 
@@ -49,28 +48,14 @@ class ProbabilityModel(nn.Module):
         return torch.sigmoid(self.model(sparse, dense, seq))
 
 
-def example_batch(layout: TableLayout, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs with every id inside its field's table (sequences partly padded)."""
-    rng = np.random.default_rng(seed)
-    sparse = np.stack([f.offset + rng.integers(0, f.size, batch) for f in layout.sparse], axis=1).astype(np.int64)
-    dense = rng.normal(size=(batch, layout.n_dense)).astype(np.float32)
-    seq = np.zeros((batch, layout.n_seq, layout.seq_len), dtype=np.int64)
-    for k, s in enumerate(layout.seq):
-        f = layout.sparse[s.shares_index]
-        ids = f.offset + rng.integers(0, f.size, (batch, layout.seq_len))
-        lengths = rng.integers(0, layout.seq_len + 1, batch)
-        seq[:, k, :] = np.where(np.arange(layout.seq_len)[None, :] < lengths[:, None], ids, 0)
-    return {"sparse": sparse.reshape(batch, layout.n_sparse), "dense": dense, "seq": seq}
-
-
 def export_onnx(bundle: str | Path | Bundle, tolerance: float = PARITY_TOLERANCE) -> dict:
     """Write ``model.onnx`` into the bundle and record it in ``bundle.json``; returns the record."""
     import onnx
 
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     model = ProbabilityModel(b.build_model()).eval()
-    layout = b.spec.layout()
-    example = {k: torch.from_numpy(v) for k, v in example_batch(layout, 4).items()}
+    layout = b.codec.layout
+    example = {k: torch.from_numpy(v) for k, v in random_batch(layout, 4).as_dict().items()}
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     tmp = b.path / f".{ONNX_FILE}.tmp-{os.getpid()}"
     try:
@@ -120,13 +105,13 @@ def _golden_parity(b: Bundle, onnx_path: Path) -> float:
     from ctrzoo.runtime.base import as_arrays
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    layout = b.spec.layout()
+    layout = b.codec.layout
 
     def predict(batch):
         arrays = as_arrays(batch, layout)
         return session.run(None, {i.name: arrays[i.name] for i in session.get_inputs()})[0]
 
-    return check_golden(b, FeatureEncoder(b.spec), predict, GOLDEN_TOLERANCE, " with the exported model.onnx")
+    return check_golden(b, b.codec, predict, GOLDEN_TOLERANCE, " with the exported model.onnx")
 
 
 @torch.inference_mode()
@@ -136,7 +121,7 @@ def _parity(model: nn.Module, path: Path, layout: TableLayout) -> float:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = 0.0
     for batch in (1, 37):
-        inputs = example_batch(layout, batch, seed=batch)
+        inputs = random_batch(layout, batch, seed=batch).as_dict()
         got = session.run(None, inputs)[0]
         want = model(*(torch.from_numpy(inputs[k]) for k in INPUT_NAMES)).numpy()
         worst = max(worst, float(np.abs(got.reshape(-1) - want.reshape(-1)).max()))

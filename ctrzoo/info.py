@@ -146,12 +146,11 @@ def _manifest_status(bundle) -> str:
 
 def _verify_bundle(path: str | Path, report: Callable[[str], None]) -> str:
     from ctrzoo.bundle import check_golden, load_bundle
-    from ctrzoo.features import FeatureEncoder
     from ctrzoo.runtime import load
 
     try:
         bundle = load_bundle(path)  # the manifest: regular files, every sha256
-        diff = check_golden(bundle, FeatureEncoder(bundle.spec), load(bundle, "torch").predict, what=" (torch)")
+        diff = check_golden(bundle, bundle.codec, load(bundle, "torch").predict, what=" (torch)")
     except BundleError as exc:
         report(f"damaged: {exc}")
         raise BundleError(f"{path}: damaged; train or copy the bundle again") from None
@@ -193,7 +192,7 @@ def describe_retrieval(path: str | Path) -> str:
 
 
 def _features(spec) -> list[str]:
-    layout = spec.layout()
+    layout = spec.compile().layout
     sizes = ", ".join(f"{f.name}:{f.size}" for f in layout.sparse)
     numeric = ", ".join(f.name for f in spec.numeric)
     seq = ", ".join(f.name for f in spec.sequence)

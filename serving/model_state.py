@@ -1,4 +1,4 @@
-"""A loaded, validated model: bundle + encoder + runtime. Swapped as one object on reload."""
+"""A loaded, validated model: bundle + codec + runtime. Swapped as one object on reload."""
 
 from __future__ import annotations
 
@@ -11,14 +11,13 @@ import numpy as np
 from ctrzoo import runtime
 from ctrzoo.bundle import GOLDEN_TOLERANCE, GOLDEN_TOLERANCE_INT8, Bundle, check_golden, load_bundle
 from ctrzoo.errors import BundleError, CtrzooError
-from ctrzoo.export import example_batch
-from ctrzoo.features import FeatureEncoder
+from ctrzoo.features import FeatureCodec
 
 
 @dataclass
 class LoadedModel:
     bundle: Bundle
-    encoder: FeatureEncoder
+    codec: FeatureCodec
     predictor: runtime.Predictor
     raw_columns: frozenset[str]
     loaded_at: float = field(default_factory=time.time)
@@ -36,14 +35,14 @@ def load_model(path: str | Path | Bundle, backend: str, threads: int | None = No
     """Load and validate a bundle; raises CtrzooError (and changes nothing) when it is not servable.
 
     Validation: the bundle's integrity manifest (``load_bundle``), a smoke prediction, then its golden raw
-    rows encoded by this encoder and scored by this backend must give the scores recorded at training
+    rows encoded by this codec and scored by this backend must give the scores recorded at training
     (int8 within its looser ``GOLDEN_TOLERANCE_INT8``): a model.onnx of another model, weights of another
     spec or a broken runtime are refused here, before anything is swapped.
     """
     bundle = path if isinstance(path, Bundle) else load_bundle(path)
     try:
         predictor = runtime.load(bundle, backend, threads)
-        smoke = predictor.predict(example_batch(bundle.spec.layout(), 8, seed=1))
+        smoke = predictor.predict(bundle.codec.random_batch(8, seed=1))
     except CtrzooError:
         raise
     except Exception as exc:  # a runtime's own error, e.g. onnxruntime on a model.onnx of another layout
@@ -51,8 +50,7 @@ def load_model(path: str | Path | Bundle, backend: str, threads: int | None = No
                           f"({exc.__class__.__name__}: {str(exc)[:200]})") from None
     if smoke.shape != (8,) or not np.all(np.isfinite(smoke)) or smoke.min() < 0 or smoke.max() > 1:
         raise BundleError(f"{bundle.path}: smoke prediction failed (got {smoke!r})")
-    encoder = FeatureEncoder(bundle.spec)
-    encoder.encode_request({}, [{}])  # builds the vocabulary lookup tables now, not on the first request
+    codec = bundle.codec.warm()  # every lookup table built now, not on the first request
     tolerance = GOLDEN_TOLERANCE_INT8 if backend.endswith("int8") else GOLDEN_TOLERANCE
-    check_golden(bundle, encoder, predictor.predict, tolerance, f" with the {backend} backend")
-    return LoadedModel(bundle, encoder, predictor, frozenset(bundle.spec.raw_columns()))
+    check_golden(bundle, codec, predictor.predict, tolerance, f" with the {backend} backend")
+    return LoadedModel(bundle, codec, predictor, frozenset(codec.raw_columns))

@@ -75,7 +75,7 @@ async def _rank(s: ServiceState, body: bytes) -> tuple[int, bytes]:
         return 422, problem
     s.metrics.count_names("/rank", absent, unknown)
     try:
-        batch = m.encoder.encode_request(req.context, req.candidates)
+        batch = m.codec.encode_request(req.context, req.candidates)
     except SpecError as exc:
         return 422, error_body(exc.reason, exc.field)
     except (pa.ArrowException, ValueError, TypeError) as exc:  # a value shape the checks above missed

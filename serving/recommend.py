@@ -156,13 +156,13 @@ async def recommend(req: RecommendRequest, state: ServiceState = Depends(get_sta
             ids = np.asarray(retriever.catalogue.ids.take(pos).to_pylist(), dtype=object)
             keep = ~np.isin(ids, list(excluded))
             pos, rscores = pos[keep][:n], rscores[keep][:n]
-        batch = m.encoder.encode_request(req.context, retriever.catalogue.rows(pos)) if len(pos) else None
+        batch = m.codec.encode_request(req.context, retriever.catalogue.rows(pos)) if len(pos) else None
     except SpecError as exc:
         return _refuse(state, 422, exc.reason, exc.field)
     except _VALUE_ERRORS as exc:  # a value the encoders could not type: find which, for the answer
         log.warning("recommend context could not be encoded: %s", exc)
         return _refuse(state, 422, f"a context value could not be encoded: {type(exc).__name__}",
-                       _failing_field(req.context, [retriever.encoder, m.encoder]))
+                       _failing_field(req.context, [retriever.codec, m.codec]))
     state.metrics.count_names("/recommend", absent, unknown)
     t1 = time.perf_counter()
     if batch is None:

@@ -83,7 +83,7 @@ CHILD = textwrap.dedent("""
         from ctrzoo.bundle import load_bundle, save_bundle
         from ctrzoo.models import build_model
         b = load_bundle(out)
-        model = build_model("deepfm", b.spec.layout(), emb_dim=4, mlp=[8])
+        model = build_model("deepfm", b.spec.compile().layout, emb_dim=4, mlp=[8])
         save_bundle(out, model, "deepfm", b.spec, {"note": "new"})
     sys.exit(3)  # not killed: the step was never reached
 """)
@@ -122,7 +122,7 @@ def test_kill_during_bundle_publish_leaves_old_or_new_bundle(raws, tmp_path, ste
     prepare("criteo", [raws["old"]], tmp_path / "ds")
     spec = PreparedDataset.open(tmp_path / "ds").spec
     out = tmp_path / "bundle"
-    save_bundle(out, build_model("deepfm", spec.layout(), **SMALL), "deepfm", spec, {"note": "old"})
+    save_bundle(out, build_model("deepfm", spec.compile().layout, **SMALL), "deepfm", spec, {"note": "old"})
     old = snapshot(out)
     ref = run_child(tmp_path, step, "bundle", out)
     bundle = load_bundle(out)

@@ -13,7 +13,7 @@ from ctrzoo.features import (
     MISSING_ID,
     OOV_ID,
     Categorical,
-    FeatureEncoder,
+    FeatureCodec,
     FeatureSpec,
     Numeric,
     SequenceFeature,
@@ -58,15 +58,15 @@ def test_vocabulary_min_count_order_and_reserved_ids():
     # counts include the sequences that share the table: a=3+4, b=1+3, c=1+1, zz=1 (< min_count 2)
     assert vocab.values.to_pylist() == ["a", "b", "c"]
     assert vocab.counts.tolist() == [7, 4, 2]
-    ids = vocab.lookup(pa.array(["a", "c", "zz", None, "b"]))
+    ids = spec.compile().local_ids("item", pa.array(["a", "c", "zz", None, "b"]))
     assert ids.tolist() == [2, 4, OOV_ID, MISSING_ID, 3]
 
 
 def test_encoder_layout_offsets_sequences_and_numeric():
     spec = _fit(_spec(), _table())
-    enc = FeatureEncoder(spec)
+    enc = spec.compile()
     b = enc.encode(_table())
-    layout = spec.layout()
+    layout = spec.compile().layout
     item, user = layout.sparse
     assert b.sparse.dtype == np.int64 and b.sparse.shape == (6, 2)
     assert b.dense.dtype == np.float32 and b.dense.shape == (6, 1)
@@ -86,7 +86,7 @@ def test_encoder_layout_offsets_sequences_and_numeric():
 
 def test_dicts_encode_like_table_rows_and_types_are_canonical():
     spec = _fit(_spec(), _table())
-    enc = FeatureEncoder(spec)
+    enc = spec.compile()
     from_table = enc.encode(_table())
     rows = _table().to_pylist()
     for r in rows:  # a list is the same as the ^-joined string
@@ -101,7 +101,7 @@ def test_dicts_encode_like_table_rows_and_types_are_canonical():
 
 def test_unknown_feature_names_are_ignored_and_bad_values_name_the_field():
     spec = _fit(_spec(), _table())
-    enc = FeatureEncoder(spec)
+    enc = spec.compile()
     ok = enc.encode([{"item": "a", "unknown_field": 3}])
     assert ok.sparse.shape == (1, 2)
     with pytest.raises(SpecError, match="'price'"):
@@ -115,7 +115,7 @@ def test_unknown_feature_names_are_ignored_and_bad_values_name_the_field():
 def test_too_long_error_mode():
     spec = _fit(_spec(too_long="error"), _table())
     with pytest.raises(SpecError, match="'hist'.*exceeds max_len 3"):
-        FeatureEncoder(spec).encode(_table())
+        spec.compile().encode(_table())
 
 
 def test_save_load_round_trip_is_identical(tmp_path, monkeypatch):
@@ -129,7 +129,7 @@ def test_save_load_round_trip_is_identical(tmp_path, monkeypatch):
     assert loaded.equals(spec)
     rows = _table().to_pylist()
     for data in (_table(), rows):
-        a, b = FeatureEncoder(spec).encode(data), FeatureEncoder(loaded).encode(data)
+        a, b = spec.compile().encode(data), loaded.compile().encode(data)
         for k in ("sparse", "dense", "seq"):
             np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
     assert loaded["price"].mean == spec["price"].mean  # floats bit-identical through JSON
@@ -143,7 +143,7 @@ def test_spec_validation_errors():
     with pytest.raises(SpecError, match="unknown transform"):
         FeatureSpec([Numeric("x", transform="sqrt3")])
     with pytest.raises(SpecError, match="not fitted"):
-        FeatureEncoder(_spec())
+        _spec().compile()
 
 
 def test_load_rejects_corrupt_or_foreign_spec(tmp_path):
@@ -172,7 +172,7 @@ def test_avazu_hour_derivations():
 
 def test_request_encoding_broadcasts_context_like_merged_rows():
     spec = _fit(_spec(), _table())
-    enc = FeatureEncoder(spec)
+    enc = spec.compile()
     context = {"user": 8, "hist": "b^a^c^a^b", "price": 3.0}
     candidates = [{"item": "a"}, {"item": "zz"}, {"item": None}, {}]
     merged = [{**c, **context} for c in candidates]
@@ -185,7 +185,7 @@ def test_request_encoding_broadcasts_context_like_merged_rows():
 
 def test_spec_saves_after_its_vocabularies_were_used(tmp_path):
     spec = _fit(_spec(), _table())
-    FeatureEncoder(spec).encode(_table())  # builds the lookup tables
+    spec.compile().encode(_table())  # builds the lookup tables
     spec.save(tmp_path)
     assert FeatureSpec.load(tmp_path).equals(spec)
 
@@ -215,8 +215,8 @@ REQUEST_VALUES = {
 NATIVE = pytest.param(True, id="c-gathers"), pytest.param(False, id="python-steps")
 
 
-def _request_encoder(native: bool) -> FeatureEncoder:
-    enc = FeatureEncoder(_request_spec())
+def _request_encoder(native: bool) -> FeatureCodec:
+    enc = _request_spec().compile()
     if native and request_module.native is None:
         pytest.skip("ctrzoo.features._gather was not built (no C compiler): the Python steps serve")
     enc.request_encoder.use_native = native
@@ -320,3 +320,39 @@ def test_c_gathers_check_their_arguments_and_pass_what_they_do_not_decide():
     np.testing.assert_array_equal(x, [[1.0, 2.5, np.nan]])
     for odd in (10**400, float("inf"), "1", np.float64(1.0)):  # too large, non-finite, text, numpy: not decided
         assert not gather.gather_floats([{"v": odd}], ("v",), np.zeros((1, 1)))
+
+
+def test_spec_is_frozen_and_changes_make_a_new_spec():
+    import dataclasses
+
+    spec = _spec()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec["item"].min_count = 5
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.label = "other"
+    assert isinstance(spec.features, tuple)
+    changed = spec.replace_features({"item": dataclasses.replace(spec["item"], min_count=5)})
+    assert changed["item"].min_count == 5 and spec["item"].min_count == 2  # the original is untouched
+    assert [f.name for f in spec.without(["user"]).features] == ["item", "price", "hist"]
+    with pytest.raises(SpecError, match="no such feature"):
+        spec.replace_features({"nope": spec["item"]})
+    with pytest.raises(SpecError, match="overflow must be one of"):
+        FeatureSpec([Categorical("a", overflow="drop")])
+
+
+def test_codec_owns_the_layout_and_one_lookup_table_per_vocabulary_field():
+    """The table front-end and the request front-end (Python and C) read the same table object."""
+    spec = _fit(_spec(), _table())
+    codec = spec.compile()
+    item = codec.parts.categorical("item")
+    assert codec.layout.sparse[0].offset == item.offset and codec.layout.n_sparse == 2
+    assert codec.parts.categorical("user").table is None  # hashed: no vocabulary table
+    mapping = item.table.mapping
+    assert mapping is item.table.mapping  # built once
+    request = codec.request_encoder
+    assert all(c.table is item.table for c in request._cats if c.name == "item")
+    # a row looked up through either front-end lands on the table's row
+    from_request = codec.encode_request({}, [{"item": "b"}]).sparse[0, 0]
+    assert codec.encode([{"item": "b"}]).sparse[0, 0] == mapping["b"] == from_request
+    assert codec.random_batch(5).sparse.shape == (5, 2)
+    assert codec.id_frequencies()[mapping["a"]] == 7

@@ -19,7 +19,7 @@ from ctrzoo.data.prepare import PrepareOptions, prepare
 from ctrzoo.data.reader import BadRows, read_blocks
 from ctrzoo.data.splits import SplitConfig
 from ctrzoo.errors import DataError, DatasetError
-from ctrzoo.features import FeatureEncoder, FeatureSpec
+from ctrzoo.features import FeatureSpec
 from ctrzoo.synth.taobao import COLUMNS as TAOBAO_HEADER
 
 
@@ -72,7 +72,7 @@ def test_taobao_sample_keeps_user_and_shares_item_table(sample_rows, tmp_path):
     meta = prepare("taobao", [sample_rows / "taobao_ad_sample.csv"], tmp_path / "t")
     ds = PreparedDataset.open(tmp_path / "t")
     assert meta["user_id"] == "userid"
-    layout = ds.spec.layout()
+    layout = ds.spec.compile().layout
     item = layout.sparse[layout.field_index("adgroup_id")]
     batch = next(iter(BatchLoader(ds, "train", batch_size=1000, shuffle=False, with_user=True)))
     hist = batch.seq[:, 0, :]
@@ -99,13 +99,13 @@ def test_round_trip_saved_spec_equals_in_memory_for_files_and_dicts(sample_rows,
     assert loaded.equals(in_memory)
     raw = blocks[0].table
     for data in (raw, raw.to_pylist()):
-        a, b = FeatureEncoder(in_memory).encode(data), FeatureEncoder(loaded).encode(data)
+        a, b = in_memory.compile().encode(data), loaded.compile().encode(data)
         for k in ("sparse", "dense", "seq"):
             np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
     # and the shards hold exactly what the encoder produces for the raw test rows
     raw_test = pq.read_table(ds.raw_path("test"))
     shard = table_to_batch(pq.read_table(ds.shards("test")[0]))
-    enc = FeatureEncoder(loaded).encode(raw_test)
+    enc = loaded.compile().encode(raw_test)
     np.testing.assert_array_equal(shard.sparse.numpy(), enc.sparse)
     np.testing.assert_array_equal(shard.seq.numpy(), enc.seq)
     np.testing.assert_allclose(shard.dense.numpy(), enc.dense)
@@ -266,17 +266,15 @@ def test_several_files_with_two_workers_equal_one_worker(tmp_path):
 
 def test_max_vocab_truncates_or_hashes_exploding_fields(tmp_path):
     from ctrzoo.data.formats import FORMATS
+    from ctrzoo.features.spec_file import with_overrides
     from ctrzoo.synth import generate
 
     generate("criteo", 5000, 3, tmp_path / "c.tsv")
-    spec = FORMATS["criteo"].default_spec()
-    for c in spec.categorical:
-        c.min_count, c.max_vocab = 1, 50
+    spec = with_overrides(FORMATS["criteo"].default_spec(), min_count=1, max_vocab=50)
     prepare("criteo", [tmp_path / "c.tsv"], tmp_path / "t", spec=spec)
     sizes = PreparedDataset.open(tmp_path / "t").meta["layout"]["sparse"]
     assert max(sizes.values()) == 52  # 50 values + missing + OOV
-    for c in spec.categorical:
-        c.overflow = "hash"
+    spec = with_overrides(spec, max_vocab=50, hash_overflow=True)
     prepare("criteo", [tmp_path / "c.tsv"], tmp_path / "h", spec=spec)
     hashed = PreparedDataset.open(tmp_path / "h").spec
     exploded = [c for c in hashed.categorical if c.hash_buckets]

@@ -14,7 +14,8 @@ from ctrzoo import runtime
 from ctrzoo.bundle import load_bundle
 from ctrzoo.cli import main
 from ctrzoo.errors import BundleError, CtrzooError
-from ctrzoo.export import example_batch, export_onnx
+from ctrzoo.export import export_onnx
+from ctrzoo.features import random_batch
 from ctrzoo.train.run import train_bundle
 
 SMALL = {"emb_dim": 8, "mlp": [32, 16]}
@@ -39,7 +40,7 @@ def test_onnxruntime_matches_torch(bundles, model):
     ref = runtime.load(bundles[model], "torch")
     ort = runtime.load(bundles[model], "onnxruntime", threads=1)
     for n in (1, 100, 1024):
-        x = example_batch(ref.layout, n, seed=n + 1)
+        x = random_batch(ref.layout, n, seed=n + 1).as_dict()
         np.testing.assert_allclose(ort.predict(x), ref.predict(x), rtol=0, atol=runtime.PARITY_TOLERANCE)
     record = json.loads((bundles[model] / "bundle.json").read_text())["artifacts"]["onnx"]
     assert record["parity_max_abs_diff"] <= runtime.PARITY_TOLERANCE
@@ -55,7 +56,7 @@ def test_fused_matches_torch(bundles, model):
     ref = runtime.load(bundles[model], "torch")
     fused = runtime.load(bundles[model], "fused")
     for n in (1, 100, 333):
-        x = example_batch(ref.layout, n, seed=n + 2)
+        x = random_batch(ref.layout, n, seed=n + 2).as_dict()
         np.testing.assert_allclose(fused.predict(x), ref.predict(x), rtol=0, atol=runtime.PARITY_TOLERANCE)
 
 
@@ -103,13 +104,13 @@ def test_missing_or_corrupt_onnx_fails_clearly(bundles, tmp_path):
 
 def test_bad_inputs_and_backends(bundles):
     ref = runtime.load(bundles["deepfm"], "torch")
-    x = example_batch(ref.layout, 4)
+    x = random_batch(ref.layout, 4).as_dict()
     x["sparse"] = x["sparse"][:, :3]
     with pytest.raises(CtrzooError, match="'sparse' has shape"):
         ref.predict(x)
     with pytest.raises(CtrzooError, match="unknown backend"):
         runtime.load(bundles["deepfm"], "tensorrt")
-    assert ref.predict(example_batch(ref.layout, 0)).shape == (0,)
+    assert ref.predict(random_batch(ref.layout, 0).as_dict()).shape == (0,)
 
 
 def test_cli_export_and_bench(bundles, capsys):
@@ -140,6 +141,6 @@ def test_fused_din_variants_match_torch(synth_prepared, tmp_path, hparams):
     fused = runtime.load(tmp_path / "din", "fused")
     assert isinstance(fused.module.model, FusedDIN)
     for n in (1, 57, 300):
-        x = example_batch(ref.layout, n, seed=n)
+        x = random_batch(ref.layout, n, seed=n).as_dict()
         x["seq"][: n // 3] = 0  # no history at all for some rows
         np.testing.assert_allclose(fused.predict(x), ref.predict(x), rtol=0, atol=runtime.PARITY_TOLERANCE)

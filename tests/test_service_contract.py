@@ -19,7 +19,6 @@ import pytest
 from ctrzoo.bundle import load_bundle
 from ctrzoo.errors import SpecError
 from ctrzoo.export import export_onnx
-from ctrzoo.features import FeatureEncoder
 from ctrzoo.train.run import train_bundle
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -136,7 +135,7 @@ def test_recommend_reports_context_names(client):
 
 def test_encode_refuses_a_table_with_renamed_or_missing_columns(stack):
     spec = load_bundle(stack / "bundles" / "din").spec
-    enc = FeatureEncoder(spec)
+    enc = spec.compile()
     columns = spec.raw_columns()
     frame = pd.DataFrame({c: ["1", "2"] for c in columns}).assign(price=[1.0, 2.0], click_sequence=["1", "2"])
     assert len(enc.encode(frame)) == 2
@@ -179,7 +178,7 @@ def test_rank_refuses_a_huge_float_category_naming_the_field(rank_client, value,
 @pytest.mark.parametrize("native", [True, False], ids=["c-gathers", "python-steps"])
 @pytest.mark.parametrize("column", ["[NaN]", '[NaN, "x"]', '["x", NaN]', '[1, NaN, "x"]', '[Infinity, "x"]'])
 def test_nan_category_is_refused_alone_or_beside_strings(client, column, native):
-    encoder = client.app.state.service.model.encoder.request_encoder
+    encoder = client.app.state.service.model.codec.request_encoder
     encoder.use_native = native
     try:
         candidates = ", ".join('{"adgroup_id": %s}' % v for v in column.strip("[]").split(", "))
@@ -187,7 +186,7 @@ def test_nan_category_is_refused_alone_or_beside_strings(client, column, native)
         _error(r, 422, "adgroup_id")
     finally:
         encoder.use_native = True
-    enc = FeatureEncoder(client.app.state.service.model.bundle.spec)
+    enc = client.app.state.service.model.bundle.spec.compile()
     with pytest.raises(SpecError) as exc:  # offline: the same rule for rows of dicts
         enc.encode([{"adgroup_id": float("nan")}, {"adgroup_id": "x"}])
     assert exc.value.field == "adgroup_id"

@@ -26,7 +26,8 @@ import torch
 from ctrzoo import runtime
 from ctrzoo.cli import main
 from ctrzoo.errors import BundleError, CtrzooError
-from ctrzoo.export import example_batch, export_onnx
+from ctrzoo.export import export_onnx
+from ctrzoo.features import random_batch
 from ctrzoo.runtime.tvm import policy
 from ctrzoo.runtime.tvm.artifacts import DB_RECORDS, LIBRARY, MANIFEST
 from ctrzoo.train.run import train_bundle
@@ -62,7 +63,7 @@ def tuned(bundles, tmp_path_factory):
 
 def _agree(predictor, ref, sizes, seed=0):
     for n in sizes:
-        x = example_batch(ref.layout, n, seed=n + seed)
+        x = random_batch(ref.layout, n, seed=n + seed).as_dict()
         got = predictor.predict(x)
         assert got.shape == (n,)
         np.testing.assert_allclose(got, ref.predict(x), rtol=0, atol=TOL)
@@ -87,9 +88,9 @@ def test_tvm_matches_torch(bundles, model):
 _THREADS_AFTER_PREDICT = """
 import os, sys
 from ctrzoo import runtime
-from ctrzoo.export import example_batch
+from ctrzoo.features import random_batch
 p = runtime.load(sys.argv[1], "tvm", threads=int(sys.argv[2]), buckets=(8,))
-p.predict(example_batch(p.layout, 8))
+p.predict(random_batch(p.layout, 8).as_dict())
 print(len(os.listdir("/proc/self/task")))
 """
 
@@ -214,7 +215,7 @@ def test_corrupt_database_is_refused(tuned, tmp_path):
 
 def test_out_of_range_ids_are_rejected(bundles):
     p = runtime.load(bundles["deepfm"], "tvm", buckets=BUCKETS)
-    x = example_batch(p.layout, 3)
+    x = random_batch(p.layout, 3).as_dict()
     x["sparse"][1, 2] = p.layout.num_embeddings
     with pytest.raises(CtrzooError, match="outside"):
         p.predict(x)

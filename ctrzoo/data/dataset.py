@@ -16,6 +16,7 @@ is complete. Parquet pages carry CRCs, checked on every read; ``verify`` reads e
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +25,14 @@ import pyarrow.parquet as pq
 
 from ctrzoo.atomic import read_json, recover
 from ctrzoo.errors import DatasetError
-from ctrzoo.features import FeatureSpec
+from ctrzoo.features import FeatureCodec, FeatureSpec, TableLayout
 
 DATASET_FORMAT_VERSION = 1
 META_FILE = "dataset.json"
 
 
-def shard_schema(spec: FeatureSpec, with_user: bool) -> pa.Schema:
-    layout = spec.layout()
+def shard_schema(layout: TableLayout, with_user: bool) -> pa.Schema:
+    """Columns of an encoded shard: the label, the user id (for GAUC), then one column per tensor slot."""
     fields = [pa.field("label", pa.int8())]
     if with_user:
         fields.append(pa.field("user_id", pa.string()))
@@ -46,6 +47,11 @@ class PreparedDataset:
     path: Path
     meta: dict[str, Any]
     spec: FeatureSpec
+
+    @cached_property
+    def codec(self) -> FeatureCodec:
+        """The fitted spec compiled (once per opened dataset)."""
+        return self.spec.compile()
 
     @classmethod
     def open(cls, path: str | Path) -> PreparedDataset:
@@ -158,7 +164,7 @@ def verify(path: str | Path) -> list[str]:
     except Exception as exc:
         return [str(exc)]
     problems: list[str] = []
-    expected = shard_schema(spec, with_user=bool(meta.get("user_id")))
+    expected = shard_schema(spec.compile().layout, with_user=bool(meta.get("user_id")))
     for name, split in meta.get("splits", {}).items():
         rows = 0
         for rel in split.get("shards", []):

@@ -104,9 +104,8 @@ class BatchLoader:
             groups += [(path, g, footer.row_group(g).num_rows) for g in range(footer.num_row_groups)]
         self._groups = _shard(groups, rank, world_size)
         self.rows = sum(stop - start for _, _, start, stop in self._groups)
-        row_bytes = (8 * (len(self.dataset.spec.categorical) + 1
-                          + self.dataset.spec.layout().n_seq * max(1, self.dataset.spec.layout().seq_len))
-                     + 4 * len(self.dataset.spec.numeric))
+        layout = self.dataset.codec.layout
+        row_bytes = 8 * (layout.n_sparse + 1 + layout.n_seq * max(1, layout.seq_len)) + 4 * layout.n_dense
         self.cache = (self.rows * row_bytes <= cache_bytes) if cache is None else cache
         self._cached: list[Batch | None] | None = None
 

@@ -31,7 +31,7 @@ from ctrzoo.data.formats import FORMATS, GzipDataError, open_raw
 from ctrzoo.data.reader import DEFAULT_BLOCK_BYTES, DEFAULT_MAX_LINE_BYTES, BadRows, check_inputs, read_blocks
 from ctrzoo.data.splits import SPLITS, SplitConfig
 from ctrzoo.errors import DataError
-from ctrzoo.features import EncodedBatch, FeatureEncoder, FeatureSpec, SpecFitter
+from ctrzoo.features import EncodedBatch, FeatureSpec, SpecFitter
 
 
 @dataclass
@@ -166,7 +166,7 @@ def _pass1(job: _Pass1Job) -> _Pass1Result:
     bad = BadRows(strict=job.opts.strict)
     hasher = hashlib.blake2b(digest_size=16)
     fitter = SpecFitter(job.spec)
-    dict_columns = {c.source or c.name for c in job.spec.categorical}
+    dict_columns = {c.column for c in job.spec.categorical}
     spill = _Spill(job.tmp / "spill" / f"file-{job.index:05d}") if job.spill else None
     raw_test = _RawTestWriter(job.tmp / "raw" / f"test-{job.index:05d}.parquet") if job.opts.keep_raw_test else None
     rows = np.zeros(3, dtype=np.int64)
@@ -206,7 +206,7 @@ def _pass2(job: _Pass2Job) -> dict:
     if job.spill_dir is not None:
         blocks = _Spill.read_dir(job.spill_dir)
     else:
-        dict_columns = {c.source or c.name for c in job.spec.categorical}
+        dict_columns = {c.column for c in job.spec.categorical}
         blocks = ((_dictionary_encode(b.table, dict_columns), _split_of(job, b.row_index), b.nbytes)
                   for b in read_blocks([job.path], job.kind, BadRows(), job.opts.block_bytes,
                                   max_line_bytes=job.opts.max_line_bytes))
@@ -222,11 +222,11 @@ def _dictionary_encode(table: pa.Table, columns: set[str]) -> pa.Table:
 
 
 def _encode_pass(blocks, spec: FeatureSpec, user_col, tmp: Path, prefix: str) -> dict:
-    encoder = FeatureEncoder(spec)
-    schema = shard_schema(spec, with_user=bool(user_col))
+    codec = spec.compile()
+    schema = shard_schema(codec.layout, with_user=bool(user_col))
     writers = {name: _ShardWriter(tmp, name, schema, prefix) for name in SPLITS}
     for table, split, _ in blocks:
-        shard_table = _to_shard_table(encoder.encode(table), table, spec.label, user_col, schema)
+        shard_table = _to_shard_table(codec.encode(table), table, spec.label, user_col, schema)
         for i, name in enumerate(SPLITS):
             writers[name].write(shard_table.filter(pa.array(split == i)))
     return {name: w.close() for name, w in writers.items()}
@@ -411,7 +411,7 @@ class _ShardWriter:
 
 
 def _layout_summary(spec: FeatureSpec) -> dict:
-    layout = spec.layout()
+    layout = spec.compile().layout
     return {
         "num_embeddings": layout.num_embeddings,
         "sparse": {f.name: f.size for f in layout.sparse},

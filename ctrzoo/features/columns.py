@@ -1,11 +1,21 @@
-"""Canonical raw columns: the one place that decides what a raw value means.
+"""Canonical raw values: the one place that decides what a raw value means.
 
-Files (pyarrow tables, pandas frames) and service requests (lists of JSON-like dicts) reach the encoder
-through these functions, so ``"7"``, ``7`` and ``7.0`` are the same category offline and online.
+Files (pyarrow tables, pandas frames) and service requests (lists of JSON-like dicts) reach the codec
+through these functions, so ``"7"``, ``7`` and ``7.0`` are the same category offline and online:
+
+* a category is canonicalized to a string: integers in decimal, integral floats as integers, ``""`` and
+  null missing; NaN, infinity and floats past the 64-bit integer range are refused, naming the field;
+* a number is a float64, null or ``""`` missing; text that is not a number and non-finite values are refused.
+
+The request front-end types values without arrow where it can (``PLAIN_CATEGORY_TYPES``, ``plain_floats``)
+and looks them up in ``vocabulary_lookup`` tables, which hold each value in every raw form the rule maps to it;
+the C gathers (``_gather.c``) accept exactly the plain types and pass anything else back. Tests check that
+all paths agree.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +27,14 @@ import pyarrow.compute as pc
 from ctrzoo.errors import SpecError
 
 _INT64_LIMIT = 2.0**63  # floats at or past it have no integer form (cast to int64 would overflow)
+_CANONICAL_INT = re.compile(r"0|-?[1-9][0-9]*")  # what ``categorical_strings`` makes of an integer
+
+# Python types whose canonical form needs no arrow: str as is, int in decimal, None missing (bool is its own
+# type and not among them: arrow canonicalizes it). The C gathers accept the same types.
+PLAIN_CATEGORY_TYPES = frozenset({str, int, type(None)})
+PLAIN_NUMBER_TYPES = frozenset({int, float, type(None)})
+_EXACT_CATEGORY_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_integer, pa.types.is_null)
+_NUMBER_TYPES = (pa.types.is_integer, pa.types.is_floating, pa.types.is_null, pa.types.is_boolean)
 
 
 def as_table(data: Any, columns: Sequence[str]) -> pa.Table:
@@ -208,3 +226,59 @@ def sequence_lists(arr: pa.Array, sep: str, field: str) -> pa.ListArray:
     offsets = np.zeros(len(arr) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
     return pa.ListArray.from_arrays(pa.array(offsets), items)
+
+
+def vocabulary_lookup(values: pa.Array, first_row: int, missing_row: int) -> dict:
+    """A field's one lookup table: every raw form of each vocabulary value -> its row (``first_row + rank``).
+
+    Holds the canonical string, the int of a decimal-integer value (``5`` finds ``"5"``, as canonicalization
+    would make it) and maps ``None`` and ``""`` to ``missing_row``, so both the canonical strings of a table
+    column and the str/int/None values of a JSON request are looked up in it without conversion."""
+    strings = values.to_pylist()
+    rows = range(first_row, first_row + len(strings))
+    table: dict = {int(v): r for v, r in zip(strings, rows) if _CANONICAL_INT.fullmatch(v)}
+    table.update(zip(strings, rows))
+    table[None] = table[""] = missing_row
+    return table
+
+
+def canonical_categories(values: list) -> np.ndarray | None:
+    """Request values of other types as canonical strings (None = missing), by the offline rules; None when
+    the per-column path must decide (mixed types, floats whose precision depends on the column, nesting)."""
+    try:
+        arr = pa.array(values)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        return None
+    if not any(is_type(arr.type) for is_type in _EXACT_CATEGORY_TYPES):
+        return None
+    try:
+        return categorical_strings(arr, "?").to_numpy(zero_copy_only=False)
+    except (SpecError, pa.ArrowException):  # refused: the per-column path refuses it again, naming the field
+        return None
+
+
+def plain_floats(values: list) -> np.ndarray | None:
+    """int/float/None values as float64 with NaN for None; None if any value is itself NaN or infinite."""
+    try:
+        x = np.array(values, dtype=np.float64)  # None -> NaN
+    except OverflowError:
+        return None
+    finite = np.isfinite(x)
+    if int(finite.sum()) + values.count(None) != len(values):
+        return None
+    return x
+
+
+def arrow_floats(values: list) -> np.ndarray | None:
+    """Values of other types (bools, numpy scalars) as float64 by arrow; None when the per-column path must
+    decide (text, non-finite values, odd types), which also names the field in its error."""
+    try:
+        arr = pa.array(values)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        return None
+    if not any(is_type(arr.type) for is_type in _NUMBER_TYPES):
+        return None
+    arr = pc.cast(arr, pa.float64())
+    if pc.any(pc.invert(pc.is_finite(arr))).as_py():
+        return None
+    return arr.to_numpy(zero_copy_only=False)  # nulls -> NaN: missing

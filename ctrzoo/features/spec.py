@@ -1,5 +1,8 @@
 """FeatureSpec: the ordered list of features, fitted once on training data, saved as JSON (+ Parquet).
 
+Plain, frozen data: the definitions and the fitted statistics (vocabularies, means), nothing derived. A
+changed spec is a new one (``dataclasses.replace``, ``replace_features``). Everything derived (the tensor
+layout, lookup tables, numeric parameters) belongs to the codec that ``spec.compile()`` builds once.
 Every consumer (prepare, training, export, serving, comparison) reads the same saved spec, which is how
 offline and online encodings cannot drift apart.
 """
@@ -9,16 +12,18 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ctrzoo.errors import SpecError
-from ctrzoo.features.layout import FieldLayout, SequenceLayout, TableLayout
+from ctrzoo.features.codec import FeatureCodec
 from ctrzoo.features.transforms import DERIVATIONS, NUMERIC_TRANSFORMS
 from ctrzoo.features.vocab import FIRST_ID, Vocabulary
 
@@ -26,9 +31,19 @@ SPEC_FORMAT_VERSION = 1
 SPEC_FILE = "spec.json"
 INLINE_VOCAB_MAX = 10_000  # larger vocabularies go to Parquet next to spec.json
 
+Overflow = Literal["truncate", "hash"]  # past max_vocab: rarest values -> OOV, or hash into max_vocab buckets
+TooLong = Literal["keep_last", "error"]  # a sequence longer than max_len: keep the most recent, or refuse
 
-@dataclass
-class Categorical:
+
+class _Column:
+    @property
+    def column(self) -> str:
+        """The raw column this feature reads (``source``, else its own name)."""
+        return self.source or self.name
+
+
+@dataclass(frozen=True)
+class Categorical(_Column):
     """A category: vocabulary fitted with ``min_count`` (ids 0 missing, 1 OOV) or hashed into buckets."""
 
     name: str
@@ -36,7 +51,7 @@ class Categorical:
     derive: str | None = None
     min_count: int = 1
     max_vocab: int | None = None
-    overflow: str = "truncate"  # past max_vocab: "truncate" (rarest values -> OOV) or "hash" into max_vocab buckets
+    overflow: Overflow = "truncate"
     hash_buckets: int | None = None
     vocab: Vocabulary | None = field(default=None, repr=False, compare=False)
     kind: ClassVar[str] = "categorical"
@@ -50,8 +65,8 @@ class Categorical:
         return self.vocab.table_size
 
 
-@dataclass
-class Numeric:
+@dataclass(frozen=True)
+class Numeric(_Column):
     """A number: ``fill`` when missing, else ``transform`` then (optionally) standardization."""
 
     name: str
@@ -65,8 +80,8 @@ class Numeric:
     kind: ClassVar[str] = "numeric"
 
 
-@dataclass
-class SequenceFeature:
+@dataclass(frozen=True)
+class SequenceFeature(_Column):
     """A behaviour sequence (most recent last) looked up in the table of categorical ``shares``."""
 
     name: str
@@ -74,7 +89,7 @@ class SequenceFeature:
     source: str | None = None
     max_len: int = 50
     sep: str = "^"
-    too_long: str = "keep_last"  # or "error": what the encoder does with longer sequences
+    too_long: TooLong = "keep_last"
     kind: ClassVar[str] = "sequence"
 
 
@@ -82,37 +97,61 @@ Feature = Categorical | Numeric | SequenceFeature
 _KINDS = {c.kind: c for c in (Categorical, Numeric, SequenceFeature)}
 
 
-def source_of(f: Feature) -> str:
-    return f.source or f.name
-
-
-@dataclass
+@dataclass(frozen=True)
 class FeatureSpec:
-    features: list[Feature]
+    """The features in order, the label column and the optional user id column (for GAUC)."""
+
+    features: tuple[Feature, ...]
     label: str | None = "label"
     user_id: str | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "features", tuple(self.features))  # a list given: frozen as a tuple
         self._validate()
 
-    # -- views ---------------------------------------------------------------------------------
-    @property
-    def categorical(self) -> list[Categorical]:
-        return [f for f in self.features if isinstance(f, Categorical)]
+    # -- views (of immutable data: computed once) ------------------------------------------------------
+    @cached_property
+    def categorical(self) -> tuple[Categorical, ...]:
+        return tuple(f for f in self.features if isinstance(f, Categorical))
 
-    @property
-    def numeric(self) -> list[Numeric]:
-        return [f for f in self.features if isinstance(f, Numeric)]
+    @cached_property
+    def numeric(self) -> tuple[Numeric, ...]:
+        return tuple(f for f in self.features if isinstance(f, Numeric))
 
-    @property
-    def sequence(self) -> list[SequenceFeature]:
-        return [f for f in self.features if isinstance(f, SequenceFeature)]
+    @cached_property
+    def sequence(self) -> tuple[SequenceFeature, ...]:
+        return tuple(f for f in self.features if isinstance(f, SequenceFeature))
+
+    @cached_property
+    def _by_name(self) -> dict[str, Feature]:
+        return {f.name: f for f in self.features}
 
     def __getitem__(self, name: str) -> Feature:
-        for f in self.features:
-            if f.name == name:
-                return f
-        raise SpecError("no such feature", field=name)
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise SpecError("no such feature", field=name) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def compile(self) -> FeatureCodec:
+        """The codec of this fitted spec: layout, lookup tables, both encoders (build it once, keep it)."""
+        return FeatureCodec(self)
+
+    def replace_features(self, changed: Mapping[str, Feature]) -> FeatureSpec:
+        """A copy with the features named in ``changed`` swapped for the given ones (same order)."""
+        unknown = set(changed) - set(self._by_name)
+        if unknown:
+            raise SpecError(f"no such feature(s): {sorted(unknown)}")
+        return replace(self, features=tuple(changed.get(f.name, f) for f in self.features))
+
+    def without(self, names: Iterable[str]) -> FeatureSpec:
+        """A copy without the named features (each must exist)."""
+        names = set(names)
+        for name in sorted(names - set(self._by_name)):
+            raise SpecError(f"no such feature (the spec has {', '.join(self._by_name)})", field=name)
+        return replace(self, features=tuple(f for f in self.features if f.name not in names))
 
     @property
     def fitted(self) -> bool:
@@ -120,32 +159,9 @@ class FeatureSpec:
         nums = all(not n.standardize or n.mean is not None for n in self.numeric)
         return cats and nums
 
-    def raw_columns(self) -> list[str]:
-        """Raw columns the encoder reads, in first-use order."""
-        seen: dict[str, None] = {}
-        for f in self.features:
-            seen.setdefault(source_of(f), None)
-        return list(seen)
-
-    def layout(self) -> TableLayout:
-        """Field offsets in the shared table: row 0 is padding, then each categorical's rows in order."""
-        fields_, offset = [], 1
-        for c in self.categorical:
-            fields_.append(FieldLayout(c.name, offset, c.table_size))
-            offset += c.table_size
-        names = [c.name for c in self.categorical]
-        seqs = tuple(SequenceLayout(s.name, s.shares, names.index(s.shares), s.max_len) for s in self.sequence)
-        seq_len = max((s.max_len for s in seqs), default=0)
-        return TableLayout(tuple(fields_), tuple(n.name for n in self.numeric), seqs, seq_len, offset)
-
-    def id_frequencies(self) -> np.ndarray:
-        """Training count per global id (0 for padding, missing, OOV and hashed ids)."""
-        layout = self.layout()
-        freq = np.zeros(layout.num_embeddings, dtype=np.int64)
-        for c, f in zip(self.categorical, layout.sparse):
-            if c.vocab is not None:
-                freq[f.offset : f.offset + f.size] = c.vocab.frequencies()
-        return freq
+    def raw_columns(self) -> tuple[str, ...]:
+        """Raw columns the features read, in first-use order."""
+        return tuple(dict.fromkeys(f.column for f in self.features))
 
     def _validate(self) -> None:
         names = [f.name for f in self.features]
@@ -159,8 +175,8 @@ class FeatureSpec:
                     raise SpecError(f"shares {f.shares!r}, which is not a categorical feature", field=f.name)
                 if f.max_len < 1:
                     raise SpecError("max_len must be >= 1", field=f.name)
-                if f.too_long not in ("keep_last", "error"):
-                    raise SpecError("too_long must be 'keep_last' or 'error'", field=f.name)
+                if f.too_long not in get_args(TooLong):
+                    raise SpecError(f"too_long must be one of {get_args(TooLong)}", field=f.name)
             if isinstance(f, Numeric) and f.transform not in NUMERIC_TRANSFORMS:
                 raise SpecError(f"unknown transform {f.transform!r}; known: {sorted(NUMERIC_TRANSFORMS)}", field=f.name)
             if getattr(f, "derive", None) and f.derive not in DERIVATIONS:
@@ -170,8 +186,8 @@ class FeatureSpec:
                     raise SpecError("min_count must be >= 1", field=f.name)
                 if f.hash_buckets is not None and f.hash_buckets < 1:
                     raise SpecError("hash_buckets must be >= 1", field=f.name)
-                if f.overflow not in ("truncate", "hash"):
-                    raise SpecError("overflow must be 'truncate' or 'hash'", field=f.name)
+                if f.overflow not in get_args(Overflow):
+                    raise SpecError(f"overflow must be one of {get_args(Overflow)}", field=f.name)
 
     # -- persistence -----------------------------------------------------------------------------
     def to_dict(self, vocab_dir: Path | None = None) -> dict[str, Any]:
@@ -198,16 +214,16 @@ class FeatureSpec:
                 raise SpecError(f"features[{i}]: unknown kind {kind!r}; known: {sorted(_KINDS)}")
             klass = _KINDS[kind]
             vocab_json = fd.pop("vocab", None)
-            allowed = {f.name for f in fields(klass)}
+            allowed = {f.name for f in fields(klass)} - {"vocab"}
             unknown = set(fd) - allowed
             if unknown:
                 raise SpecError(f"features[{i}]: unknown keys {sorted(unknown)} for a {kind} feature")
+            if vocab_json is not None:
+                fd["vocab"] = _vocab_from_json(vocab_json, vocab_dir, fd.get("name", f"features[{i}]"))
             try:
                 feat = klass(**fd)
             except TypeError as exc:
                 raise SpecError(f"features[{i}]: {exc}") from None
-            if vocab_json is not None:
-                feat.vocab = _vocab_from_json(vocab_json, vocab_dir, feat.name)
             feats.append(feat)
         return cls(feats, label=d.get("label"), user_id=d.get("user_id"))
 

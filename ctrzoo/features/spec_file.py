@@ -7,6 +7,7 @@ A hand-written spec may leave out ``format_version`` (it is 1); a fitted spec is
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 from ctrzoo.errors import CtrzooError, SpecError
@@ -33,22 +34,19 @@ def load_spec_file(path: str | Path) -> FeatureSpec:
 def with_overrides(spec: FeatureSpec, drop: Iterable[str] | None = None, min_count: int | None = None,
                    max_vocab: int | None = None, hash_overflow: bool = False) -> FeatureSpec:
     """The spec without the ``drop`` features, every categorical feature's ``min_count`` / ``max_vocab``
-    replaced where given (past ``max_vocab``: hash when ``hash_overflow``, else truncate).
-
-    Use the returned spec: the categorical definitions of ``spec`` itself are updated too (the spec is
-    mutable today), so pass a spec that nothing else holds (a default or a freshly loaded one).
-    """
+    replaced where given (past ``max_vocab``: hash when ``hash_overflow``, else truncate). A new spec."""
     if drop:
         drop = list(drop)
         names = [f.name for f in spec.features]
         for name in drop:
             if name not in names:
                 raise SpecError(f"cannot drop it: no such feature (the spec has {', '.join(names)})", field=name)
-        spec = FeatureSpec([f for f in spec.features if f.name not in drop], spec.label, spec.user_id)
-    for c in spec.categorical:
-        if min_count is not None:
-            c.min_count = min_count
-        if max_vocab is not None:
-            c.max_vocab = max_vocab
-            c.overflow = "hash" if hash_overflow else "truncate"
-    return spec
+        spec = spec.without(drop)
+    changes: dict = {}
+    if min_count is not None:
+        changes["min_count"] = min_count
+    if max_vocab is not None:
+        changes.update(max_vocab=max_vocab, overflow="hash" if hash_overflow else "truncate")
+    if not changes:
+        return spec
+    return spec.replace_features({c.name: replace(c, **changes) for c in spec.categorical})

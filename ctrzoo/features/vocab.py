@@ -11,9 +11,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from pandas._libs import hashtable
 
-from ctrzoo.features.columns import Codes, category_codes
+from ctrzoo.features.columns import Codes
 
 MISSING_ID = 0
 OOV_ID = 1
@@ -58,14 +57,16 @@ class ValueCounter:
 
 
 class Vocabulary:
-    """An ordered list of known values with their training counts; lookups are vectorized."""
+    """An ordered list of known values with their training counts: plain fitted data (the lookup table built
+    from it belongs to the compiled codec, ``ctrzoo.features.compiled.VocabTable``)."""
+
+    __slots__ = ("counts", "values")
 
     def __init__(self, values: pa.Array, counts: np.ndarray):
         self.values = values.cast(pa.string()) if values.type != pa.string() else values
         self.counts = np.asarray(counts, dtype=np.int64)
         if len(self.values) != len(self.counts):
             raise ValueError("values and counts differ in length")
-        self._index: hashtable.PyObjectHashTable | None = None
 
     @classmethod
     def from_counts(cls, values: pa.Array, counts: np.ndarray, min_count: int,
@@ -87,19 +88,6 @@ class Vocabulary:
         """Embedding rows this field needs: missing, OOV, then one per value."""
         return len(self) + FIRST_ID
 
-    def lookup(self, codes: Codes | pa.Array) -> np.ndarray:
-        """Local ids (int64): missing -> 0, unknown -> 1, else 2 + rank."""
-        if not isinstance(codes, Codes):
-            codes = category_codes(codes, "?")
-        if self._index is None:
-            # pandas' C hash table of Python strings: built once, then ~µs per lookup call (pd.Index.get_indexer
-            # costs ~0.2 ms of per-call overhead, which dominates the small batches of a ranking request)
-            self._index = hashtable.PyObjectHashTable(max(len(self), 1))
-            self._index.map_locations(self.values.to_numpy(zero_copy_only=False).astype(object))
-        found = self._index.lookup(codes.uniques.to_numpy(zero_copy_only=False).astype(object, copy=False))
-        mapped = np.where(found < 0, OOV_ID, found + FIRST_ID)
-        return _gather(codes, mapped)
-
     def frequencies(self) -> np.ndarray:
         """Training count per local id (missing and OOV get 0: unknown)."""
         return np.concatenate([np.zeros(FIRST_ID, dtype=np.int64), self.counts])
@@ -112,11 +100,11 @@ def hash_lookup(codes: Codes, buckets: int) -> np.ndarray:
     """Local ids for a hashed feature: 0 = missing, ``2 + stable_hash % buckets`` otherwise."""
     uniques = codes.uniques.to_numpy(zero_copy_only=False)
     hashed = pd.util.hash_array(uniques.astype(object), categorize=False) % np.uint64(buckets)
-    return _gather(codes, hashed.astype(np.int64) + FIRST_ID)
+    return per_row(codes, hashed.astype(np.int64) + FIRST_ID, MISSING_ID)
 
 
-def _gather(codes: Codes, mapped_uniques: np.ndarray) -> np.ndarray:
-    """Per-row ids from per-unique ids; null uniques and index -1 are missing."""
-    mapped = np.where(codes.uniques.is_valid().to_numpy(zero_copy_only=False), mapped_uniques, MISSING_ID)
-    table = np.concatenate([[MISSING_ID], mapped]).astype(np.int64)
+def per_row(codes: Codes, mapped_uniques: np.ndarray, missing: int) -> np.ndarray:
+    """Per-row ids from per-unique ids; null uniques and index -1 get ``missing``."""
+    mapped = np.where(codes.uniques.is_valid().to_numpy(zero_copy_only=False), mapped_uniques, missing)
+    table = np.concatenate([[missing], mapped]).astype(np.int64)
     return table[codes.indices + 1]

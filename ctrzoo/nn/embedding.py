@@ -32,7 +32,7 @@ class FeatureEmbedding(nn.Module):
 
     Example::
 
-        layout = spec.layout()                     # e.g. 3 fields in a 1000-row table
+        layout = spec.compile().layout             # e.g. 3 fields in a 1000-row table
         emb = FeatureEmbedding(layout, dim=8)
         sparse = torch.tensor([[2, 310, 745]])     # [B=1, F=3] global ids
         fields, linear = emb.lookup(sparse)        # [1, 3, 8], [1]

@@ -19,9 +19,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import torch
 
-from ctrzoo.features import Categorical, FeatureEncoder, FeatureSpec
+from ctrzoo.features import Categorical, FeatureCodec, FeatureSpec
 from ctrzoo.features.columns import categorical_strings
-from ctrzoo.features.spec import source_of
 from ctrzoo.features.vocab import FIRST_ID, MISSING_ID, OOV_ID
 from ctrzoo.retrieval.errors import RetrievalError
 from ctrzoo.retrieval.towers import TowerSplit, TwoTower
@@ -31,8 +30,8 @@ CATALOGUE_FILE = "catalogue.parquet"
 
 def item_columns(spec: FeatureSpec, split: TowerSplit) -> tuple[str, list[str]]:
     """(raw id column, raw columns of the other item features) the catalogue must hold."""
-    id_col = source_of(spec[split.item_id])
-    cols = [source_of(spec[n]) for n in split.item]
+    id_col = spec[split.item_id].column
+    cols = [spec[n].column for n in split.item]
     return id_col, [c for i, c in enumerate(cols) if c != id_col and c not in cols[:i]]
 
 
@@ -125,7 +124,7 @@ class Catalogue:
 
     # -- checks and encoding -------------------------------------------------------------------------
     def encode(self, spec: FeatureSpec, model: TwoTower, allow_unknown: bool = False,
-               encoder: FeatureEncoder | None = None) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+               codec: FeatureCodec | None = None) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """The item tower's inputs for every item, and whether each id is known to the vocabulary.
 
         An id the model never saw would be embedded as "out of vocabulary", by its other features only:
@@ -133,8 +132,8 @@ class Catalogue:
         """
         if len(self) == 0:
             raise RetrievalError(f"{self.source}: the catalogue is empty (no items to index)")
-        enc = encoder or FeatureEncoder(spec)
-        batch = enc.encode(self.table, allow_missing=True)  # item columns only: the user tower reads the rest
+        # item columns only: the user tower reads the rest
+        batch = (codec or spec.compile()).encode(self.table, allow_missing=True)
         sparse, dense = model.item_inputs(torch.from_numpy(batch.sparse), torch.from_numpy(batch.dense))
         local = sparse[:, model.item_id_col].numpy() - model.item_field.offset
         feature = spec[model.split.item_id]
@@ -182,7 +181,7 @@ def catalogue_from_dataset(dataset, split: TowerSplit, block_bytes: int = 32 << 
     feature = spec[split.item_id]
     known = np.ones(len(merged), dtype=bool)
     if isinstance(feature, Categorical) and not feature.hash_buckets:
-        known = feature.vocab.lookup(merged.ids) >= FIRST_ID
+        known = dataset.codec.local_ids(split.item_id, merged.ids) >= FIRST_ID
     out = Catalogue(merged.table.filter(pa.array(known)), id_col, f"{dataset.path} (catalogue)")
     if len(out) == 0:
         raise RetrievalError(f"{dataset.path}: no item of the raw rows is in the vocabulary of {split.item_id!r}")

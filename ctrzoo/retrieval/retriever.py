@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from ctrzoo.features import FeatureEncoder
+from ctrzoo.features import FeatureCodec
 from ctrzoo.retrieval.auto import AUTO_KINDS, select_index
 from ctrzoo.retrieval.bundle import RetrievalBundle, load_retrieval_bundle
 from ctrzoo.retrieval.catalogue import CATALOGUE_FILE, Catalogue, item_columns
@@ -111,7 +111,7 @@ class Retriever:
 
     bundle: RetrievalBundle
     model: TwoTower
-    encoder: FeatureEncoder
+    codec: FeatureCodec
     index: VectorIndex
     catalogue: Catalogue
     index_dir: Path
@@ -136,16 +136,15 @@ class Retriever:
             raise RetrievalError(f"{index_dir}: {CATALOGUE_FILE} has {len(catalogue)} items, the index "
                                  f"{index.ntotal} vectors")
         model = bundle.build_model()
-        encoder = FeatureEncoder(bundle.spec)
-        encoder.encode([{}])  # builds the vocabulary lookup tables now, not on the first request
-        return cls(bundle, model, encoder, index, catalogue, index_dir)
+        codec = bundle.spec.compile().warm()  # every lookup table built now, not on the first request
+        return cls(bundle, model, codec, index, catalogue, index_dir)
 
     @property
     def item_columns(self) -> list[str]:
         return self.catalogue.table.column_names
 
     def user_vectors(self, contexts: list[Mapping[str, Any]] | pa.Table) -> np.ndarray:
-        batch = self.encoder.encode(contexts, allow_missing=True)  # user columns only: items come from the catalogue
+        batch = self.codec.encode(contexts, allow_missing=True)  # user columns only: items come from the catalogue
         with torch.inference_mode():
             return encode_users(self.model, torch.from_numpy(batch.sparse), torch.from_numpy(batch.dense),
                                 torch.from_numpy(batch.seq))

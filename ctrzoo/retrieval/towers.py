@@ -132,7 +132,7 @@ class TwoTower(nn.Module):
         self.hparams = {"emb_dim": emb_dim, "hidden": list(hidden), "out_dim": out_dim, "normalize": normalize,
                         "temperature": temperature, "dropout": dropout}
         self.normalize, self.temperature, self.out_dim = normalize, temperature, out_dim
-        layout = spec.layout()
+        layout = spec.compile().layout
         cats = [c.name for c in spec.categorical]
         nums = [n.name for n in spec.numeric]
         seqs = [s.name for s in spec.sequence]

@@ -28,7 +28,6 @@ from tqdm import tqdm
 
 from ctrzoo.data.dataset import PreparedDataset
 from ctrzoo.data.loader import Batch, BatchLoader
-from ctrzoo.features import FeatureEncoder
 from ctrzoo.retrieval.bundle import save_retrieval_bundle
 from ctrzoo.retrieval.catalogue import Catalogue, catalogue_from_dataset
 from ctrzoo.retrieval.errors import RetrievalError
@@ -122,7 +121,7 @@ class RetrievalTrainer:
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.model = TwoTower(ds.spec, split, sparse_grad=True, **cfg.hparams)
-        self.item_sparse, self.item_dense, _ = catalogue.encode(ds.spec, self.model, encoder=FeatureEncoder(ds.spec))
+        self.item_sparse, self.item_dense, _ = catalogue.encode(ds.spec, self.model, codec=ds.codec)
         self.model.set_history_attributes(self.item_sparse)
         local = self.item_sparse[:, self.model.item_id_col].numpy() - self.model.item_field.offset
         self.position_of = np.full(self.model.item_field.size, -1, dtype=np.int64)

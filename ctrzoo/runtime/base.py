@@ -9,9 +9,7 @@ import numpy as np
 
 from ctrzoo.bundle import Bundle
 from ctrzoo.errors import CtrzooError
-from ctrzoo.features import EncodedBatch, TableLayout
-
-INPUTS = ("sparse", "dense", "seq")
+from ctrzoo.features import INPUT_DTYPES, INPUT_NAMES, EncodedBatch, TableLayout, random_batch
 
 
 def as_arrays(batch: Any, layout: TableLayout) -> dict[str, np.ndarray]:
@@ -20,12 +18,12 @@ def as_arrays(batch: Any, layout: TableLayout) -> dict[str, np.ndarray]:
         arrays = batch.as_dict()
     elif isinstance(batch, dict):
         arrays = batch
-    elif all(hasattr(batch, k) for k in INPUTS):
-        arrays = {k: getattr(batch, k) for k in INPUTS}
+    elif all(hasattr(batch, k) for k in INPUT_NAMES):
+        arrays = {k: getattr(batch, k) for k in INPUT_NAMES}
     else:
-        raise CtrzooError(f"predict() takes an EncodedBatch or a dict with {INPUTS}, got {type(batch).__name__}")
+        raise CtrzooError(f"predict() takes an EncodedBatch or a dict with {INPUT_NAMES}, got {type(batch).__name__}")
     out = {}
-    for k, dtype in (("sparse", np.int64), ("dense", np.float32), ("seq", np.int64)):
+    for k, dtype in INPUT_DTYPES.items():
         v = arrays.get(k)
         if v is None and k == "seq" and layout.n_seq == 0:
             v = np.zeros((len(out["sparse"]), 0, 0), dtype=np.int64)
@@ -48,7 +46,7 @@ class Predictor(ABC):
 
     def __init__(self, bundle: Bundle):
         self.bundle = bundle
-        self.layout = bundle.spec.layout()
+        self.layout = bundle.codec.layout
 
     def predict(self, batch: Any) -> np.ndarray:
         arrays = as_arrays(batch, self.layout)
@@ -60,7 +58,5 @@ class Predictor(ABC):
     def _predict(self, arrays: dict[str, np.ndarray]) -> np.ndarray: ...
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 100)) -> None:
-        from ctrzoo.export import example_batch
-
         for n in batch_sizes:
-            self._predict(example_batch(self.layout, n, seed=n))
+            self._predict(random_batch(self.layout, n, seed=n).as_dict())

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ctrzoo.bundle import load_bundle
-from ctrzoo.export import example_batch
+from ctrzoo.features import random_batch
 from ctrzoo.runtime import load
 
 
@@ -16,8 +16,7 @@ def bench_inference(bundle: str | Path, backends: list[str], batch_sizes: list[i
                     min_runs: int = 20, threads: int | None = None) -> list[dict]:
     """One row per (backend, batch size): p50/p99 latency (ms), rows/s, max |diff| to torch."""
     b = load_bundle(bundle)
-    layout = b.spec.layout()
-    inputs = {n: example_batch(layout, n, seed=n) for n in batch_sizes}
+    inputs = {n: random_batch(b.codec.layout, n, seed=n) for n in batch_sizes}
     reference = load(b, "torch", threads)
     expected = {n: reference.predict(x) for n, x in inputs.items()}
     rows = []

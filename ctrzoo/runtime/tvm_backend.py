@@ -20,6 +20,7 @@ import numpy as np
 
 from ctrzoo.bundle import Bundle
 from ctrzoo.errors import CtrzooError
+from ctrzoo.features import random_batch
 from ctrzoo.runtime.base import Predictor
 from ctrzoo.runtime.onnxruntime_backend import checked_onnx_path
 from ctrzoo.runtime.tvm import artifacts, compiler, env, policy
@@ -127,11 +128,9 @@ class TvmPredictor(Predictor):
     def _measure_buckets(self) -> dict[int, float]:
         """Each bucket's latency here and now through the whole call path (copy in, run, copy out), so a
         batch is split into the cheapest set of calls: median of >= 5 runs or ~50 ms, whichever is more."""
-        from ctrzoo.export import example_batch
-
         out = {}
         for b in self.buckets:
-            x = example_batch(self.layout, b, seed=b)
+            x = random_batch(self.layout, b, seed=b).as_dict()
             res = np.empty(b, dtype=np.float32)
             self._run(b, x, 0, b, res)
             times: list[float] = []

@@ -138,7 +138,7 @@ class Trainer:
         hparams = dict(config.hparams)
         # several processes: dense gradients, which DistributedDataParallel averages with one all-reduce
         hparams["sparse_grad"] = config.uses_sparse_updates and not self.dist.enabled
-        self.model = build_model(config.model, dataset.spec.layout(), **hparams)
+        self.model = build_model(config.model, dataset.codec.layout, **hparams)
         self.forward_model: nn.Module = self.model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -148,7 +148,7 @@ class Trainer:
         self.optimizers: list[torch.optim.Optimizer] = [_dense_adam(dense, config.lr)]
         if sparse:
             self.optimizers.append(RowSparseAdam(sparse, lr=config.lr))
-        self.id_frequency = torch.from_numpy(dataset.spec.id_frequencies().astype(np.float32))
+        self.id_frequency = torch.from_numpy(dataset.codec.id_frequencies().astype(np.float32))
         rows = dataset.rows("train")
         if rows < 2:
             raise CtrzooError(f"{dataset.path}: the training split has {rows} row(s); at least 2 are needed")

@@ -102,7 +102,7 @@ def build_library(bundle: Bundle, buckets: tuple[int, ...], target: dict, onnx_p
     art.mkdir(exist_ok=True)
     database = open_database(art)
     t0 = time.perf_counter()
-    mod, _, _ = import_onnx(onnx_path, bundle.spec.layout(), buckets)
+    mod, _, _ = import_onnx(onnx_path, bundle.codec.layout, buckets)
     ex = build(prepare(mod, target), target, database)
     tmp = art / f".{LIBRARY}.tmp-{os.getpid()}"
     try:

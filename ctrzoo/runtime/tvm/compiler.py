@@ -6,11 +6,14 @@ import contextlib
 import math
 from pathlib import Path
 
+import numpy as np
+
 from ctrzoo.errors import BundleError
+from ctrzoo.features import INPUT_DTYPES as FEATURE_INPUT_DTYPES
 from ctrzoo.features import TableLayout
 from ctrzoo.runtime.tvm.env import quiet_fd
 
-INPUT_DTYPES = {"sparse": "int64", "dense": "float32", "seq": "int64"}
+INPUT_DTYPES = {name: np.dtype(t).name for name, t in FEATURE_INPUT_DTYPES.items()}  # TVM names dtypes
 DATA_DEPENDENT_OPS = {"Unique", "NonZero"}  # output shapes depend on values: no fixed-batch kernels
 CONSTANT_MAX_ELEMENTS = 16  # initializers this small are compiled in as constants, not passed as weights
 

@@ -70,7 +70,7 @@ def tune_tvm(bundle_path: str | Path | Bundle, trials: int = DEFAULT_TRIALS, max
     art = artifact_dir(bundle)
     art.mkdir(exist_ok=True)
     open_database(art)  # refuse a damaged database before spending the budget
-    layout = bundle.spec.layout()
+    layout = bundle.codec.layout
     with tempfile.TemporaryDirectory(prefix="ctrzoo-tune-") as work:
         work_dir = Path(work)
         for name in (DB_WORKLOAD, DB_RECORDS):
