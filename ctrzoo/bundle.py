@@ -275,7 +275,7 @@ def write_golden(bundle: Bundle, data_path: str | None = None) -> dict[str, Any]
     spec's vocabularies (common, rare and unknown values, one row with every feature missing), so a
     bundle can always get them. Scores are of the saved weights, in eval mode.
     """
-    from ctrzoo.export import ProbabilityModel
+    from ctrzoo.models.probability import ProbabilityModel
 
     rows = _dataset_rows(bundle.spec, data_path, GOLDEN_ROWS // 2)
     rows += _spec_rows(bundle.spec, GOLDEN_ROWS - len(rows))

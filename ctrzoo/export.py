@@ -32,20 +32,10 @@ from ctrzoo.bundle import (
 )
 from ctrzoo.errors import BundleError
 from ctrzoo.features import INPUT_NAMES, TableLayout, random_batch
+from ctrzoo.models.probability import ProbabilityModel
 
 OUTPUT_NAME = "prob"
 PARITY_TOLERANCE = 1e-5
-
-
-class ProbabilityModel(nn.Module):
-    """What every runtime serves: ``sigmoid(model(sparse, dense, seq))``, shape ``[B]``."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, sparse: torch.Tensor, dense: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.model(sparse, dense, seq))
 
 
 def export_onnx(bundle: str | Path | Bundle, tolerance: float = PARITY_TOLERANCE) -> dict:

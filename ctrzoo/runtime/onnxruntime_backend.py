@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ctrzoo.bundle import Bundle, sha256_file
+from ctrzoo.bundle import ONNX_FILE, Bundle, sha256_file
 from ctrzoo.errors import BundleError, CtrzooError
-from ctrzoo.export import ONNX_FILE
 from ctrzoo.runtime.base import Predictor
 
 INT8_FILE = "model.int8.onnx"

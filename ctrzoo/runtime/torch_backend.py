@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ctrzoo.bundle import Bundle
-from ctrzoo.export import ProbabilityModel
+from ctrzoo.models.probability import ProbabilityModel
 from ctrzoo.runtime.base import Predictor
 
 
