@@ -345,9 +345,11 @@ def _spec_rows(spec: FeatureSpec, n: int) -> list[dict[str, Any]]:
                 row[src] = _category(f, rng, unknown=i == n - 1)
             elif f.kind == "numeric":
                 row[src] = round(float(abs(rng.normal(1.0, 2.0))), 4)
-            else:
-                shared = spec[f.shares]
-                row[src] = [_category(shared, rng) for _ in range(int(rng.integers(1, f.max_len + 1)))]
+            elif f.kind == "dense_vector":
+                row[src] = [round(float(x), 4) for x in rng.normal(0.0, 1.0, f.dim)]
+            else:  # a sequence or a bag: items of the table it uses
+                table = spec[f.shares] if f.shares else f
+                row[src] = [_category(table, rng) for _ in range(int(rng.integers(1, f.max_len + 1)))]
         rows.append(row)
     return rows
 

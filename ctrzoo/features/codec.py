@@ -100,7 +100,7 @@ class FeatureCodec:
 
     def warm(self) -> FeatureCodec:
         """Build every lookup table now (a service does at load, so no request pays for it)."""
-        for c in self._parts.categoricals:
+        for c in (*self._parts.categoricals, *(s.shares for s in self._parts.sequences)):
             if c.table is not None:
                 c.table.mapping  # noqa: B018 - built on first access
         return self
@@ -116,6 +116,9 @@ class FeatureCodec:
         for c, f in zip(self._spec.categorical, self._parts.categoricals):
             if c.vocab is not None:
                 freq[f.offset: f.offset + f.size] = c.vocab.frequencies()
+        for b, s in zip(self._spec.lists, self._parts.sequences):  # bags with a table of their own
+            if b.kind == "multi_value" and b.vocab is not None and not b.shares:
+                freq[s.shares.offset: s.shares.offset + s.shares.size] = b.vocab.frequencies()
         return freq
 
     def __repr__(self) -> str:

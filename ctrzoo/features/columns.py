@@ -282,3 +282,41 @@ def arrow_floats(values: list) -> np.ndarray | None:
     if pc.any(pc.invert(pc.is_finite(arr))).as_py():
         return None
     return arr.to_numpy(zero_copy_only=False)  # nulls -> NaN: missing
+
+
+def vector_values(arr: pa.Array, dim: int, sep: str, fill: float, field: str) -> np.ndarray:
+    """Dense vectors ``[B, dim]`` float64 from a list column or ``sep``-joined strings; a missing row (null or
+    empty) is all ``fill``. Another length, text that is not a number, NaN or infinity: an error naming the
+    field and the row."""
+    t = arr.type
+    n = len(arr)
+    if pa.types.is_null(t):
+        return np.full((n, dim), fill, dtype=np.float64)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        arr = arr.cast(pa.string())
+        arr = pc.split_pattern(pc.if_else(pc.equal(pc.utf8_trim_whitespace(arr), ""), pa.scalar(None, pa.string()),
+                                          arr), sep)
+        t = arr.type
+    if pa.types.is_fixed_size_list(t):
+        arr = arr.cast(pa.list_(t.value_type))
+    elif pa.types.is_large_list(arr.type):
+        arr = arr.cast(pa.list_(arr.type.value_type))
+    elif not pa.types.is_list(arr.type):
+        raise SpecError(f"expected a list of {dim} numbers or a {sep!r}-joined string, got values of type {t}",
+                        field=field)
+    present = arr.is_valid().to_numpy(zero_copy_only=False)
+    lengths = pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    present &= lengths > 0
+    wrong = np.flatnonzero(present & (lengths != dim))
+    if wrong.size:
+        row = int(wrong[0])
+        raise SpecError(f"row {row}: a vector of {int(lengths[row])} values, expected {dim}", field=field)
+    items = pc.list_flatten(arr.filter(pa.array(present)))
+    if pa.types.is_string(items.type) or pa.types.is_large_string(items.type):
+        items = pc.utf8_trim_whitespace(items.cast(pa.string()))  # "0.5, 1, -1" as well as "0.5,1,-1"
+    values = numeric_values(items, field)
+    if np.isnan(values).any():
+        raise SpecError("missing values inside a vector are not allowed", field=field)
+    out = np.full((n, dim), fill, dtype=np.float64)
+    out[present] = values.reshape(-1, dim)
+    return out

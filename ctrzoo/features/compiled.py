@@ -23,9 +23,10 @@ from ctrzoo.features.columns import (
     category_codes,
     numeric_values,
     sequence_lists,
+    vector_values,
     vocabulary_lookup,
 )
-from ctrzoo.features.layout import FieldLayout, SequenceLayout, TableLayout
+from ctrzoo.features.layout import FieldLayout, SequenceLayout, TableLayout, VectorLayout
 from ctrzoo.features.transforms import derive, numeric_transform
 from ctrzoo.features.vocab import FIRST_ID, MISSING_ID, OOV_ID, Vocabulary, hash_lookup, per_row
 
@@ -78,9 +79,10 @@ class VocabTable:
 
 @dataclass(frozen=True)
 class CategoricalField:
-    """A categorical feature compiled: ``column`` in ``sparse``, its rows ``[offset, offset + size)``."""
+    """A categorical feature compiled: ``column`` in ``sparse``, its rows ``[offset, offset + size)``.
+    (A multi-value bag's own table is one too, with ``column`` None: it has no column in ``sparse``.)"""
 
-    column: int
+    column: int | None
     name: str
     source: str
     derive: str | None
@@ -153,7 +155,9 @@ class NumericParams:
 
 @dataclass(frozen=True)
 class SequenceField:
-    """A behaviour sequence compiled: ``column`` in ``seq``, ids from the table of ``shares``."""
+    """A sequence or multi-value bag compiled: ``column`` (slot) in ``seq``, ids from the table of ``shares``
+    (a categorical feature's, or a bag's own). Sequences keep their most recent (last) items, bags their
+    first ones."""
 
     column: int
     name: str
@@ -162,6 +166,7 @@ class SequenceField:
     max_len: int
     too_long: str
     shares: CategoricalField
+    keep_last: bool = True
 
     def lists(self, table: pa.Table) -> pa.ListArray:
         return sequence_lists(table.column(self.source).combine_chunks(), self.sep, self.name)
@@ -177,13 +182,29 @@ class SequenceField:
             raise SpecError(f"row {row}: sequence of length {int(lengths[row])} exceeds max_len {L}", field=self.name)
         flat = self.shares.global_ids(category_codes(lists.flatten(), self.name))
         kept = np.minimum(lengths, L)
-        starts = offsets[:-1] + lengths - kept
+        starts = offsets[:-1] + lengths - kept if self.keep_last else offsets[:-1]
         cols = np.arange(L)
         mask = cols[None, :] < kept[:, None]
         if flat.size == 0:
             return np.zeros((n, L), dtype=np.int64)
         pos = np.minimum(starts[:, None] + cols[None, :], flat.size - 1)
         return np.where(mask, flat[pos], 0)
+
+
+@dataclass(frozen=True)
+class VectorField:
+    """A dense vector compiled: columns ``[start, start + dim)`` of ``dense``."""
+
+    name: str
+    source: str
+    start: int
+    dim: int
+    sep: str
+    fill: float
+
+    def values(self, table: pa.Table) -> np.ndarray:
+        """``[B, dim]`` float64, ``fill`` for missing rows."""
+        return vector_values(table.column(self.source).combine_chunks(), self.dim, self.sep, self.fill, self.name)
 
 
 @dataclass(frozen=True)
@@ -195,7 +216,8 @@ class CompiledFeatures:
     categoricals: tuple[CategoricalField, ...]
     numerics: tuple[NumericField, ...]
     numeric_params: NumericParams
-    sequences: tuple[SequenceField, ...]
+    sequences: tuple[SequenceField, ...]  # sequences and bags: the slots of ``seq``
+    vectors: tuple[VectorField, ...] = ()
 
     def categorical(self, name: str) -> CategoricalField:
         for c in self.categoricals:
@@ -214,13 +236,31 @@ def compile_features(spec: FeatureSpec) -> CompiledFeatures:
         offset += size
     by_name = {c.name: c for c in cats}
     nums = tuple(NumericField(j, f.name, f.column, f.derive, f.transform) for j, f in enumerate(spec.numeric))
-    seqs = tuple(SequenceField(k, s.name, s.column, s.sep, s.max_len, s.too_long, by_name[s.shares])
-                 for k, s in enumerate(spec.sequence))
+    seqs, seq_layouts = [], []
+    for k, s in enumerate(spec.lists):
+        if s.kind == "sequence" or s.shares:
+            ids, keep_last = by_name[s.shares], s.kind == "sequence"
+        else:  # a bag with its own table, after every categorical's
+            size = s.table_size
+            ids = CategoricalField(None, s.name, s.column, None, offset, size, s.hash_buckets,
+                                   None if s.hash_buckets else VocabTable(s.vocab, offset))
+            keep_last = False
+            offset += size
+        too_long = getattr(s, "too_long", "keep_last")
+        seqs.append(SequenceField(k, s.name, s.column, s.sep, s.max_len, too_long, ids, keep_last))
+        seq_layouts.append(SequenceLayout(s.name, s.shares, ids.column, s.max_len, s.kind, s.pooling, ids.offset,
+                                          ids.size))
+    vectors, start = [], len(nums)
+    for v in spec.dense_vector:
+        vectors.append(VectorField(v.name, v.column, start, v.dim, v.sep, v.fill))
+        start += v.dim
     layout = TableLayout(
         tuple(FieldLayout(c.name, c.offset, c.size) for c in cats),
-        tuple(f.name for f in nums),
-        tuple(SequenceLayout(s.name, s.shares.name, s.shares.column, s.max_len) for s in seqs),
+        tuple(f.name for f in nums) + tuple(f"{v.name}[{i}]" for v in vectors for i in range(v.dim)),
+        tuple(seq_layouts),
         max((s.max_len for s in seqs), default=0),
         offset,
+        tuple(VectorLayout(v.name, v.start, v.dim) for v in vectors),
     )
-    return CompiledFeatures(layout, spec.raw_columns(), tuple(cats), nums, NumericParams(list(spec.numeric)), seqs)
+    return CompiledFeatures(layout, spec.raw_columns(), tuple(cats), nums, NumericParams(list(spec.numeric)),
+                            tuple(seqs), tuple(vectors))

@@ -23,7 +23,8 @@ class SpecFitter:
 
     def __init__(self, spec: FeatureSpec):
         self.spec = spec.unfitted()
-        self._counters = {c.name: ValueCounter() for c in self.spec.categorical if not c.hash_buckets}
+        self._counters = {c.name: ValueCounter() for c in (*self.spec.categorical, *self.spec.multi_value)
+                          if not c.hash_buckets and not getattr(c, "shares", None)}
         self._moments = {n.name: np.zeros(3) for n in self.spec.numeric}  # count, sum, sum of squares
         self.rows = 0
 
@@ -33,10 +34,11 @@ class SpecFitter:
         for c in self.spec.categorical:
             if c.name in self._counters:
                 self._counters[c.name].update(raw_category_codes(table, c.column, c.name, c.derive))
-        for s in self.spec.sequence:
-            if s.shares in self._counters:
+        for s in self.spec.lists:  # sequences and bags count towards the table they use
+            counter = self._counters.get(s.shares or s.name)
+            if counter is not None:
                 lists = sequence_lists(table.column(s.column).combine_chunks(), s.sep, s.name)
-                self._counters[s.shares].update(category_codes(pc.list_flatten(lists), s.name))
+                counter.update(category_codes(pc.list_flatten(lists), s.name))
         for n in self.spec.numeric:
             x = raw_numbers(table, n.column, n.name, n.derive, n.transform)
             x = x[~np.isnan(x)]
@@ -54,11 +56,11 @@ class SpecFitter:
     def finalize(self) -> FeatureSpec:
         """The fitted spec (a new one: specs are immutable)."""
         fitted = {}
-        for c in self.spec.categorical:
+        for c in (*self.spec.categorical, *self.spec.multi_value):
             if c.name in self._counters:
                 values, counts = self._counters[c.name].result()
                 frequent = int((counts >= c.min_count).sum())
-                if c.max_vocab is not None and c.overflow == "hash" and frequent > c.max_vocab:
+                if c.max_vocab is not None and getattr(c, "overflow", "truncate") == "hash" and frequent > c.max_vocab:
                     fitted[c.name] = replace(c, hash_buckets=c.max_vocab)  # cardinality exploded: hash instead
                 else:
                     fitted[c.name] = replace(c, vocab=Vocabulary.from_counts(values, counts, c.min_count,

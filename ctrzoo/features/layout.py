@@ -4,9 +4,10 @@ Encoded batches are three tensors:
 
 * ``sparse`` int64 ``[B, n_sparse]``: one id per categorical field, already offset into one shared
   embedding table (global row ``offset + local_id``; local 0 = missing, 1 = out of vocabulary);
-* ``dense`` float32 ``[B, n_dense]``: transformed numeric features;
-* ``seq`` int64 ``[B, n_seq, L]``: behaviour sequences, ids in the table of the field they share, padded
-  with 0 on the right (global row 0 is the padding row and never a feature value).
+* ``dense`` float32 ``[B, n_dense]``: transformed numeric features, then each dense vector's components;
+* ``seq`` int64 ``[B, n_seq, L]``: behaviour sequences (ids in the table of the field they share) and
+  multi-value bags (ids in their own table or a shared one), padded with 0 on the right (global row 0 is
+  the padding row and never a feature value).
 
 ``TableLayout`` is what a model needs to know about a fitted ``FeatureSpec`` to build its layers, and no
 more: models never see vocabularies.
@@ -30,12 +31,32 @@ class FieldLayout:
 
 @dataclass(frozen=True)
 class SequenceLayout:
-    """A behaviour sequence that looks up its ids in the table of ``sparse[shares_index]``."""
+    """One slot of ``seq``: a behaviour sequence (``kind="sequence"``) whose ids are in the table of
+    ``sparse[shares_index]`` (its attention target), or a multi-value bag (``kind="multi_value"``) with
+    ids in its own slice ``[offset, offset + size)`` (``shares`` None) or in a shared field's table.
+    ``pooling`` is how models without attention reduce it to one field vector."""
 
     name: str
-    shares: str
-    shares_index: int
+    shares: str | None
+    shares_index: int | None
     max_len: int
+    kind: str = "sequence"
+    pooling: str = "mean"
+    offset: int = 0
+    size: int = 0
+
+    @property
+    def is_sequence(self) -> bool:
+        return self.kind == "sequence"
+
+
+@dataclass(frozen=True)
+class VectorLayout:
+    """A dense vector: columns ``dense[:, start:start + dim]``."""
+
+    name: str
+    start: int
+    dim: int
 
 
 @dataclass(frozen=True)
@@ -45,6 +66,7 @@ class TableLayout:
     seq: tuple[SequenceLayout, ...]
     seq_len: int
     num_embeddings: int
+    vectors: tuple[VectorLayout, ...] = ()
 
     @property
     def n_sparse(self) -> int:
@@ -57,6 +79,21 @@ class TableLayout:
     @property
     def n_seq(self) -> int:
         return len(self.seq)
+
+    @property
+    def sequences(self) -> tuple[tuple[int, SequenceLayout], ...]:
+        """(slot, layout) of the behaviour sequences (the slots attention models attend over)."""
+        return tuple((k, s) for k, s in enumerate(self.seq) if s.is_sequence)
+
+    @property
+    def bags(self) -> tuple[tuple[int, SequenceLayout], ...]:
+        """(slot, layout) of the multi-value bags (always pooled)."""
+        return tuple((k, s) for k, s in enumerate(self.seq) if not s.is_sequence)
+
+    @property
+    def n_scalar_dense(self) -> int:
+        """Numeric features: the first columns of ``dense``, before the vectors' components."""
+        return self.n_dense - sum(v.dim for v in self.vectors)
 
     def field_index(self, name: str) -> int:
         for i, f in enumerate(self.sparse):
@@ -78,7 +115,8 @@ class TableLayout:
             offset += size
         names = list(sizes)
         seq_layouts = tuple(
-            SequenceLayout(name, shares, names.index(shares), max_len)
+            SequenceLayout(name, shares, names.index(shares), max_len, offset=fields[names.index(shares)].offset,
+                           size=fields[names.index(shares)].size)
             for name, (shares, max_len) in (seq or {}).items()
         )
         seq_len = max((s.max_len for s in seq_layouts), default=0)

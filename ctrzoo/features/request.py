@@ -52,7 +52,7 @@ class RequestEncoder:
         self._cats = [c for c in parts.categoricals if c.plain]
         self._nums = [f for f in parts.numerics if f.derive is None]
         fast = {c.name for c in self._cats} | {f.name for f in self._nums}
-        self._rest = {f.name for f in (*parts.categoricals, *parts.numerics, *parts.sequences)} - fast
+        self._rest = {f.name for f in (*parts.categoricals, *parts.numerics, *parts.sequences, *parts.vectors)} - fast
         self.use_native = native is not None  # tests switch it off to check the Python steps
         # row-field selections -> argument tuples for the C gathers
         self._id_gather_args: dict[tuple[int, ...], tuple] = {}

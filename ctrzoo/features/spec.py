@@ -33,6 +33,7 @@ INLINE_VOCAB_MAX = 10_000  # larger vocabularies go to Parquet next to spec.json
 
 Overflow = Literal["truncate", "hash"]  # past max_vocab: rarest values -> OOV, or hash into max_vocab buckets
 TooLong = Literal["keep_last", "error"]  # a sequence longer than max_len: keep the most recent, or refuse
+Pooling = Literal["mean", "sum", "max"]  # how models without attention turn a bag or sequence into one field
 
 
 class _Column:
@@ -90,11 +91,56 @@ class SequenceFeature(_Column):
     max_len: int = 50
     sep: str = "^"
     too_long: TooLong = "keep_last"
+    pooling: Pooling = "mean"
     kind: ClassVar[str] = "sequence"
 
 
-Feature = Categorical | Numeric | SequenceFeature
-_KINDS = {c.kind: c for c in (Categorical, Numeric, SequenceFeature)}
+@dataclass(frozen=True)
+class MultiValue(_Column):
+    """A bag of categories per row (a ``sep``-joined string or a list, e.g. tags or genres), pooled by the
+    models. Its ids come from its own vocabulary (fitted like a categorical's: ``min_count``, ``max_vocab``,
+    or ``hash_buckets``) or, with ``shares``, from a categorical feature's table. The first ``max_len`` items
+    are kept; missing and empty items are dropped."""
+
+    name: str
+    source: str | None = None
+    sep: str = "|"
+    max_len: int = 16
+    shares: str | None = None
+    min_count: int = 1
+    max_vocab: int | None = None
+    hash_buckets: int | None = None
+    pooling: Pooling = "mean"
+    vocab: Vocabulary | None = field(default=None, repr=False, compare=False)
+    kind: ClassVar[str] = "multi_value"
+
+    @property
+    def table_size(self) -> int:
+        """Rows of its own table (0 when it shares another feature's)."""
+        if self.shares:
+            return 0
+        if self.hash_buckets:
+            return self.hash_buckets + FIRST_ID
+        if self.vocab is None:
+            raise SpecError("not fitted yet", field=self.name)
+        return self.vocab.table_size
+
+
+@dataclass(frozen=True)
+class DenseVector(_Column):
+    """A fixed-length vector of floats per row (a list column, or a ``sep``-joined string), e.g. a pretrained
+    embedding; all ``fill`` when missing. It enters ``dense`` as ``dim`` columns; models project it to a field."""
+
+    name: str
+    dim: int
+    source: str | None = None
+    sep: str = ","
+    fill: float = 0.0
+    kind: ClassVar[str] = "dense_vector"
+
+
+Feature = Categorical | Numeric | SequenceFeature | MultiValue | DenseVector
+_KINDS = {c.kind: c for c in (Categorical, Numeric, SequenceFeature, MultiValue, DenseVector)}
 
 
 @dataclass(frozen=True)
@@ -121,6 +167,19 @@ class FeatureSpec:
     @cached_property
     def sequence(self) -> tuple[SequenceFeature, ...]:
         return tuple(f for f in self.features if isinstance(f, SequenceFeature))
+
+    @cached_property
+    def multi_value(self) -> tuple[MultiValue, ...]:
+        return tuple(f for f in self.features if isinstance(f, MultiValue))
+
+    @cached_property
+    def dense_vector(self) -> tuple[DenseVector, ...]:
+        return tuple(f for f in self.features if isinstance(f, DenseVector))
+
+    @cached_property
+    def lists(self) -> tuple[SequenceFeature | MultiValue, ...]:
+        """Sequences and bags in spec order: the slots of ``seq [B, S, L]``."""
+        return tuple(f for f in self.features if isinstance(f, SequenceFeature | MultiValue))
 
     @cached_property
     def _by_name(self) -> dict[str, Feature]:
@@ -156,8 +215,9 @@ class FeatureSpec:
     @property
     def fitted(self) -> bool:
         cats = all(c.hash_buckets or c.vocab is not None for c in self.categorical)
+        bags = all(b.shares or b.hash_buckets or b.vocab is not None for b in self.multi_value)
         nums = all(not n.standardize or n.mean is not None for n in self.numeric)
-        return cats and nums
+        return cats and bags and nums
 
     def raw_columns(self) -> tuple[str, ...]:
         """Raw columns the features read, in first-use order."""
@@ -170,6 +230,17 @@ class FeatureSpec:
             raise SpecError(f"duplicate feature names: {sorted(dupes)}")
         cats = {c.name for c in self.categorical}
         for f in self.features:
+            if isinstance(f, SequenceFeature | MultiValue) and f.pooling not in get_args(Pooling):
+                raise SpecError(f"pooling must be one of {get_args(Pooling)}", field=f.name)
+            if isinstance(f, MultiValue):
+                if f.shares is not None and f.shares not in cats:
+                    raise SpecError(f"shares {f.shares!r}, which is not a categorical feature", field=f.name)
+                if f.max_len < 1 or f.min_count < 1 or (f.hash_buckets is not None and f.hash_buckets < 1):
+                    raise SpecError("max_len, min_count and hash_buckets must be >= 1", field=f.name)
+                if not f.sep:
+                    raise SpecError("sep must not be empty", field=f.name)
+            if isinstance(f, DenseVector) and (not isinstance(f.dim, int) or f.dim < 1):
+                raise SpecError(f"dim must be a positive integer, got {f.dim!r}", field=f.name)
             if isinstance(f, SequenceFeature):
                 if f.shares not in cats:
                     raise SpecError(f"shares {f.shares!r}, which is not a categorical feature", field=f.name)
@@ -196,7 +267,7 @@ class FeatureSpec:
         for f in self.features:
             # not dataclasses.asdict: it would deep-copy the vocabulary and its built lookup table
             d = {"kind": f.kind, **{fl.name: getattr(f, fl.name) for fl in fields(f) if fl.name != "vocab"}}
-            if isinstance(f, Categorical) and f.vocab is not None:
+            if isinstance(f, Categorical | MultiValue) and f.vocab is not None:
                 d["vocab"] = _vocab_to_json(f, vocab_dir)
             feats.append(d)
         return {"format_version": SPEC_FORMAT_VERSION, "label": self.label, "user_id": self.user_id, "features": feats}
@@ -249,7 +320,7 @@ class FeatureSpec:
         """A copy with the fitted state dropped (vocabularies, statistics)."""
         feats = []
         for f in self.features:
-            if isinstance(f, Categorical):
+            if isinstance(f, Categorical | MultiValue):
                 f = replace(f, vocab=None)
             elif isinstance(f, Numeric):
                 f = replace(f, mean=None, std=None)
@@ -262,11 +333,11 @@ class FeatureSpec:
             return False
         return all(
             (a.vocab is None) == (b.vocab is None) and (a.vocab is None or a.vocab.equals(b.vocab))
-            for a, b in zip(self.categorical, other.categorical)
+            for a, b in zip(self.categorical + self.multi_value, other.categorical + other.multi_value)
         )
 
 
-def _vocab_to_json(f: Categorical, vocab_dir: Path | None) -> dict[str, Any]:
+def _vocab_to_json(f: Categorical | MultiValue, vocab_dir: Path | None) -> dict[str, Any]:
     vocab = f.vocab
     assert vocab is not None
     if vocab_dir is None or len(vocab) <= INLINE_VOCAB_MAX:

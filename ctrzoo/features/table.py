@@ -36,7 +36,8 @@ class TableEncoder:
         """Context values encoded once and broadcast over the candidates (rows or a table), for the features
         in ``only`` (all when None), into ``out`` (a new batch when None)."""
         p = self.parts
-        features = [f for f in (*p.categoricals, *p.numerics, *p.sequences) if only is None or f.name in only]
+        features = [f for f in (*p.categoricals, *p.numerics, *p.sequences, *p.vectors)
+                    if only is None or f.name in only]
         columns = list(dict.fromkeys(f.source for f in features))
         shared = [c for c in columns if c in context]
         ctx = as_table([context], shared) if shared else None
@@ -63,4 +64,7 @@ class TableEncoder:
         for s in p.sequences:
             if wanted(s):
                 out.seq[:, s.column, : s.max_len] = s.ids(s.lists(pick(s)))
+        for v in p.vectors:
+            if wanted(v):
+                out.dense[:, v.start: v.start + v.dim] = v.values(pick(v))
         return out
