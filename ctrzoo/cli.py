@@ -47,10 +47,42 @@ class Registry(Sequence[str]):
         return ", ".join(self.names())
 
 
+class AliasMap(Registry):
+    """``alias=name`` pairs of a library alias map (``module.attr()`` -> dict), read when shown."""
+
+    def names(self) -> tuple[str, ...]:
+        aliases = getattr(importlib.import_module(self.module), self.attr)()
+        return tuple(f"{alias}={name}" for alias, name in aliases.items())
+
+
+def model_name(text: str) -> str:
+    """``--model``'s type: the registered name ``text`` stands for (an alias, other case, ``-`` for ``_``); an
+    unknown name is passed on unchanged so that argparse's choices check lists the models."""
+    from ctrzoo.models import resolve_model_name
+
+    try:
+        return resolve_model_name(text)
+    except CtrzooError:
+        return text
+
+
+class ModelChoice(argparse.Action):
+    """``--model NAME``: a registered model or an alias of one, stored as the registered name (what a bundle
+    records); ``%(choices)s`` and ``%(aliases)s`` in its help list both, read from the registry when shown."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, type=model_name, choices=MODELS, **kwargs)
+        self.aliases = MODEL_ALIASES
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+
+
 FORMATS = Registry("ctrzoo.data.formats", "FORMATS")
 SYNTH_KINDS = Registry("ctrzoo.synth", "KINDS")
 SPLITS = Registry("ctrzoo.data.splits", "SPLITS")
 MODELS = Registry("ctrzoo.models", "list_models")
+MODEL_ALIASES = AliasMap("ctrzoo.models", "list_aliases")
 BACKENDS = Registry("ctrzoo.runtime", "BACKENDS")
 INDEX_KINDS = Registry("ctrzoo.retrieval.index", "KINDS")
 INDEX_KINDS_AUTO = Registry("ctrzoo.retrieval.index", "KINDS", extra=("auto",))  # ctrzoo index measures, picks
@@ -376,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_info)
 
     s = sub.add_parser("train", help="train a model on a prepared dataset and write a bundle")
-    s.add_argument("--model", required=True, choices=MODELS, metavar="MODEL", help="the model: %(choices)s")
+    s.add_argument("--model", required=True, action=ModelChoice, metavar="MODEL",
+                   help="the model: %(choices)s; aliases: %(aliases)s")
     s.add_argument("--data", required=True, help="prepared dataset directory")
     s.add_argument("--out", required=True, help="bundle directory to write")
     s.add_argument("--config", default=None, help="YAML with 'train:' settings and 'models: {NAME: hparams}'")

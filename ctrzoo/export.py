@@ -38,29 +38,38 @@ OUTPUT_NAME = "prob"
 PARITY_TOLERANCE = 1e-5
 
 
+def write_onnx(model: nn.Module, layout: TableLayout, path: Path) -> float:
+    """``ProbabilityModel(model)`` as ONNX at ``path`` (dynamo; inputs ``INPUT_NAMES`` with a dynamic batch axis,
+    output ``prob [B]``), checked by the ONNX checker; returns onnxruntime's max |diff| to torch on random
+    in-range inputs at batch 1 and 37."""
+    import onnx
+
+    wrapped = model if isinstance(model, ProbabilityModel) else ProbabilityModel(model)
+    wrapped.eval()
+    example = {k: torch.from_numpy(v) for k, v in random_batch(layout, 4).as_dict().items()}
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    # no_grad: the inference graph (FeatureEmbedding.lookup's training-time id dedup, a Unique op that cost
+    # onnxruntime ~60% at batch 100, is taken only when gradients are on)
+    with warnings.catch_warnings(), _quiet_exporter(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            wrapped, tuple(example[k] for k in INPUT_NAMES), dynamo=True,
+            input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+            dynamic_shapes={name: {0: batch} for name in INPUT_NAMES}, verbose=False,
+        )
+    program.save(str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+    return _parity(wrapped, path, layout)
+
+
 def export_onnx(bundle: str | Path | Bundle, tolerance: float = PARITY_TOLERANCE) -> dict:
     """Write ``model.onnx`` into the bundle and record it in ``bundle.json``; returns the record."""
     import onnx
 
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-    model = ProbabilityModel(b.build_model()).eval()
-    layout = b.codec.layout
-    example = {k: torch.from_numpy(v) for k, v in random_batch(layout, 4).as_dict().items()}
-    batch = torch.export.Dim("batch", min=1, max=1 << 20)
     tmp = b.path / f".{ONNX_FILE}.tmp-{os.getpid()}"
     try:
-        # no_grad: the inference graph (FeatureEmbedding.lookup's training-time id dedup, a Unique op that cost
-        # onnxruntime ~60% at batch 100, is taken only when gradients are on)
-        with warnings.catch_warnings(), _quiet_exporter(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                model, (example["sparse"], example["dense"], example["seq"]), dynamo=True,
-                input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-                dynamic_shapes={name: {0: batch} for name in INPUT_NAMES}, verbose=False,
-            )
-        program.save(str(tmp))
-        onnx.checker.check_model(str(tmp), full_check=True)
-        max_diff = _parity(model, tmp, layout)
+        max_diff = write_onnx(b.build_model(), b.codec.layout, tmp)
         if max_diff > tolerance:
             raise BundleError(f"{b.path}: ONNX export differs from torch by {max_diff:.2e} (> {tolerance:.0e})")
         upgrade = b.meta.get("format_version") == 1  # a bundle from before golden rows and the manifest
@@ -114,7 +123,10 @@ def _parity(model: nn.Module, path: Path, layout: TableLayout) -> float:
         inputs = random_batch(layout, batch, seed=batch).as_dict()
         got = session.run(None, inputs)[0]
         want = model(*(torch.from_numpy(inputs[k]) for k in INPUT_NAMES)).numpy()
-        worst = max(worst, float(np.abs(got.reshape(-1) - want.reshape(-1)).max()))
+        if got.shape != (batch,) or want.shape != (batch,):
+            raise BundleError(f"{path}: scores of shape {got.shape} (onnxruntime) and {want.shape} (torch) for "
+                              f"a batch of {batch}, expected ({batch},)")
+        worst = max(worst, float(np.abs(got - want).max()))
     return worst
 
 

@@ -16,7 +16,7 @@ from ctrzoo.data.loader import BatchLoader
 from ctrzoo.data.prepare import PrepareOptions, prepare
 from ctrzoo.errors import BundleError, CtrzooError
 from ctrzoo.metrics import auc
-from ctrzoo.models import list_models
+from ctrzoo.models import list_models, model_hparam_names
 from ctrzoo.train.run import train_bundle
 from ctrzoo.train.trainer import TrainConfig, Trainer, predict
 
@@ -41,7 +41,8 @@ def test_every_model_trains_on_sample_rows(sample_rows, tmp_path, model):
     kind, file = ("taobao", "taobao_ad_sample.csv") if model == "din" else ("criteo", "criteo_sample.tsv")
     prepare(kind, [sample_rows / file], tmp_path / "ds")
     ds = PreparedDataset.open(tmp_path / "ds")
-    cfg = TrainConfig(model=model, hparams=SMALL, epochs=4, batch_size=32, lr=3e-3, patience=10)
+    hparams = {k: v for k, v in SMALL.items() if k in model_hparam_names(model)}  # lr has no emb_dim, fm no mlp
+    cfg = TrainConfig(model=model, hparams=hparams, epochs=4, batch_size=32, lr=3e-3, patience=10)
     trainer = Trainer(cfg, ds, tmp_path / "work", progress=False)
     trainer.fit()
     losses = [h["train_logloss"] for h in trainer.history]

@@ -12,7 +12,7 @@ from ctrzoo.models.registry import CTRModel, constructor_hparams, register_model
 from ctrzoo.nn import MLP, DenseEmbedding, FactorizationMachine, FeatureEmbedding
 
 
-@register_model("deepfm")
+@register_model("deepfm", aliases=("deep_fm",))
 class DeepFM(CTRModel):
     """``logit = first_order + bias + FM(fields) + Linear(MLP(flatten(fields)))``.
 

@@ -1,6 +1,6 @@
 """The model protocol and the registry that builds models by name (as timm's ``_registry``).
 
-Every CTR model subclasses ``CTRModel`` and is registered with ``@register_model("name")``; the trainer,
+Every CTR model subclasses ``CTRModel`` and is registered with ``@register_model("name", aliases=(...))``; the trainer,
 the exporter, the runtimes and the bundle only use what ``CTRModel`` declares.
 """
 
@@ -38,6 +38,7 @@ class CTRModel(nn.Module):
 
 ModelClass = TypeVar("ModelClass", bound=type[CTRModel])
 _MODELS: dict[str, type[CTRModel]] = {}
+_ALIASES: dict[str, str] = {}  # alias -> registered name
 
 
 def constructor_hparams(arguments: dict[str, object]) -> dict[str, object]:
@@ -50,15 +51,25 @@ def constructor_hparams(arguments: dict[str, object]) -> dict[str, object]:
     return {k: plain(v) for k, v in arguments.items() if k not in ("self", "layout", "__class__")}
 
 
-def register_model(name: str) -> Callable[[ModelClass], ModelClass]:
-    """Class decorator: make the ``CTRModel`` subclass constructible as ``build_model(name, ...)``."""
+def register_model(name: str, aliases: tuple[str, ...] = ()) -> Callable[[ModelClass], ModelClass]:
+    """Class decorator: make the ``CTRModel`` subclass constructible as ``build_model(name, ...)``.
+
+    ``aliases`` are other names users type for it (``wdl`` for ``wide_deep``); they resolve to ``name``
+    everywhere (``build_model``, ``model_hparam_names``, ``ctrzoo train --model``), and bundles record ``name``.
+    """
 
     def decorate(cls: ModelClass) -> ModelClass:
         if not (isinstance(cls, type) and issubclass(cls, CTRModel)):
             raise CtrzooError(f"model {name!r}: {cls!r} must subclass ctrzoo.models.CTRModel")
         if name in _MODELS and _MODELS[name] is not cls:
             raise CtrzooError(f"model name {name!r} is already registered by {_MODELS[name].__name__}")
+        for taken in (name, *aliases):
+            owner = _ALIASES.get(taken, name)
+            if owner != name or (taken != name and taken in _MODELS):
+                raise CtrzooError(f"model {name!r}: the name {taken!r} already refers to model "
+                                  f"{owner if owner != name else taken!r}")
         _MODELS[name] = cls
+        _ALIASES.update(dict.fromkeys(aliases, name))
         cls.model_name = name
         return cls
 
@@ -66,8 +77,29 @@ def register_model(name: str) -> Callable[[ModelClass], ModelClass]:
 
 
 def list_models() -> list[str]:
-    """Registered model names, sorted."""
+    """Registered model names, sorted (aliases not included: see ``list_aliases``)."""
     return sorted(_MODELS)
+
+
+def list_aliases() -> dict[str, str]:
+    """Every alias and the registered name it stands for, sorted by alias."""
+    return dict(sorted(_ALIASES.items()))
+
+
+def resolve_model_name(name: str) -> str:
+    """The registered name ``name`` refers to: itself, or the model an alias stands for. Case, surrounding
+    spaces and ``-`` versus ``_`` do not matter (``DCN-V2`` is ``dcn_v2``, an alias of ``dcnv2``); an unknown
+    name raises CtrzooError listing the known models and aliases."""
+    if name in _MODELS:
+        return name
+    key = name.strip().lower().replace("-", "_")
+    if key in _MODELS:
+        return key
+    if key in _ALIASES:
+        return _ALIASES[key]
+    aliases = ", ".join(f"{a} ({n})" for a, n in list_aliases().items())
+    raise CtrzooError(f"unknown model {name!r}; known models: {', '.join(list_models())}"
+                      + (f"; aliases: {aliases}" if aliases else ""))
 
 
 def model_hparam_names(name: str) -> list[str]:
@@ -77,7 +109,8 @@ def model_hparam_names(name: str) -> list[str]:
 
 
 def build_model(name: str, layout: TableLayout, **hparams: object) -> CTRModel:
-    """Construct the registered model ``name`` for ``layout``; unknown names or hparams raise CtrzooError."""
+    """Construct the registered model ``name`` (or an alias) for ``layout``; unknown names or hparams raise
+    CtrzooError."""
     accepted = model_hparam_names(name)
     unknown = sorted(set(hparams) - set(accepted))
     if unknown:
@@ -88,7 +121,4 @@ def build_model(name: str, layout: TableLayout, **hparams: object) -> CTRModel:
 
 
 def _get(name: str) -> type[CTRModel]:
-    try:
-        return _MODELS[name]
-    except KeyError:
-        raise CtrzooError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+    return _MODELS[resolve_model_name(name)]

@@ -16,7 +16,7 @@ from ctrzoo.nn import MLP, FeatureEmbedding
 _HASH_A, _HASH_B, _HASH_SALT = 1_000_003, 998_244_353, 2_654_435_761
 
 
-@register_model("wide_deep")
+@register_model("wide_deep", aliases=("widedeep", "wdl", "wide_and_deep"))
 class WideDeep(CTRModel):
     """``logit = wide(sparse, dense) + Linear(MLP([field embeddings, dense]))``.
 

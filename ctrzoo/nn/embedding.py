@@ -29,6 +29,8 @@ class FeatureEmbedding(nn.Module):
             regression start).
         first_order: keep the 1-dim first-order table (models without a linear term, such as the two
             towers, leave it out).
+        dense_fields: also hold one learned vector per dense feature, so that :meth:`fields` returns each
+            dense feature as a field (``value * vector``, as DeepFM) after the categorical ones.
 
     Example::
 
@@ -41,10 +43,12 @@ class FeatureEmbedding(nn.Module):
     """
 
     def __init__(self, layout: TableLayout, dim: int, sparse_grad: bool = False, init_std: float = 1e-2,
-                 first_order: bool = True) -> None:
+                 first_order: bool = True, dense_fields: bool = False) -> None:
         super().__init__()
         num = layout.num_embeddings
         self.dim = dim
+        self.dense = DenseEmbedding(layout.n_dense, dim, init_std) if dense_fields and layout.n_dense else None
+        self.num_fields = layout.n_sparse + (layout.n_dense if self.dense is not None else 0)
         self.table = nn.Embedding(num, dim, padding_idx=PADDING_ID, sparse=sparse_grad)
         self.linear_table = nn.Embedding(num, 1, padding_idx=PADDING_ID, sparse=sparse_grad) if first_order else None
         nn.init.normal_(self.table.weight, std=init_std)
@@ -101,6 +105,23 @@ class FeatureEmbedding(nn.Module):
         fields = self.table(rows).index_select(0, flat).view(*sparse.shape, self.dim)
         first = self.linear_table(rows).index_select(0, flat).view(sparse.shape).sum(dim=1)
         return fields, first
+
+    def fields(self, sparse: Tensor, dense: Tensor, seq: Tensor) -> Tensor:
+        """A row's field vectors ``[B, num_fields, dim]``: the categorical fields, then (with
+        ``dense_fields``) the dense features as fields.
+
+        The one place the field-interaction models get their fields from, so a new kind of field (pooled
+        sequences; ``seq`` is not used yet) reaches all of them at once.
+        """
+        return self._with_dense_fields(self(sparse), dense)
+
+    def fields_and_first_order(self, sparse: Tensor, dense: Tensor, seq: Tensor) -> tuple[Tensor, Tensor]:
+        """``(self.fields(...), self.first_order(sparse))`` through :meth:`lookup`'s one deduplicated read."""
+        fields, first = self.lookup(sparse)
+        return self._with_dense_fields(fields, dense), first
+
+    def _with_dense_fields(self, fields: Tensor, dense: Tensor) -> Tensor:
+        return fields if self.dense is None else torch.cat([fields, self.dense(dense)], dim=1)
 
     def lookup_seq(self, seq: Tensor) -> Tensor:
         """``seq [B, S, L]`` global ids (0 = padding) -> ``[B, S, L, dim]``; padded positions are zeros."""

@@ -1,8 +1,11 @@
-"""Explicit feature-interaction layers: FM's pairwise term and DCN's cross network."""
+"""Explicit feature-interaction layers: FM's pairwise term, DCN's cross networks (full rank and DCN-V2's
+low-rank mixture), xDeepFM's CIN, FiBiNET's bilinear interaction, DLRM's dot interaction and FinalMLP's
+bilinear fusion of two streams."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -76,3 +79,160 @@ class CrossNetwork(nn.Module):
             else:
                 x = x0 * self.linears[layer](x) + x
         return x
+
+
+class CrossNetworkMix(nn.Module):
+    """DCN-V2's low-rank mixture of cross experts on ``x0 [B, in_dim]`` -> ``[B, in_dim]`` (Wang et al. 2021).
+
+    Layer ``l``: ``E_e(x_l) = x0 * (U_e tanh(C_e tanh(V_e^T x_l)) + b_l)`` per expert ``e``
+    (``V_e, U_e [in_dim, rank]``, ``C_e [rank, rank]``) and
+    ``x_{l+1} = sum_e softmax_e(g_e . x_l) E_e(x_l) + x_l``: each expert projects to a ``rank``-dim subspace,
+    so a layer costs O(in_dim * rank * experts) instead of the full-rank layer's O(in_dim^2). One expert is a
+    single (nonlinear) low-rank cross layer (its gate is 1).
+    """
+
+    def __init__(self, in_dim: int, num_layers: int, rank: int, num_experts: int = 4) -> None:
+        super().__init__()
+        if rank <= 0 or num_experts <= 0:
+            raise CtrzooError(f"low-rank cross layers need rank > 0 and experts > 0, got {rank} and {num_experts}")
+        self.num_layers = num_layers
+        self.down = nn.Parameter(torch.empty(num_layers, num_experts, in_dim, rank))  # V
+        self.mid = nn.Parameter(torch.empty(num_layers, num_experts, rank, rank))  # C
+        self.up = nn.Parameter(torch.empty(num_layers, num_experts, rank, in_dim))  # U^T
+        self.bias = nn.Parameter(torch.zeros(num_layers, in_dim))
+        self.gate = nn.Parameter(torch.empty(num_layers, in_dim, num_experts))
+        for w in (self.down, self.mid, self.up, self.gate):
+            xavier_per_matrix(w)
+
+    def forward(self, x0: Tensor) -> Tensor:
+        x = x0
+        for layer in range(self.num_layers):
+            v = torch.tanh(torch.matmul(x[:, None, None, :], self.down[layer]))  # [B, E, 1, rank]
+            v = torch.tanh(torch.matmul(v, self.mid[layer]))
+            experts = x0.unsqueeze(1) * (torch.matmul(v, self.up[layer]).squeeze(2) + self.bias[layer])  # [B, E, in]
+            gate = torch.softmax(x @ self.gate[layer], dim=-1)  # [B, E]
+            x = (gate.unsqueeze(-1) * experts).sum(dim=1) + x
+        return x
+
+
+class CIN(nn.Module):
+    """xDeepFM's compressed interaction network: fields ``[B, m, D]`` -> ``[B, out_dim]`` (Lian et al. 2018).
+
+    ``X^k[h] = sum_{i, j} W^{k,h}_{i,j} (X^{k-1}[i] * X^0[j]) + b^{k,h}`` (``*`` elementwise over ``D``, a
+    1x1 convolution over the ``H_{k-1} * m`` outer products): layer ``k`` holds explicit vector-wise
+    interactions of degree ``k + 1``. Each layer's maps are sum-pooled over ``D`` and concatenated. With
+    ``split_half`` (the paper's default) every layer but the last feeds half of its maps to the next layer and
+    outputs the other half, so ``out_dim = sum(h // 2 for h in layers[:-1]) + layers[-1]``.
+    """
+
+    def __init__(self, num_fields: int, layers: Sequence[int] = (64, 64), split_half: bool = True) -> None:
+        super().__init__()
+        if not layers or any(int(h) <= 0 for h in layers):
+            raise CtrzooError(f"CIN layer sizes must be positive (and at least one), got {list(layers)}")
+        if split_half and any(int(h) % 2 for h in layers[:-1]):
+            raise CtrzooError(f"CIN with split_half needs even sizes for all but the last layer, got {list(layers)}")
+        self.split_half = split_half
+        self.convs = nn.ModuleList()
+        prev, self.out_dim = num_fields, 0
+        for k, size in enumerate(int(h) for h in layers):
+            self.convs.append(nn.Conv1d(prev * num_fields, size, kernel_size=1))
+            last = k == len(layers) - 1
+            prev = size // 2 if split_half and not last else size
+            self.out_dim += size // 2 if split_half and not last else size
+
+    def forward(self, x0: Tensor) -> Tensor:
+        x, pooled = x0, []
+        for k, conv in enumerate(self.convs):
+            outer = (x.unsqueeze(2) * x0.unsqueeze(1)).flatten(1, 2)  # [B, H_{k-1} * m, D]
+            h = conv(outer)  # [B, H_k, D]
+            if self.split_half and k < len(self.convs) - 1:
+                x, direct = h.chunk(2, dim=1)
+            else:
+                x = direct = h
+            pooled.append(direct.sum(dim=-1))
+        return torch.cat(pooled, dim=1)
+
+
+BILINEAR_KINDS = ("field_all", "field_each", "field_interaction")
+
+
+class BilinearInteraction(nn.Module):
+    """FiBiNET's bilinear interaction: fields ``[B, F, D]`` -> ``[B, F(F-1)/2, D]`` (Huang et al. 2019).
+
+    ``p_ij = (v_i W) * v_j`` for each field pair ``i < j`` (row-major order), with ``W [D, D]`` shared by all
+    pairs (``field_all``), one per left field ``W_i`` (``field_each``) or one per pair ``W_ij``
+    (``field_interaction``): a learned metric between fields instead of FM's plain inner product.
+    """
+
+    def __init__(self, num_fields: int, dim: int, kind: str = "field_interaction") -> None:
+        super().__init__()
+        if kind not in BILINEAR_KINDS:
+            raise CtrzooError(f"unknown bilinear type {kind!r}; expected one of {', '.join(BILINEAR_KINDS)}")
+        if num_fields < 2:
+            raise CtrzooError(f"a bilinear interaction needs at least 2 fields, got {num_fields}")
+        self.kind = kind
+        left, right = torch.triu_indices(num_fields, num_fields, offset=1)
+        self.register_buffer("left", left, persistent=False)
+        self.register_buffer("right", right, persistent=False)
+        n = {"field_all": 1, "field_each": num_fields, "field_interaction": left.numel()}[kind]
+        self.weight = xavier_per_matrix(nn.Parameter(torch.empty(n, dim, dim)))
+
+    def forward(self, fields: Tensor) -> Tensor:
+        right = fields.index_select(1, self.right)
+        if self.kind == "field_all":
+            return torch.matmul(fields.index_select(1, self.left), self.weight[0]) * right
+        if self.kind == "field_each":  # transform each field once, then pick the left side of every pair
+            projected = torch.matmul(fields.unsqueeze(2), self.weight).squeeze(2)  # [B, F, D]
+            return projected.index_select(1, self.left) * right
+        left = fields.index_select(1, self.left).unsqueeze(2)  # [B, P, 1, D]
+        return torch.matmul(left, self.weight).squeeze(2) * right
+
+
+class DotInteraction(nn.Module):
+    """DLRM's dot interaction: vectors ``[B, N, D]`` -> ``[B, N(N-1)/2]``, ``<v_i, v_j>`` for ``i < j``.
+
+    One batched ``V V^T`` and a gather of its strict upper triangle (row-major pair order); no
+    self-interactions, as in the DLRM reference.
+    """
+
+    def __init__(self, num_vectors: int) -> None:
+        super().__init__()
+        if num_vectors < 2:
+            raise CtrzooError(f"a dot interaction needs at least 2 vectors, got {num_vectors}")
+        i, j = torch.triu_indices(num_vectors, num_vectors, offset=1)
+        self.register_buffer("index", i * num_vectors + j, persistent=False)
+        self.out_dim = int(i.numel())
+
+    def forward(self, vectors: Tensor) -> Tensor:
+        gram = torch.matmul(vectors, vectors.transpose(1, 2))  # [B, N, N]
+        return gram.flatten(1).index_select(1, self.index)
+
+
+class BilinearFusion(nn.Module):
+    """FinalMLP's multi-head bilinear fusion of two stream outputs ``o1 [B, d1]``, ``o2 [B, d2]`` -> logit ``[B]``.
+
+    ``y = b + w1 . o1 + w2 . o2 + sum_h o1_h^T W_h o2_h`` where ``o1_h, o2_h`` are the ``h``-th of ``num_heads``
+    equal chunks (``W_h [d1/H, d2/H]``): second-order interactions between the streams at ``1/H`` of a full
+    bilinear layer's parameters (Mao et al. 2023).
+    """
+
+    def __init__(self, dim1: int, dim2: int, num_heads: int = 1) -> None:
+        super().__init__()
+        if num_heads <= 0 or dim1 % num_heads or dim2 % num_heads:
+            raise CtrzooError(f"fusion heads ({num_heads}) must divide both stream widths ({dim1} and {dim2})")
+        self.num_heads = num_heads
+        self.linear1 = nn.Linear(dim1, 1)
+        self.linear2 = nn.Linear(dim2, 1, bias=False)
+        self.weight = xavier_per_matrix(nn.Parameter(torch.empty(num_heads, dim1 // num_heads, dim2 // num_heads)))
+
+    def forward(self, o1: Tensor, o2: Tensor) -> Tensor:
+        h1 = o1.unflatten(-1, (self.num_heads, -1)).unsqueeze(2)  # [B, H, 1, d1/H]
+        h2 = o2.unflatten(-1, (self.num_heads, -1))  # [B, H, d2/H]
+        bilinear = (torch.matmul(h1, self.weight).squeeze(2) * h2).sum(dim=(1, 2))
+        return (self.linear1(o1) + self.linear2(o2)).squeeze(-1) + bilinear
+
+
+def xavier_per_matrix(weight: Tensor) -> Tensor:
+    """Glorot-normal init of a stack ``[..., a, b]`` of matrices, each by its own fans ``a`` and ``b`` (in place)."""
+    with torch.no_grad():
+        return weight.normal_(0.0, math.sqrt(2.0 / (weight.shape[-2] + weight.shape[-1])))

@@ -29,7 +29,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def resolve_config(model: str, kind: str | None, config_file: str | None, overrides: dict[str, Any]) -> TrainConfig:
-    """Merge defaults < file < flags; unknown keys are errors that name the key and the file."""
+    """Merge defaults < file < flags; unknown keys are errors that name the key and the file. ``model`` may
+    be an alias: the config (and so the bundle) holds the registered name."""
+    from ctrzoo.models import model_hparam_names, resolve_model_name
+
+    model = resolve_model_name(model)
     train: dict[str, Any] = {}
     hparams: dict[str, Any] = {}
     sources = []
@@ -48,8 +52,6 @@ def resolve_config(model: str, kind: str | None, config_file: str | None, overri
     hp_over = overrides.pop("hparams", {}) or {}
     hparams.update(hp_over)
     train.update({k: v for k, v in overrides.items() if v is not None})
-    from ctrzoo.models import model_hparam_names
-
     known_hp = set(model_hparam_names(model))
     bad = set(hparams) - known_hp
     if bad:
