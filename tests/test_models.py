@@ -160,10 +160,18 @@ def test_models_accept_empty_seq_when_layout_has_none(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["wide_deep", "deepfm", "dcn"])
-def test_non_sequence_models_ignore_seq(layout: TableLayout, name: str) -> None:
-    model = build(name, layout).eval()
+def test_field_models_use_the_pooled_history_unless_told_not_to(layout: TableLayout, name: str) -> None:
+    """Issue 16: sequences reach Wide&Deep, DeepFM and DCN as pooled fields; ``pool_lists=False`` (what a
+    bundle trained before this records) ignores them as these models used to."""
     sparse, dense, seq, _ = make_batch(layout)
-    torch.testing.assert_close(model(sparse, dense, torch.zeros(B, 0, 0, dtype=torch.long)), model(sparse, dense, seq))
+    empty = torch.zeros_like(seq)
+    torch.manual_seed(0)
+    model = build(name, layout).eval()
+    assert not torch.allclose(model(sparse, dense, seq), model(sparse, dense, empty))
+    torch.manual_seed(0)
+    without = build(name, layout, pool_lists=False).eval()
+    torch.testing.assert_close(without(sparse, dense, torch.zeros(B, 0, 0, dtype=torch.long)),
+                               without(sparse, dense, seq))
 
 
 def test_models_without_dense_features() -> None:

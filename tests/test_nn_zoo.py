@@ -64,18 +64,20 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- field embeddings
 
 
-def test_fields_are_categorical_then_dense_fields() -> None:
+def test_fields_are_categorical_then_pooled_lists_then_dense_fields() -> None:
     layout = TableLayout.from_sizes({"a": 4, "b": 3}, dense=("x", "y"), seq={"h": ("a", 3)})
     torch.manual_seed(0)
     emb = FeatureEmbedding(layout, 3, dense_fields=True)
     torch.nn.init.normal_(emb.linear_table.weight)
     sparse, dense = torch.tensor([[2, 6], [1, 5]]), torch.tensor([[0.5, -2.0], [1.0, 3.0]])
-    seq = torch.zeros(2, 1, 3, dtype=torch.long)
+    seq = torch.tensor([[[2, 3, 0]], [[0, 0, 0]]])  # a history of two items; an empty one
     fields = emb.fields(sparse, dense, seq)
-    assert emb.num_fields == 4 and fields.shape == (2, 4, 3)
+    assert emb.num_fields == 5 and fields.shape == (2, 5, 3)
     torch.testing.assert_close(fields[:, :2], emb.table.weight[sparse])
-    torch.testing.assert_close(fields[:, 2], dense[:, :1] * emb.dense.weight[0])
-    torch.testing.assert_close(fields[:, 3], dense[:, 1:] * emb.dense.weight[1])
+    torch.testing.assert_close(fields[0, 2], (emb.table.weight[2] + emb.table.weight[3]) / 2)  # mean pooling
+    torch.testing.assert_close(fields[1, 2], torch.zeros(3))
+    torch.testing.assert_close(fields[:, 3], dense[:, :1] * emb.dense.weight[0])
+    torch.testing.assert_close(fields[:, 4], dense[:, 1:] * emb.dense.weight[1])
     both, first = emb.fields_and_first_order(sparse, dense, seq)
     torch.testing.assert_close(both, fields)
     torch.testing.assert_close(first, emb.first_order(sparse))
@@ -86,9 +88,11 @@ def test_fields_are_categorical_then_dense_fields() -> None:
     torch.testing.assert_close(first_dedup, first)
 
     plain = FeatureEmbedding(layout, 3)  # the default keeps dense features out of the fields
-    assert plain.dense is None and plain.num_fields == 2
-    assert plain.fields(sparse, dense, seq).shape == (2, 2, 3)
+    assert plain.dense is None and plain.num_fields == 3  # 2 categorical + the pooled history
+    assert plain.fields(sparse, dense, seq).shape == (2, 3, 3)
     assert [n for n, _ in plain.named_parameters()] == ["table.weight", "linear_table.weight"]
+    no_lists = FeatureEmbedding(layout, 3, list_fields=False)
+    assert no_lists.num_fields == 2 and no_lists.fields(sparse, dense, seq).shape == (2, 2, 3)
 
 
 def test_linear_logit_is_bias_plus_first_order_plus_dense_weights() -> None:

@@ -200,10 +200,12 @@ def test_model_follows_the_protocol(name: str, hparams: dict, layout_id: str) ->
     F.binary_cross_entropy_with_logits(logits, label).backward()
     assert torch.count_nonzero(model.embedding.weight.grad) > 0
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-    # sequences are not read by these models (yet): an empty seq tensor gives the same scores
+    # sequences reach every model as pooled fields (issue 16): the history changes the scores
     model.eval()
-    empty = torch.zeros(B, 0, 0, dtype=torch.long)
-    torch.testing.assert_close(model(sparse, dense, empty), model(sparse, dense, seq))
+    if layout.n_seq:
+        with torch.no_grad():  # lr's table starts at zero: give the ids weights first
+            model.embedding.weight[1:].normal_(std=0.1)
+        assert not torch.allclose(model(sparse, dense, torch.zeros_like(seq)), model(sparse, dense, seq))
     # eval scores are per row
     torch.testing.assert_close(model(sparse[:3], dense[:3], seq[:3]), model(sparse, dense, seq)[:3])
 
@@ -296,7 +298,12 @@ def test_lr_is_exactly_logistic_regression() -> None:
         model.embedding.weight.copy_(w.unsqueeze(1))
         model.linear.dense_linear.weight.copy_(torch.tensor([[0.5, -2.0]]))
         model.linear.bias.fill_(0.25)
-    expected = torch.stack([w[row].sum() + 0.5 * d[0] - 2.0 * d[1] + 0.25 for row, d in zip(sparse, dense)])
+
+    def history(ids: torch.Tensor) -> torch.Tensor:  # each sequence's mean weight (the default pooling), 0 if empty
+        return sum((w[s[s != 0]].mean() if (s != 0).any() else torch.tensor(0.0)) for s in ids)
+
+    expected = torch.stack([w[row].sum() + history(q) + 0.5 * d[0] - 2.0 * d[1] + 0.25
+                            for row, q, d in zip(sparse, seq, dense)])
     torch.testing.assert_close(model(sparse, dense, seq), expected)
 
 
@@ -308,8 +315,13 @@ def test_fm_is_linear_plus_pairwise_dots_of_all_fields() -> None:
         torch.nn.init.normal_(model.embedding.weight)
         model.embedding.weight[0] = 0
     sparse, dense, seq, _ = make_batch(layout, n=4)
-    v = torch.cat([model.embedding.weight[sparse], dense.unsqueeze(-1) * model.embedding.dense.weight], dim=1)
-    pairs = sum((v[:, i] * v[:, j]).sum(-1) for i in range(5) for j in range(i + 1, 5))
+    table = model.embedding.weight
+    history = torch.stack([table[s[s != 0]].mean(0) if (s != 0).any() else torch.zeros(table.shape[1])
+                           for s in seq[:, 0]])  # the sequence, mean-pooled: one more field
+    v = torch.cat([table[sparse], history.unsqueeze(1), dense.unsqueeze(-1) * model.embedding.dense.weight], dim=1)
+    n = v.shape[1]
+    assert n == layout.n_sparse + layout.n_seq + layout.n_dense
+    pairs = sum((v[:, i] * v[:, j]).sum(-1) for i in range(n) for j in range(i + 1, n))
     linear = model.embedding.linear_table.weight[sparse].sum((1, 2)) + model.linear(torch.zeros(4), dense)
     torch.testing.assert_close(model(sparse, dense, seq), linear + pairs)
 
@@ -318,24 +330,24 @@ def test_dcnv2_structures_compose_cross_and_mlp_as_documented() -> None:
     layout = LAYOUTS["dense+seq"]
     sparse, dense, seq, _ = make_batch(layout, n=4)
     parallel = build("dcnv2", layout).eval()
-    x0 = torch.cat([parallel.embedding(sparse).flatten(1), dense], dim=1)
+    x0 = torch.cat([parallel.embedding.fields(sparse, dense, seq).flatten(1), dense], dim=1)
     cross = x0
     for lin in parallel.cross.linears:
         cross = x0 * lin(cross) + cross
     expected = parallel.head(torch.cat([cross, parallel.deep(x0)], dim=1)).squeeze(-1)
     torch.testing.assert_close(parallel(sparse, dense, seq), expected)
     stacked = build("dcnv2", layout, structure="stacked", mlp=()).eval()
-    x0 = torch.cat([stacked.embedding(sparse).flatten(1), dense], dim=1)
+    x0 = torch.cat([stacked.embedding.fields(sparse, dense, seq).flatten(1), dense], dim=1)
     torch.testing.assert_close(stacked(sparse, dense, seq), stacked.head(stacked.cross(x0)).squeeze(-1))
 
 
 def test_dlrm_without_dense_uses_only_field_dots() -> None:
     layout = LAYOUTS["no-dense+seq"]
     model = build("dlrm", layout).eval()
-    assert model.bottom is None and model.interaction.out_dim == 3
+    assert model.bottom is None and model.interaction.out_dim == 6  # 3 categorical fields + the pooled history
     sparse, dense, seq, _ = make_batch(layout, n=4)
-    e = model.embedding(sparse)
-    dots = torch.stack([(e[:, i] * e[:, j]).sum(-1) for i, j in ((0, 1), (0, 2), (1, 2))], dim=1)
+    e = model.embedding.fields(sparse, dense, seq)
+    dots = torch.stack([(e[:, i] * e[:, j]).sum(-1) for i in range(4) for j in range(i + 1, 4)], dim=1)
     torch.testing.assert_close(model(sparse, dense, seq), model.head(model.deep(dots)).squeeze(-1))
 
 

@@ -16,6 +16,8 @@ from ctrzoo.nn import MLP, CrossNetwork, FeatureEmbedding
 class DCN(CTRModel):
     """``x0 = [flatten(field embeddings), dense]``; ``logit = Linear([Cross(x0), MLP(x0)])``.
 
+    Field embeddings: the categorical fields and, with ``pool_lists``, each sequence and bag pooled.
+
     The cross network builds bounded-degree explicit interactions (degree ``num_cross_layers + 1``), the
     MLP implicit ones; ``cross_form`` picks the vector (DCN) or matrix (DCN-V2) cross layer.
     """
@@ -31,16 +33,17 @@ class DCN(CTRModel):
         num_cross_layers: int = 3,
         cross_form: str = "vector",
         sparse_grad: bool = False,
+        pool_lists: bool = True,
     ) -> None:
         hparams = constructor_hparams(locals())
         super().__init__()
         self.hparams = hparams
-        in_dim = layout.n_sparse * emb_dim + layout.n_dense
-        self.embedding = FeatureEmbedding(layout, emb_dim, sparse_grad=sparse_grad)
+        in_dim = (layout.n_sparse + (layout.n_seq if pool_lists else 0)) * emb_dim + layout.n_dense
+        self.embedding = FeatureEmbedding(layout, emb_dim, sparse_grad=sparse_grad, list_fields=pool_lists)
         self.cross = CrossNetwork(in_dim, num_cross_layers, form=cross_form)
         self.deep = MLP(in_dim, mlp, dropout, activation, batch_norm)
         self.head = nn.Linear(in_dim + self.deep.out_dim, 1)
 
     def forward(self, sparse: Tensor, dense: Tensor, seq: Tensor) -> Tensor:
-        x0 = torch.cat([self.embedding(sparse).flatten(1), dense], dim=1)
+        x0 = torch.cat([self.embedding.fields(sparse, dense, seq).flatten(1), dense], dim=1)
         return self.head(torch.cat([self.cross(x0), self.deep(x0)], dim=1)).squeeze(-1)

@@ -21,8 +21,9 @@ class DIN(CTRModel):
     shares (``layout.seq[s].shares_index``, e.g. the target item id for an item-id history) and
     ``interest_s = TargetAttention(candidate, history_s)``, so the user representation changes with the
     ad being scored. ``pooling="sum"`` replaces attention by masked sum pooling (the paper's base model,
-    a benchmark baseline); ``concat_sum_pool=True`` also appends the sum-pooled history. With no sequence
-    features in the layout the model is an MLP over the field embeddings and dense features.
+    a benchmark baseline); ``concat_sum_pool=True`` also appends the sum-pooled history. Multi-value bags
+    are not histories: each is pooled by its layout's pooling and appended as one more field. With no
+    sequence features in the layout the model is an MLP over the field embeddings and dense features.
     """
 
     def __init__(
@@ -45,32 +46,37 @@ class DIN(CTRModel):
         if pooling not in ("attention", "sum"):
             raise CtrzooError(f"unknown DIN pooling {pooling!r}; expected 'attention' or 'sum'")
         self.hparams = hparams
-        self.shares = [s.shares_index for s in layout.seq]
+        self.sequences = [(k, s.shares_index) for k, s in layout.sequences]  # (seq slot, target field)
+        self.bag_slots = [k for k, _ in layout.bags]
+        self.bag_pools = nn.ModuleList(SequencePooling(s.pooling) for _, s in layout.bags)
         self.pooling = pooling
         self.concat_sum_pool = concat_sum_pool
-        self.embedding = FeatureEmbedding(layout, emb_dim, sparse_grad=sparse_grad)
+        self.embedding = FeatureEmbedding(layout, emb_dim, sparse_grad=sparse_grad, list_fields=False)
         self.attention = nn.ModuleList(
             TargetAttention(emb_dim, att_hidden, att_activation, use_softmax)
-            for _ in (layout.seq if pooling == "attention" else ())
+            for _ in (self.sequences if pooling == "attention" else ())
         )
         self.sum_pool = SequencePooling("sum")
         per_seq = emb_dim * (2 if concat_sum_pool else 1)
-        in_dim = layout.n_sparse * emb_dim + layout.n_dense + layout.n_seq * per_seq
+        in_dim = (layout.n_sparse * emb_dim + layout.n_dense + len(self.sequences) * per_seq
+                  + len(self.bag_slots) * emb_dim)
         self.deep = MLP(in_dim, mlp, dropout, activation, batch_norm)
         self.head = nn.Linear(self.deep.out_dim, 1)
 
     def forward(self, sparse: Tensor, dense: Tensor, seq: Tensor) -> Tensor:
         fields = self.embedding(sparse)
         parts = [fields.flatten(1), dense]
-        if self.shares:
+        if self.sequences or self.bag_slots:
             history = self.embedding.lookup_seq(seq)  # [B, S, L, D]
             mask = padding_mask(seq)  # [B, S, L]
-            for s, shares in enumerate(self.shares):
-                keys, keep = history[:, s], mask[:, s]
+            for i, (k, shares) in enumerate(self.sequences):
+                keys, keep = history[:, k], mask[:, k]
                 if self.pooling == "attention":
-                    parts.append(self.attention[s](fields[:, shares], keys, keep))
+                    parts.append(self.attention[i](fields[:, shares], keys, keep))
                 else:
                     parts.append(self.sum_pool(keys, keep))
                 if self.concat_sum_pool:
                     parts.append(self.sum_pool(keys, keep))
+            for k, pool in zip(self.bag_slots, self.bag_pools):
+                parts.append(pool(history[:, k], mask[:, k]))
         return self.head(self.deep(torch.cat(parts, dim=1))).squeeze(-1)

@@ -20,6 +20,8 @@ _HASH_A, _HASH_B, _HASH_SALT = 1_000_003, 998_244_353, 2_654_435_761
 class WideDeep(CTRModel):
     """``logit = wide(sparse, dense) + Linear(MLP([field embeddings, dense]))``.
 
+    Field embeddings: the categorical fields and, with ``pool_lists``, each sequence and bag pooled.
+
     The wide part is linear in the raw ids: first-order weights of every field, a linear map of ``dense``
     and, for each configured field pair in ``crosses``, a weight of the hashed id pair (memorizes
     co-occurrences such as (user country, item category) that the deep part generalizes over). The pair
@@ -38,12 +40,13 @@ class WideDeep(CTRModel):
         crosses: Sequence[Sequence[str]] = (),
         cross_buckets: int = 200_003,
         sparse_grad: bool = False,
+        pool_lists: bool = True,
     ) -> None:
         hparams = constructor_hparams(locals())
         super().__init__()
         pairs = [_cross_pair(layout, c) for c in crosses]
         self.hparams = hparams
-        self.embedding = FeatureEmbedding(layout, emb_dim, sparse_grad=sparse_grad)
+        self.embedding = FeatureEmbedding(layout, emb_dim, sparse_grad=sparse_grad, list_fields=pool_lists)
         self.dense_linear = nn.Linear(layout.n_dense, 1, bias=False) if layout.n_dense else None
         self.bias = nn.Parameter(torch.zeros(1))
         self.cross_buckets = cross_buckets
@@ -55,7 +58,8 @@ class WideDeep(CTRModel):
             self.register_buffer("cross_salt", torch.arange(len(pairs)) * _HASH_SALT, persistent=False)
             self.cross_table = nn.Embedding(cross_buckets, 1, sparse=sparse_grad)
             nn.init.zeros_(self.cross_table.weight)
-        self.deep = MLP(layout.n_sparse * emb_dim + layout.n_dense, mlp, dropout, activation, batch_norm)
+        n_fields = layout.n_sparse + (layout.n_seq if pool_lists else 0)
+        self.deep = MLP(n_fields * emb_dim + layout.n_dense, mlp, dropout, activation, batch_norm)
         self.head = nn.Linear(self.deep.out_dim, 1, bias=False)
 
     def cross_ids(self, sparse: Tensor) -> Tensor:
@@ -74,7 +78,7 @@ class WideDeep(CTRModel):
         return logit
 
     def forward(self, sparse: Tensor, dense: Tensor, seq: Tensor) -> Tensor:
-        deep_in = torch.cat([self.embedding(sparse).flatten(1), dense], dim=1)
+        deep_in = torch.cat([self.embedding.fields(sparse, dense, seq).flatten(1), dense], dim=1)
         return self.wide(sparse, dense) + self.head(self.deep(deep_in)).squeeze(-1)
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ctrzoo.features.layout import PADDING_ID, TableLayout
+from ctrzoo.features.layout import PADDING_ID, TableLayout, VectorLayout
+from ctrzoo.nn.sequence import SequencePooling, padding_mask
 
 
 class FeatureEmbedding(nn.Module):
@@ -43,12 +44,17 @@ class FeatureEmbedding(nn.Module):
     """
 
     def __init__(self, layout: TableLayout, dim: int, sparse_grad: bool = False, init_std: float = 1e-2,
-                 first_order: bool = True, dense_fields: bool = False) -> None:
+                 first_order: bool = True, dense_fields: bool = False, list_fields: bool = True) -> None:
         super().__init__()
         num = layout.num_embeddings
         self.dim = dim
-        self.dense = DenseEmbedding(layout.n_dense, dim, init_std) if dense_fields and layout.n_dense else None
-        self.num_fields = layout.n_sparse + (layout.n_dense if self.dense is not None else 0)
+        n_scalar = layout.n_scalar_dense
+        self.dense = DenseEmbedding(n_scalar, dim, init_std) if dense_fields and n_scalar else None
+        self.vectors = VectorFields(layout.vectors, dim) if dense_fields and layout.vectors else None
+        self.lists = ListPooling(layout) if list_fields and layout.n_seq else None
+        self.n_scalar_dense = n_scalar
+        self.num_fields = (layout.n_sparse + (layout.n_seq if self.lists is not None else 0)
+                           + (n_scalar if self.dense is not None else 0) + len(layout.vectors if dense_fields else ()))
         self.table = nn.Embedding(num, dim, padding_idx=PADDING_ID, sparse=sparse_grad)
         self.linear_table = nn.Embedding(num, 1, padding_idx=PADDING_ID, sparse=sparse_grad) if first_order else None
         nn.init.normal_(self.table.weight, std=init_std)
@@ -107,25 +113,66 @@ class FeatureEmbedding(nn.Module):
         return fields, first
 
     def fields(self, sparse: Tensor, dense: Tensor, seq: Tensor) -> Tensor:
-        """A row's field vectors ``[B, num_fields, dim]``: the categorical fields, then (with
-        ``dense_fields``) the dense features as fields.
+        """A row's field vectors ``[B, num_fields, dim]``: the categorical fields, each sequence and bag
+        pooled (``list_fields``, by its layout's pooling), then (``dense_fields``) every numeric feature as a
+        field (value * vector) and every dense vector projected to one field.
 
-        The one place the field-interaction models get their fields from, so a new kind of field (pooled
-        sequences; ``seq`` is not used yet) reaches all of them at once.
+        The one place the field-interaction models get their fields from, so a new kind of field reaches
+        all of them at once.
         """
-        return self._with_dense_fields(self(sparse), dense)
+        return self._with_extra_fields(self(sparse), dense, seq)
 
     def fields_and_first_order(self, sparse: Tensor, dense: Tensor, seq: Tensor) -> tuple[Tensor, Tensor]:
         """``(self.fields(...), self.first_order(sparse))`` through :meth:`lookup`'s one deduplicated read."""
         fields, first = self.lookup(sparse)
-        return self._with_dense_fields(fields, dense), first
+        return self._with_extra_fields(fields, dense, seq), first
 
-    def _with_dense_fields(self, fields: Tensor, dense: Tensor) -> Tensor:
-        return fields if self.dense is None else torch.cat([fields, self.dense(dense)], dim=1)
+    def list_fields(self, seq: Tensor) -> Tensor | None:
+        """``seq [B, S, L]`` -> each slot pooled ``[B, S, dim]`` (None without ``list_fields`` or slots)."""
+        return None if self.lists is None else self.lists(self.table(seq), seq)
+
+    def _with_extra_fields(self, fields: Tensor, dense: Tensor, seq: Tensor) -> Tensor:
+        parts = [fields]
+        if self.lists is not None:
+            parts.append(self.lists(self.table(seq), seq))
+        if self.dense is not None:
+            parts.append(self.dense(dense[:, : self.n_scalar_dense]))
+        if self.vectors is not None:
+            parts.append(self.vectors(dense))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def lookup_seq(self, seq: Tensor) -> Tensor:
         """``seq [B, S, L]`` global ids (0 = padding) -> ``[B, S, L, dim]``; padded positions are zeros."""
         return self.table(seq)
+
+
+class ListPooling(nn.Module):
+    """Every ``seq`` slot (behaviour sequences and multi-value bags) pooled into one field by its layout's
+    ``pooling``: ``embedded [B, S, L, D]`` and ``ids [B, S, L]`` -> ``[B, S, D]``; padding never counts."""
+
+    def __init__(self, layout: TableLayout) -> None:
+        super().__init__()
+        modes = [s.pooling for s in layout.seq]
+        self.single = modes[0] if len(set(modes)) == 1 else None
+        self.pools = nn.ModuleList(SequencePooling(m) for m in modes)
+
+    def forward(self, embedded: Tensor, ids: Tensor) -> Tensor:
+        mask = padding_mask(ids)
+        if self.single is not None:  # one mode for every slot: one call
+            return self.pools[0](embedded, mask)
+        return torch.stack([pool(embedded[:, k], mask[:, k]) for k, pool in enumerate(self.pools)], dim=1)
+
+
+class VectorFields(nn.Module):
+    """Each dense vector ``dense[:, start:start + dim]`` projected to one field: ``[B, n_dense] -> [B, V, D]``."""
+
+    def __init__(self, vectors: tuple[VectorLayout, ...], dim: int) -> None:
+        super().__init__()
+        self.slices = [(v.start, v.start + v.dim) for v in vectors]
+        self.projections = nn.ModuleList(nn.Linear(v.dim, dim) for v in vectors)
+
+    def forward(self, dense: Tensor) -> Tensor:
+        return torch.stack([proj(dense[:, a:b]) for (a, b), proj in zip(self.slices, self.projections)], dim=1)
 
 
 class DenseEmbedding(nn.Module):

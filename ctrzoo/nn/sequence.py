@@ -23,19 +23,26 @@ def padding_mask(ids: Tensor) -> Tensor:
 
 
 class SequencePooling(nn.Module):
-    """Masked ``sum`` or ``mean`` over the sequence axis: ``keys [..., L, D], mask [..., L] -> [..., D]``.
+    """Masked ``sum``, ``mean`` or ``max`` over the sequence axis: ``keys [..., L, D], mask [..., L] -> [..., D]``.
 
-    ``mean`` divides by the number of real positions (at least 1, so an empty history gives zeros).
+    ``mean`` divides by the number of real positions (at least 1); an empty history or bag gives zeros in
+    every mode.
     """
+
+    MODES = ("sum", "mean", "max")
 
     def __init__(self, mode: str = "sum") -> None:
         super().__init__()
-        if mode not in ("sum", "mean"):
-            raise CtrzooError(f"unknown pooling mode {mode!r}; expected 'sum' or 'mean'")
+        if mode not in self.MODES:
+            raise CtrzooError(f"unknown pooling mode {mode!r}; expected one of {self.MODES}")
         self.mode = mode
 
     def forward(self, keys: Tensor, mask: Tensor) -> Tensor:
         m = mask.unsqueeze(-1).to(keys.dtype)
+        if self.mode == "max":
+            lowest = torch.finfo(keys.dtype).min
+            pooled = keys.masked_fill(m == 0, lowest).amax(dim=-2)
+            return torch.where(m.sum(dim=-2) > 0, pooled, torch.zeros_like(pooled))
         pooled = (keys * m).sum(dim=-2)
         if self.mode == "mean":
             pooled = pooled / m.sum(dim=-2).clamp(min=1.0)

@@ -61,7 +61,9 @@ class FusedDIN(nn.Module):
         super().__init__()
         din = din.eval()
         self.table = din.embedding  # a FeatureEmbedding: any shape of ids -> [..., D]
-        self.shares = list(din.shares)
+        self.sequences = list(din.sequences)
+        self.bag_slots = list(din.bag_slots)
+        self.bag_pools = din.bag_pools
         self.pooling = din.pooling
         self.concat_sum_pool = din.concat_sum_pool
         self.attention = nn.ModuleList(PackedTargetAttention(a) for a in din.attention)
@@ -72,8 +74,8 @@ class FusedDIN(nn.Module):
         fields = self.table(sparse)
         parts = [fields.flatten(1), dense]
         batch, length = sparse.shape[0], seq.shape[-1]
-        for s, shares in enumerate(self.shares):
-            ids = seq[:, s]
+        for s, (k, shares) in enumerate(self.sequences):
+            ids = seq[:, k]
             row, pos = (ids != PADDING_ID).nonzero(as_tuple=True)
             items = self.table(ids[row, pos])  # [N, D]: only the real positions are looked up
             pooled = items.new_zeros(batch, items.shape[1]).index_add_(0, row, items)
@@ -83,4 +85,6 @@ class FusedDIN(nn.Module):
                 parts.append(pooled)
             if self.concat_sum_pool:
                 parts.append(pooled)
+        for k, pool in zip(self.bag_slots, self.bag_pools):  # bags are short: pooled as padded
+            parts.append(pool(self.table(seq[:, k]), seq[:, k] != PADDING_ID))
         return self.head(self.deep(torch.cat(parts, dim=1))).squeeze(-1)
