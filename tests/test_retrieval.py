@@ -229,13 +229,13 @@ def test_trained_bundle_has_towers_spec_catalogue_and_recall(rbundle):
     for name in ("bundle.json", "spec.json", "weights.pt", "catalogue.parquet"):
         assert (out / name).exists()
     bundle = load_retrieval_bundle(out)
-    assert bundle.meta["kind"] == "retrieval" and bundle.split.item_id == "adgroup_id"
+    assert bundle.meta.kind == "retrieval" and bundle.split.item_id == "adgroup_id"
     assert "click_sequence" in bundle.split.user and "price" in bundle.split.item
-    test = meta["metrics"]["test"]
+    test = meta.metrics.test
     assert set(test) == {"recall@10", "recall@50", "recall@100"}
     assert 0 <= test["recall@10"] <= test["recall@50"] <= test["recall@100"] <= 1
     # better than recommending the most clicked items to everyone
-    assert test["recall@100"] > meta["metrics"]["test_popularity_baseline"]["recall@100"]
+    assert test["recall@100"] > meta.metrics.test_popularity_baseline["recall@100"]
     cat = bundle.catalogue()
     id_col, cols = item_columns(bundle.spec, bundle.split)
     assert cat.table.column_names == [id_col, *cols]
@@ -244,13 +244,17 @@ def test_trained_bundle_has_towers_spec_catalogue_and_recall(rbundle):
 
 
 def test_bundle_written_before_the_towers_used_feature_embedding_still_loads(rbundle, tmp_path):
-    """weights.pt of earlier versions names the shared table ``table.weight``; loading maps it."""
+    """weights.pt of earlier versions names the shared table ``table.weight``; loading maps it. (Those
+    bundles had no integrity manifest either: they load without one.)"""
     out, _ = rbundle
     old = tmp_path / "old"
     shutil.copytree(out, old)
     state = torch.load(old / "weights.pt", weights_only=True)
     state = {("table.weight" if k == "embedding.table.weight" else k): v for k, v in state.items()}
     torch.save(state, old / "weights.pt")
+    meta = json.loads((old / "bundle.json").read_text())
+    del meta["files"]
+    (old / "bundle.json").write_text(json.dumps(meta))
     new_model, old_model = load_retrieval_bundle(out).build_model(), load_retrieval_bundle(old).build_model()
     assert torch.equal(old_model.embedding.weight, new_model.embedding.weight)
 
@@ -259,8 +263,8 @@ def test_negatives_and_no_logq_options_train(shop, tmp_path):
     cfg = RetrievalConfig(epochs=2, batch_size=128, random_negatives=32, hard_negatives=2, hard_from_epoch=1,
                           hard_ranks=[5, 30], logq=False, hidden=[16], normalize="user", max_steps=6)
     meta = train_retrieval(shop / "data", tmp_path / "r", config=cfg, progress=False, verbose=False)
-    assert all(np.isfinite(h["train_loss"]) for h in meta["history"])
-    assert meta["train"]["hard_negatives"] == 2 and not meta["train"]["logq"]
+    assert all(np.isfinite(h["train_loss"]) for h in meta.history)
+    assert meta.train["hard_negatives"] == 2 and not meta.train["logq"]
     with pytest.raises(RetrievalError, match="hard_ranks"):
         RetrievalConfig(hard_ranks=[10, 5])
 
@@ -303,7 +307,7 @@ def test_saving_replaces_a_retrieval_bundle_but_never_a_model_bundle_or_other_fi
     model, spec, catalogue = rb.build_model(), rb.spec, rb.catalogue()
 
     def save(out):
-        return save_retrieval_bundle(out, model, spec, catalogue, {"note": "resaved"})
+        return save_retrieval_bundle(out, model, spec, catalogue, extra={"note": "resaved"})
 
     copy = tmp_path / "copy"
     shutil.copytree(rbundle[0], copy)
