@@ -160,14 +160,12 @@ class BaseBundle:
         for name in cls.MUST_EXIST:
             if not (path / name).exists():
                 raise error(f"{path / name}: missing{' weights file' if name == WEIGHTS_FILE else ''}")
-        if meta.files is None:
-            if meta.format_version not in cls.LEGACY_FORMATS:
-                raise error(f"{meta_path}: no integrity manifest ('files'); the bundle is incomplete")
+        if meta.files is None and meta.format_version in cls.LEGACY_FORMATS:
             log.warning("%s", cls.legacy_note(path))
             for name in (*cls.REQUIRED, ONNX_FILE):
                 if (path / name).exists():
-                    _require_regular(path / name)
-        elif verify:
+                    _require_regular(path / name, error)
+        elif verify:  # no manifest in a format that has one: "incomplete"
             verify_manifest(path, meta.files, cls.REQUIRED, error)
         try:
             spec = FeatureSpec.load(path)
@@ -195,7 +193,7 @@ class BaseBundle:
         path = self.path / WEIGHTS_FILE
         error = self.error()
         try:
-            _require_regular(path)
+            _require_regular(path, error)
             state = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             raise error(f"{path}: missing weights file") from None
@@ -382,9 +380,9 @@ def _open_regular(path: Path):
         raise
 
 
-def _require_regular(path: Path) -> None:
+def _require_regular(path: Path, error: type[CtrzooError] = BundleError) -> None:
     if not stat.S_ISREG(os.stat(path).st_mode):
-        raise BundleError(f"{path}: not a regular file")
+        raise error(f"{path}: not a regular file")
 
 
 def _short(path: Path) -> str:

@@ -327,6 +327,63 @@ def test_saving_replaces_a_retrieval_bundle_but_never_a_model_bundle_or_other_fi
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary directories left
 
 
+def test_a_model_bundle_never_replaces_a_retrieval_bundle(rbundle, ranker, tmp_path, capsys):
+    from ctrzoo.bundle import load_bundle, save_bundle
+    from ctrzoo.errors import BundleError
+
+    copy = tmp_path / "r"
+    shutil.copytree(rbundle[0], copy)
+    before = sorted(p.name for p in copy.iterdir())
+    b = load_bundle(ranker)
+    with pytest.raises(BundleError, match=rf"{copy} is a retrieval bundle, not a model bundle: refusing to replace"):
+        save_bundle(copy, b.build_model(), b.spec, b.meta)
+    # and `ctrzoo train` refuses before training, not after
+    assert main(["train", "--model", "din", "--data", str(rbundle[0].parent / "data"), "--out", str(copy),
+                 "--epochs", "1", "--max-steps", "1"]) == 2
+    assert "is a retrieval bundle, not a model bundle" in capsys.readouterr().err
+    assert sorted(p.name for p in copy.iterdir()) == before and not (tmp_path / "r.work").exists()
+
+
+def test_retrieval_bundles_are_checked_against_their_manifest(rbundle, tmp_path, caplog):
+    import logging
+
+    meta = json.loads((rbundle[0] / "bundle.json").read_text())
+    assert {"weights.pt", "spec.json", "catalogue.parquet"} <= set(meta["files"])
+    assert not any(f.startswith("index/") for f in meta["files"])  # built later, checked by bundle version
+    damaged = tmp_path / "damaged"
+    shutil.copytree(rbundle[0], damaged)
+    table = pq.read_table(damaged / "catalogue.parquet")
+    pq.write_table(table.slice(0, len(table) - 1), damaged / "catalogue.parquet")
+    with pytest.raises(RetrievalError, match=r"catalogue.parquet: checksum differs from the one recorded"):
+        load_retrieval_bundle(damaged)
+    old = tmp_path / "old"  # as bundles were written before they had a manifest: loaded, with a warning
+    shutil.copytree(rbundle[0], old)
+    del meta["files"]
+    (old / "bundle.json").write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING, logger="ctrzoo.bundle"):
+        assert load_retrieval_bundle(old).version == meta["version"]
+    assert "retrieval bundle without an integrity manifest" in caplog.text
+
+
+def test_the_towers_train_in_the_shared_loop_with_row_sparse_adam(shop):
+    from ctrzoo.data.dataset import PreparedDataset
+    from ctrzoo.nn import RowSparseAdam
+    from ctrzoo.retrieval.catalogue import catalogue_from_dataset
+    from ctrzoo.retrieval.towers import default_split
+    from ctrzoo.retrieval.train import RetrievalTrainer
+
+    ds = PreparedDataset.open(shop / "data")
+    split = default_split(ds.spec, ds.meta.kind)
+    catalogue, _ = catalogue_from_dataset(ds, split)
+    trainer = RetrievalTrainer(RetrievalConfig(epochs=3, batch_size=256, max_steps=5), ds, split, catalogue,
+                               progress=False)
+    assert [type(o) for o in trainer.optimizers] == [torch.optim.Adam, RowSparseAdam]
+    assert trainer.optimizers[1].param_groups[0]["params"] == [trainer.model.embedding.weight]
+    best = trainer.fit()
+    assert trainer.global_step == 5 and len(trainer.history) == 1 and best == trainer.history[0]
+    assert not trainer.model.training and set(best) >= {"epoch", "train_loss", "valid_recall@100", "clicks_per_s"}
+
+
 def test_cli_train_index_and_bench(shop, tmp_path, capsys):
     out = tmp_path / "r"
     assert main(["train-retrieval", "--data", str(shop / "data"), "--out", str(out), "--epochs", "1",

@@ -9,7 +9,8 @@ EBR (KDD'20): at the start of an epoch the current item vectors are indexed and 
 ranks ``hard_ranks`` of its own retrieval (close, but not the very top, which holds unlabelled positives).
 
 Clicks are a small share of the rows, so the positives are gathered into memory once (no per-row Python)
-and batched as tensor slices; the catalogue's item-tower inputs are encoded once as well.
+and batched as tensor slices; the catalogue's item-tower inputs are encoded once as well. Epochs, optimizers,
+early stopping on validation recall and progress are the shared training loop's (``ctrzoo.train.loop``).
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ from ctrzoo.retrieval.towers import NORMALIZE, TowerSplit, TwoTower, default_spl
 from ctrzoo.threads import torch_threads
 from ctrzoo.train.loop import TrainingLoop
 
-# the shared table's optimizer: the ranking trainer's row-sparse Adam (SparseAdam's update, without its
-# coalescing bookkeeping); recall measured against SparseAdam in the commit that made it so
+# the shared table's optimizer: the ranking trainer's row-sparse Adam (SparseAdam's update without its coalescing
+# bookkeeping). Against torch.optim.SparseAdam on 200k synthetic taobao rows (default config, 10 seeds): the same
+# test recall@10/50/100 to every digit (weights within ~2e-6), training clicks/s the same or up to ~20% higher
 SPARSE_OPTIMIZER: type[torch.optim.Optimizer] = RowSparseAdam
 
 
