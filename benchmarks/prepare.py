@@ -38,7 +38,7 @@ def _ours(path: Path, out: Path) -> dict:
 
     t0 = time.perf_counter()
     meta = prepare("criteo", [path], out)
-    rows = sum(s["rows"] for s in meta["splits"].values())
+    rows = sum(s.rows for s in meta.splits.values())
     shutil.rmtree(out, ignore_errors=True)
     return {"seconds": time.perf_counter() - t0, "rows": rows}
 

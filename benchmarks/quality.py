@@ -54,7 +54,7 @@ def child(args: list[str]) -> None:
     from ctrzoo.train.trainer import Trainer, evaluate_arrays, predict
 
     ds = PreparedDataset.open(data)
-    cfg = resolve_config(model, ds.meta.get("kind"), None, json.loads(overrides_json))
+    cfg = resolve_config(model, ds.meta.kind, None, json.loads(overrides_json))
     workdir = Path(f"{out}.work")
     t0 = time.perf_counter()
     trainer = Trainer(cfg, ds, workdir, progress=False)
@@ -103,9 +103,9 @@ def test_truth(data: Path, raw: Path) -> tuple[np.ndarray, np.ndarray]:
     from ctrzoo.data.splits import SplitConfig
 
     ds = PreparedDataset.open(data)
-    if ds.meta.get("bad_rows", {}).get("total", 0):
+    if ds.meta.bad_rows.total:
         raise SystemExit(f"{data}: prepare skipped bad rows, so line index != row number; cannot align truth")
-    sp = ds.meta["split"]
+    sp = ds.meta.split  # SplitConfig.to_dict()
     split = SplitConfig(method=sp["method"], ratios=tuple(sp["ratios"]), seed=sp["seed"])
     truth = pq.read_table(f"{raw}.truth.parquet", columns=["p_click", "label"])
     test = split.assign(np.arange(truth.num_rows, dtype=np.int64), truth.num_rows) == 2

@@ -57,7 +57,7 @@ def taobao_vectors(rows: int, n_queries: int, retrain: bool) -> tuple[np.ndarray
     model = bundle.build_model()
     items, _ = catalogue_vectors(bundle, model, bundle.catalogue())
     queries = held_out_queries(bundle, model, data, limit=2 * n_queries, seed=1)
-    return items, queries, data, out, bundle.meta
+    return items, queries, data, out, bundle.meta.to_json()
 
 
 def serve_p99(data: Path, rbundle: Path, kind: str, value: int | None, requests_per_client: int = 50) -> dict:

@@ -36,7 +36,7 @@ def digests(out: Path) -> dict:
     res: dict = {}
     for kind in ("criteo", "taobao"):
         generate(kind, 20_000, 3, out / f"{kind}.raw")
-        meta = prepare(kind, [out / f"{kind}.raw"], out / kind)
+        prepare(kind, [out / f"{kind}.raw"], out / kind)
         h = hashlib.sha256()
         for split in ("train", "valid", "test"):
             for shard in sorted((out / kind / split).glob("*.parquet")):
@@ -44,7 +44,8 @@ def digests(out: Path) -> dict:
                 for c in table.column_names:
                     h.update(c.encode())
                     h.update(str(table.column(c).to_pylist()).encode())
-        res[kind] = {"fingerprint": meta["fingerprint"],
+        # read from dataset.json (same keys before and after issue 15), not prepare's return value
+        res[kind] = {"fingerprint": json.loads((out / kind / "dataset.json").read_text())["fingerprint"],
                      "spec": hashlib.sha256((out / kind / "spec.json").read_bytes()).hexdigest()[:16],
                      "shards": h.hexdigest()[:16]}
     for model, kind in MODELS:

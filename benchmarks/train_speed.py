@@ -61,7 +61,7 @@ def _ours(data: Path, variant: dict) -> dict:
     import torch
     from _common import peak_rss_mb, reset_peak_rss
 
-    import ctrzoo.train.trainer as trainer_mod
+    import ctrzoo.train.loop as loop_mod
     from ctrzoo.data.dataset import PreparedDataset
     from ctrzoo.data.loader import BatchLoader
     from ctrzoo.metrics import auc
@@ -70,9 +70,9 @@ def _ours(data: Path, variant: dict) -> dict:
     variant = dict(variant)
     torch.set_num_threads(THREADS)
     if variant.pop("torch_sparse_adam", False):
-        trainer_mod.RowSparseAdam = torch.optim.SparseAdam
+        loop_mod.RowSparseAdam = torch.optim.SparseAdam
     if variant.pop("foreach", False):
-        trainer_mod._dense_adam = lambda params, lr: torch.optim.Adam(params, lr=lr, foreach=True)
+        loop_mod._dense_adam = lambda params, lr: torch.optim.Adam(params, lr=lr, foreach=True)
     eager_read = variant.pop("eager_read", False)
     ds = PreparedDataset.open(data)
     reset_peak_rss()

@@ -48,8 +48,8 @@ def main() -> None:
 
     bundle = Path(a.bundle)
     manifest = read_manifest(artifact_dir(_bundle(bundle))) if (bundle / "model.onnx").exists() and a.reuse else None
-    if manifest and manifest.get("tuning"):
-        tuning = manifest["tuning"]
+    if manifest and manifest.tuning:
+        tuning = manifest.tuning
         print(f"reusing {bundle} (tuned: {tuning['trials']} trials in {tuning['tuning_seconds']} s)")
     else:
         _make_bundle(bundle, a.rows)

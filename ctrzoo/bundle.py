@@ -1,52 +1,63 @@
-"""Model bundles: the one artifact training writes and every consumer (evaluate, export, serve) reads.
+"""Bundles: the one artefact training writes and every consumer (evaluate, export, serve) reads.
 
-    BUNDLE/bundle.json   format version, model name + hyper-parameters, data fingerprint, metrics, version,
-                         and ``files``: the integrity manifest (sha256 of every other file of the bundle)
+Every bundle is a directory of one shape, whatever its kind (``BaseBundle`` owns it):
+
+    BUNDLE/bundle.json   typed metadata (``ctrzoo.metadata``): kind, format version, version stamp, model name +
+                         hyper-parameters, data fingerprint, training record, and ``files``: the integrity
+                         manifest (sha256 of every other file of the bundle)
     BUNDLE/spec.json, vocab/   the fitted feature spec (so raw rows can be encoded without the dataset)
     BUNDLE/weights.pt    a state dict, loaded with ``weights_only=True`` (no pickle)
-    BUNDLE/golden.json   a few raw rows with the scores the saved model gives them (``check_golden``)
-    BUNDLE/model.onnx    after ``ctrzoo export`` (which adds it to the manifest)
 
-Loading opens regular files only, checks the format version and every file against the manifest, and fails
-with a message that names what is wrong. Left out of the manifest, because they are caches derived from
-``model.onnx`` and checked against it by their own records: ``model.int8.onnx`` and ``tvm/`` (whose
-``manifest.json`` keys ``model.so`` by the sha256 of ``model.onnx``), and dot-files (temporaries).
+A ranking model bundle (``Bundle``, kind ``model``) adds ``golden.json`` (a few raw rows with the scores the
+saved model gives them, ``check_golden``) and, after ``ctrzoo export``, ``model.onnx`` (which export adds to
+the manifest). A retrieval bundle (``ctrzoo.retrieval.bundle``) adds its catalogue and index.
 
-Bundles of format 1 (written before the manifest existed) still load, with a warning: refusing them would
-stop every deployed server at upgrade, and ``ctrzoo export --bundle B`` upgrades one in place.
+Writing builds the directory beside the target and swaps it in (``ctrzoo.atomic``); a bundle of another kind is
+never replaced. Loading opens regular files only, checks the kind, the format version and every file against
+the manifest, and fails with a message that names what is wrong. Left out of the manifest, because they are
+derived and checked by their own records: ``model.int8.onnx`` and ``tvm/`` (whose ``manifest.json`` keys
+``model.so`` by the sha256 of ``model.onnx``), a retrieval bundle's ``index/`` (built from a bundle version),
+and dot-files (temporaries).
+
+Ranking bundles of format 1 (written before the manifest existed) still load, with a warning: refusing them
+would stop every deployed server at upgrade, and ``ctrzoo export --bundle B`` upgrades one in place. Retrieval
+bundles written before they had a manifest load the same way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import math
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
 from torch import nn
 
 import ctrzoo
-from ctrzoo.atomic import building, recover, write_json
+from ctrzoo.atomic import building, read_json, recover, write_json
 from ctrzoo.errors import BundleError, CtrzooError
 from ctrzoo.features import EncodedBatch, FeatureCodec, FeatureSpec
+from ctrzoo.metadata import BundleMeta, ModelBundleMeta, bundle_kind
 
-BUNDLE_FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)  # 1: no manifest, no golden rows (loaded with a warning)
+BUNDLE_FORMAT_VERSION = ModelBundleMeta.FORMATS[-1]
+READABLE_FORMATS = ModelBundleMeta.FORMATS  # 1: no manifest, no golden rows (loaded with a warning)
 META_FILE = "bundle.json"
 WEIGHTS_FILE = "weights.pt"
 SPEC_FILE = "spec.json"
 GOLDEN_FILE = "golden.json"
 ONNX_FILE = "model.onnx"
-UNLISTED = ("model.int8.onnx", "tvm")  # derived caches with their own checks (see the module docstring)
+UNLISTED = ("model.int8.onnx", "tvm")  # a model bundle's derived caches with their own checks (module docstring)
 REQUIRED = (WEIGHTS_FILE, SPEC_FILE, GOLDEN_FILE)
 GOLDEN_ROWS = 8
 GOLDEN_TOLERANCE = 1e-4  # fp32 backends: torch, onnxruntime, fused, tvm (parity with torch is 1e-5)
@@ -56,27 +67,185 @@ log = logging.getLogger("ctrzoo.bundle")
 
 
 @dataclass
-class Bundle:
+class BaseBundle:
+    """What every kind of bundle is and does: metadata, spec, weights, manifest, atomic write, checked load.
+
+    A kind sets the class constants and adds what differs (its model, its extra files); ``write`` and
+    ``open`` are the one implementation of saving and loading.
+    """
+
     path: Path
-    meta: dict[str, Any]
+    meta: BundleMeta
     spec: FeatureSpec
+
+    META_TYPE: ClassVar[type[BundleMeta]]
+    WHAT: ClassVar[str]  # "model bundle", "retrieval bundle"
+    REQUIRED: ClassVar[tuple[str, ...]]  # files the manifest must list
+    MUST_EXIST: ClassVar[tuple[str, ...]] = (WEIGHTS_FILE,)  # checked first, manifest or not
+    UNLISTED: ClassVar[tuple[str, ...]] = ()  # derived files and directories with their own checks
+    LEGACY_FORMATS: ClassVar[tuple[int, ...]] = ()  # formats written before the manifest: loaded with a warning
+
+    @property
+    def kind(self) -> str:
+        return self.meta.kind
+
+    @property
+    def version(self) -> str:
+        return self.meta.version
 
     @cached_property
     def codec(self) -> FeatureCodec:
         """The spec compiled (once per loaded bundle)."""
         return self.spec.compile()
 
+    @classmethod
+    def error(cls) -> type[CtrzooError]:
+        return cls.META_TYPE.error()
+
+    # -- writing -----------------------------------------------------------------------------------------
+    @classmethod
+    def write(cls, out: str | Path, model: nn.Module, spec: FeatureSpec, meta: BundleMeta,
+              add: Callable[[Self], None] | None = None) -> Self:
+        """Write a bundle directory atomically (built beside ``out``, swapped in by rename).
+
+        ``meta`` is what the caller knows; the stamps (version, ctrzoo version, format, ``files``) are set here.
+        ``add(bundle)`` writes the kind's own files into the bundle being built, before its manifest is taken.
+        An earlier bundle of the same kind, an empty directory or nothing may be replaced; nothing else.
+        """
+        out = Path(out)
+        check_replaceable(out, cls)
+        with building(out, META_FILE, cls.WHAT, cls.error()) as tmp:
+            spec.save(tmp)
+            with open(tmp / WEIGHTS_FILE, "wb") as fh:  # a file object: torch keeps the OS error (ENOSPC) then
+                torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, fh)
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            meta = dataclasses.replace(
+                meta, format_version=cls.META_TYPE.FORMATS[-1], ctrzoo_version=ctrzoo.__version__,
+                version=f"{stamp}-{sha256_file(tmp / WEIGHTS_FILE)[:8]}",  # time + weights: never shared
+            )
+            if add is not None:
+                add(cls(tmp, meta, spec))
+            meta.files = manifest(tmp, cls.UNLISTED)
+            write_json(tmp / META_FILE, meta.to_json())  # the marker, written last
+        return cls(out, meta, spec)
+
+    def write_meta(self) -> None:
+        """Replace ``bundle.json`` with ``self.meta`` (in one rename: readers see the old or the new one)."""
+        write_json(self.path / META_FILE, self.meta.to_json())
+
+    # -- loading -----------------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, verify: bool = True) -> Self:
+        """Open and check a bundle: regular files only, the kind, the format version, every file against the
+        manifest. Any OS error on the way (a name too long, a permission) is the kind's error naming the path.
+        """
+        path = Path(path)
+        error = cls.error()
+        try:
+            return cls._open(path, verify)
+        except OSError as exc:
+            raise error(f"{_short(path)}: cannot read the bundle ({exc.strerror or exc})") from None
+        except BundleError as exc:  # the file checks' (not a regular file), as the kind's error
+            if issubclass(BundleError, error):
+                raise
+            raise error(str(exc)) from None
+
+    @classmethod
+    def _open(cls, path: Path, verify: bool) -> Self:
+        error = cls.error()
+        recover(path, META_FILE)  # a writer killed between the fallback publish's two renames (ctrzoo.atomic)
+        meta_path = path / META_FILE
+        if not path.is_dir():
+            raise error(f"{_short(path)}: no such {cls.META_TYPE.WHAT} directory")
+        if not meta_path.exists():
+            raise error(f"{path}: not a {cls.WHAT} ({META_FILE} missing)")
+        raw = read_meta_json(meta_path, error)
+        if bundle_kind(raw) != cls.META_TYPE.KIND:
+            raise error(cls.wrong_kind(path, raw))
+        meta = cls.META_TYPE.from_json(raw, meta_path)
+        for name in cls.MUST_EXIST:
+            if not (path / name).exists():
+                raise error(f"{path / name}: missing{' weights file' if name == WEIGHTS_FILE else ''}")
+        if meta.files is None and meta.format_version in cls.LEGACY_FORMATS:
+            log.warning("%s", cls.legacy_note(path))
+            for name in (*cls.REQUIRED, ONNX_FILE):
+                if (path / name).exists():
+                    _require_regular(path / name, error)
+        elif verify:  # no manifest in a format that has one: "incomplete"
+            verify_manifest(path, meta.files, cls.REQUIRED, error)
+        try:
+            spec = FeatureSpec.load(path)
+        except CtrzooError as exc:
+            raise error(f"{path}: bad feature spec: {exc}") from None
+        bundle = cls(path, meta, spec)
+        bundle.check()
+        return bundle
+
+    @classmethod
+    def wrong_kind(cls, path: Path, raw: dict[str, Any]) -> str:
+        """The message for a ``bundle.json`` of another kind."""
+        return f"{path}: a {bundle_kind(raw)} bundle, not a {cls.WHAT}"
+
+    @classmethod
+    def legacy_note(cls, path: Path) -> str:
+        """The warning for a bundle written before the manifest."""
+        return f"{path}: {cls.WHAT} without an integrity manifest: its files are not checked"
+
+    def check(self) -> None:
+        """The kind's own consistency checks, once the spec is loaded."""
+
+    def load_weights(self, model: nn.Module, what: str) -> nn.Module:
+        """``model`` with the bundle's weights loaded (``weights_only``: no pickle), in eval mode."""
+        path = self.path / WEIGHTS_FILE
+        error = self.error()
+        try:
+            _require_regular(path, error)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise error(f"{path}: missing weights file") from None
+        except CtrzooError:
+            raise
+        except Exception as exc:  # corrupt or not a torch file
+            raise error(f"{path}: cannot read weights ({exc.__class__.__name__}: {exc})") from None
+        try:
+            model.load_state_dict(self.upgrade_state(state))
+        except RuntimeError as exc:
+            raise error(f"{path}: weights do not fit {what}: {exc}") from None
+        return model.eval()
+
+    def upgrade_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """A state dict written by an earlier version, in today's names."""
+        return state
+
+    # -- integrity manifest ------------------------------------------------------------------------------
+    def manifest(self) -> dict[str, str]:
+        """sha256 of every file of the bundle but ``bundle.json``, the kind's derived files and dot-files."""
+        return manifest(self.path, self.UNLISTED)
+
+    def verify_manifest(self) -> None:
+        """Every file listed in ``files`` is there with its recorded sha256; the kind's required files are listed."""
+        verify_manifest(self.path, self.meta.files, self.REQUIRED, self.error())
+
+
+@dataclass
+class Bundle(BaseBundle):
+    """A ranking model bundle (kind ``model``): weights of a registered model, golden rows, ``model.onnx``."""
+
+    meta: ModelBundleMeta
+
+    META_TYPE = ModelBundleMeta
+    WHAT = "model bundle"
+    REQUIRED = REQUIRED
+    UNLISTED = UNLISTED
+    LEGACY_FORMATS = (1,)
+
     @property
     def model_name(self) -> str:
-        return self.meta["model"]["name"]
+        return self.meta.model.name
 
     @property
     def hparams(self) -> dict[str, Any]:
-        return self.meta["model"]["hparams"]
-
-    @property
-    def version(self) -> str:
-        return self.meta.get("version", "0")
+        return self.meta.model.hparams
 
     @property
     def feature_set(self) -> tuple[tuple[str, str], ...]:
@@ -86,7 +255,7 @@ class Bundle:
     def golden(self) -> dict[str, Any] | None:
         """``{"rows": [...], "scores": [...]}`` or None for a format-1 bundle."""
         path = self.path / GOLDEN_FILE
-        if self.meta.get("format_version") == 1 and not path.exists():
+        if self.meta.format_version == 1 and not path.exists():
             return None
         try:
             data = json.loads(read_regular(path))
@@ -99,107 +268,70 @@ class Bundle:
 
     def build_model(self) -> nn.Module:
         """The model with its trained weights, in eval mode."""
-        from ctrzoo.models import build_model
+        from ctrzoo.models import build_model, model_hparam_names
 
-        model = build_model(self.model_name, self.codec.layout, **self.hparams)
-        path = self.path / WEIGHTS_FILE
-        try:
-            _require_regular(path)
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise BundleError(f"{path}: missing weights file") from None
-        except BundleError:
-            raise
-        except Exception as exc:  # corrupt or not a torch file
-            raise BundleError(f"{path}: cannot read weights ({exc.__class__.__name__}: {exc})") from None
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise BundleError(f"{path}: weights do not fit model {self.model_name!r}: {exc}") from None
-        return model.eval()
+        hparams = dict(self.hparams)
+        if "pool_lists" in model_hparam_names(self.model_name) and "pool_lists" not in hparams:
+            hparams["pool_lists"] = False  # trained before sequences reached this model (issue 16): as trained
+        model = build_model(self.model_name, self.codec.layout, **hparams)
+        return self.load_weights(model, f"model {self.model_name!r}")
+
+    @classmethod
+    def wrong_kind(cls, path: Path, raw: dict[str, Any]) -> str:
+        # e.g. a retrieval bundle: say so here, not at the first missing key
+        return (f"{path}: a {bundle_kind(raw)} bundle, not a ranking model bundle (a retrieval bundle is served "
+                "with `ctrzoo serve --retrieval` beside a model bundle)")
+
+    @classmethod
+    def legacy_note(cls, path: Path) -> str:
+        return (f"{path}: bundle format 1 has no integrity manifest and no golden rows, so neither is checked; "
+                f"`ctrzoo export --bundle {path}` adds them")
 
 
-def save_bundle(out: str | Path, model: nn.Module, model_name: str, spec: FeatureSpec, meta: dict[str, Any]) -> Path:
-    """Write a bundle directory atomically (built beside ``out``, swapped in by rename)."""
-    with building(out, META_FILE, "model bundle", BundleError) as tmp:
-        spec.save(tmp)
-        with open(tmp / WEIGHTS_FILE, "wb") as fh:  # a file object: torch keeps the OS error (ENOSPC) then
-            torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, fh)
-        digest = sha256_file(tmp / WEIGHTS_FILE)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        full = {
-            "version": f"{stamp}-{digest[:8]}",  # time + weights: two bundles never share a version
-            "format_version": BUNDLE_FORMAT_VERSION,
-            "ctrzoo_version": ctrzoo.__version__,
-            "model": {"name": model_name, "hparams": getattr(model, "hparams", {})},
-            **meta,
-        }
-        bundle = Bundle(tmp, full, spec)
-        write_golden(bundle, (meta.get("data") or {}).get("path"))
-        full["files"] = manifest(tmp)
-        write_json(tmp / META_FILE, full)
-    return Path(out)
+def save_bundle(out: str | Path, model: nn.Module, spec: FeatureSpec, meta: ModelBundleMeta) -> Bundle:
+    """Write a model bundle atomically; ``meta`` names the model and holds the training record. Its golden rows
+    are the saved model's scores of raw rows (``write_golden``)."""
+    return Bundle.write(out, model, spec, meta, add=lambda b: write_golden(b, b.meta.data.path))
 
 
 def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
-    """Open and check a bundle: regular files only, the format version, every file against the manifest.
+    """Open and check a model bundle (``BaseBundle.open``); a ``BundleError`` names what is wrong."""
+    return Bundle.open(path, verify)
 
-    Any OS error on the way (a name too long, a permission) is a ``BundleError`` naming the path.
-    """
-    path = Path(path)
+
+def check_replaceable(out: Path, kind: type[BaseBundle]) -> None:
+    """Refuse to replace a bundle of another kind at ``out`` (``building`` refuses anything else but a bundle)."""
+    if not (out / META_FILE).is_file():
+        return
     try:
-        return _load(path, verify)
-    except OSError as exc:
-        raise BundleError(f"{_short(path)}: cannot read the bundle ({exc.strerror or exc})") from None
+        other = bundle_kind(read_json(out / META_FILE, kind.error(), "bundle metadata"))
+    except CtrzooError:
+        return  # a damaged bundle.json: replacing it is what retraining is for
+    if other != kind.META_TYPE.KIND:
+        theirs = BUNDLE_OTHER_NAMES.get(other, f"{other} bundle")
+        raise kind.error()(f"{out} is a {theirs}, not a {kind.WHAT}: refusing to replace it")
 
 
-def _load(path: Path, verify: bool) -> Bundle:
-    recover(path, META_FILE)  # a writer killed between the fallback publish's two renames (ctrzoo.atomic)
-    meta_path = path / META_FILE
-    if not path.is_dir():
-        raise BundleError(f"{_short(path)}: no such bundle directory")
-    if not meta_path.exists():
-        raise BundleError(f"{path}: not a model bundle ({META_FILE} missing)")
+BUNDLE_OTHER_NAMES = {"model": "model bundle", "retrieval": "retrieval bundle"}
+
+
+def read_meta_json(meta_path: Path, error: type[CtrzooError]) -> Any:
+    """``bundle.json`` parsed (a regular file, UTF-8 JSON), or ``error`` naming the file and line."""
     try:
-        meta = json.loads(read_regular(meta_path))
+        return json.loads(read_regular(meta_path))
     except json.JSONDecodeError as exc:
-        raise BundleError(f"{meta_path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        raise error(f"{meta_path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
     except UnicodeDecodeError as exc:
-        raise BundleError(f"{meta_path}: not UTF-8 text ({exc.reason})") from None
-    if not isinstance(meta, dict):
-        raise BundleError(f"{meta_path}: bundle metadata must be a JSON object")
-    if meta.get("kind", "model") != "model":  # e.g. a retrieval bundle: say so here, not at the first missing key
-        raise BundleError(f"{path}: a {meta.get('kind')} bundle, not a ranking model bundle (a retrieval bundle is "
-                          "served with `ctrzoo serve --retrieval` beside a model bundle)")
-    if meta.get("format_version") not in READABLE_FORMATS:
-        raise BundleError(
-            f"{meta_path}: bundle format version {meta.get('format_version')!r}, this ctrzoo reads "
-            f"{', '.join(map(str, READABLE_FORMATS))}"
-        )
-    if not (path / WEIGHTS_FILE).exists():
-        raise BundleError(f"{path / WEIGHTS_FILE}: missing weights file")
-    if meta["format_version"] == 1:
-        log.warning("%s: bundle format 1 has no integrity manifest and no golden rows, so neither is checked; "
-                    "`ctrzoo export --bundle %s` adds them", path, path)
-        for name in (WEIGHTS_FILE, SPEC_FILE, ONNX_FILE):
-            if (path / name).exists():
-                _require_regular(path / name)
-    elif verify:
-        verify_manifest(path, meta)
-    try:
-        spec = FeatureSpec.load(path)
-    except CtrzooError as exc:
-        raise BundleError(f"{path}: bad feature spec: {exc}") from None
-    return Bundle(path, meta, spec)
+        raise error(f"{meta_path}: not UTF-8 text ({exc.reason})") from None
 
 
 # -- integrity manifest --------------------------------------------------------------------------
-def manifest(path: Path) -> dict[str, str]:
-    """sha256 of every file of the bundle but ``bundle.json``, the derived caches and dot-files."""
+def manifest(path: Path, unlisted: tuple[str, ...] = UNLISTED) -> dict[str, str]:
+    """sha256 of every file of the bundle but ``bundle.json``, ``unlisted`` (top-level names) and dot-files."""
     out = {}
     for p in sorted(path.rglob("*")):
         rel = p.relative_to(path)
-        if rel.parts[0] in UNLISTED or any(part.startswith(".") for part in rel.parts) or rel.as_posix() == META_FILE:
+        if rel.parts[0] in unlisted or any(part.startswith(".") for part in rel.parts) or rel.as_posix() == META_FILE:
             continue
         if p.is_dir() and not p.is_symlink():
             continue
@@ -207,27 +339,27 @@ def manifest(path: Path) -> dict[str, str]:
     return out
 
 
-def verify_manifest(path: Path, meta: dict[str, Any]) -> None:
-    files = meta.get("files")
-    if not isinstance(files, dict):
-        raise BundleError(f"{path / META_FILE}: no integrity manifest ('files'); the bundle is incomplete")
-    for name in REQUIRED:
+def verify_manifest(path: Path, files: dict[str, str] | None, required: tuple[str, ...] = REQUIRED,
+                    error: type[CtrzooError] = BundleError) -> None:
+    if files is None:
+        raise error(f"{path / META_FILE}: no integrity manifest ('files'); the bundle is incomplete")
+    for name in required:
         if name not in files:
-            raise BundleError(f"{path / name}: not recorded in the bundle's manifest")
+            raise error(f"{path / name}: not recorded in the bundle's manifest")
     if (path / ONNX_FILE).exists() and ONNX_FILE not in files:
-        raise BundleError(f"{path / ONNX_FILE}: not recorded in the bundle's manifest (copied from another "
-                          f"bundle?): run `ctrzoo export --bundle {path}`")
+        raise error(f"{path / ONNX_FILE}: not recorded in the bundle's manifest (copied from another "
+                    f"bundle?): run `ctrzoo export --bundle {path}`")
     for rel, want in files.items():
-        if not isinstance(rel, str) or os.path.isabs(rel) or ".." in Path(rel).parts or not Path(rel).parts:
-            raise BundleError(f"{path / META_FILE}: manifest entry {rel!r} is not a path inside the bundle")
+        if os.path.isabs(rel) or ".." in Path(rel).parts or not Path(rel).parts:
+            raise error(f"{path / META_FILE}: manifest entry {rel!r} is not a path inside the bundle")
         file = path / rel
         if not file.exists():
             hint = f"; run `ctrzoo export --bundle {path}` first" if rel == ONNX_FILE else ""
-            raise BundleError(f"{file}: missing{hint} (it is listed in the bundle's manifest)")
+            raise error(f"{file}: missing{hint} (it is listed in the bundle's manifest)")
         got = sha256_file(file)
         if got != want:
-            raise BundleError(f"{file}: checksum differs from the one recorded in the bundle's manifest (sha256 "
-                              f"{got[:12]}..., recorded {str(want)[:12]}...): corrupt, truncated or replaced")
+            raise error(f"{file}: checksum differs from the one recorded in the bundle's manifest (sha256 "
+                        f"{got[:12]}..., recorded {str(want)[:12]}...): corrupt, truncated or replaced")
 
 
 def sha256_file(path: Path) -> str:
@@ -257,9 +389,9 @@ def _open_regular(path: Path):
         raise
 
 
-def _require_regular(path: Path) -> None:
+def _require_regular(path: Path, error: type[CtrzooError] = BundleError) -> None:
     if not stat.S_ISREG(os.stat(path).st_mode):
-        raise BundleError(f"{path}: not a regular file")
+        raise error(f"{path}: not a regular file")
 
 
 def _short(path: Path) -> str:

@@ -148,9 +148,9 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
         workers=args.workers,
     )
     meta = prepare(args.kind, args.input, args.out, spec, opts)
-    print(f"prepared {args.out} in {meta['seconds']:.1f}s")
+    print(f"prepared {args.out} in {meta.seconds:.1f}s")
     print(format_summary(args.out))
-    for warning in meta.get("warnings", []):
+    for warning in meta.warnings:
         print(f"ctrzoo prepare: warning: {warning}", file=sys.stderr)
 
 
@@ -221,8 +221,8 @@ def _cmd_export(args: argparse.Namespace) -> None:
     from ctrzoo.export import export_onnx
 
     record = export_onnx(args.bundle)
-    print(f"wrote {Path(args.bundle) / record['file']} (opset {record['opset']}; onnxruntime vs torch max |diff| "
-          f"{record['parity_max_abs_diff']:.1e}; golden rows max |diff| {record['golden_max_abs_diff']:.1e})")
+    print(f"wrote {Path(args.bundle) / record.file} (opset {record.opset}; onnxruntime vs torch max |diff| "
+          f"{record.parity_max_abs_diff:.1e}; golden rows max |diff| {record.golden_max_abs_diff:.1e})")
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:

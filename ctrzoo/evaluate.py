@@ -31,26 +31,26 @@ def score_split(bundle: Bundle, ds: PreparedDataset, split: str = "test", batch_
             f"bundle {bundle.path} was trained with another feature spec than {ds.path}; only the raw test "
             "rows can be re-encoded with the bundle's spec (use --split test)"
         )
-    return score_raw_file(bundle, model, str(ds.raw_path("test")), ds.meta.get("user_id"), batch_rows)
+    return score_raw_file(bundle, model, str(ds.raw_path("test")), ds.meta.user_id, batch_rows)
 
 
 def check_bundle_fits(bundle: Bundle, ds: PreparedDataset) -> None:
     """Refuse a bundle trained on another kind of data, or whose raw columns the dataset lacks."""
-    trained = bundle.meta.get("data", {})
-    if trained.get("fingerprint") == ds.fingerprint or bundle.spec.equals(ds.spec):
+    trained = bundle.meta.data
+    if trained.fingerprint == ds.fingerprint or bundle.spec.equals(ds.spec):
         return
-    kind, data_kind = trained.get("kind"), ds.meta.get("kind")
+    kind, data_kind = trained.kind, ds.meta.kind
     if kind and data_kind and kind != data_kind:
         raise CtrzooError(f"bundle {bundle.path} was trained on {kind} data, {ds.path} is {data_kind} data "
-                          f"(fingerprint {ds.fingerprint}, the bundle's {trained.get('fingerprint')}): "
+                          f"(fingerprint {ds.fingerprint}, the bundle's {trained.fingerprint}): "
                           f"evaluate it on data prepared from {kind} logs")
-    raw = ds.meta.get("raw", {}).get("test")
+    raw = ds.meta.raw.get("test")
     if raw:
         names = set(parquet_file(ds.path / raw).schema_arrow.names)
         missing = [c for c in [bundle.spec.label, *bundle.spec.raw_columns()] if c not in names]
         if missing:
             raise CtrzooError(f"bundle {bundle.path} reads raw columns {', '.join(missing)} that {ds.path} "
-                              f"does not have: it was trained on other data ({trained.get('fingerprint')})")
+                              f"does not have: it was trained on other data ({trained.fingerprint})")
 
 
 @torch.inference_mode()

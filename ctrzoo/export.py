@@ -17,21 +17,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from ctrzoo.atomic import write_json
 from ctrzoo.bundle import (
     BUNDLE_FORMAT_VERSION,
     GOLDEN_TOLERANCE,
-    META_FILE,
     ONNX_FILE,
     Bundle,
     check_golden,
     load_bundle,
-    manifest,
     sha256_file,
     write_golden,
 )
 from ctrzoo.errors import BundleError
 from ctrzoo.features import INPUT_NAMES, TableLayout, random_batch
+from ctrzoo.metadata import OnnxRecord
 from ctrzoo.models.probability import ProbabilityModel
 
 OUTPUT_NAME = "prob"
@@ -62,7 +60,7 @@ def write_onnx(model: nn.Module, layout: TableLayout, path: Path) -> float:
     return _parity(wrapped, path, layout)
 
 
-def export_onnx(bundle: str | Path | Bundle, tolerance: float = PARITY_TOLERANCE) -> dict:
+def export_onnx(bundle: str | Path | Bundle, tolerance: float = PARITY_TOLERANCE) -> OnnxRecord:
     """Write ``model.onnx`` into the bundle and record it in ``bundle.json``; returns the record."""
     import onnx
 
@@ -72,28 +70,27 @@ def export_onnx(bundle: str | Path | Bundle, tolerance: float = PARITY_TOLERANCE
         max_diff = write_onnx(b.build_model(), b.codec.layout, tmp)
         if max_diff > tolerance:
             raise BundleError(f"{b.path}: ONNX export differs from torch by {max_diff:.2e} (> {tolerance:.0e})")
-        upgrade = b.meta.get("format_version") == 1  # a bundle from before golden rows and the manifest
+        upgrade = b.meta.format_version == 1  # a bundle from before golden rows and the manifest
         if upgrade:
-            write_golden(b, (b.meta.get("data") or {}).get("path"))
+            write_golden(b, b.meta.data.path)
         golden_diff = _golden_parity(b, tmp)
         os.replace(tmp, b.path / ONNX_FILE)
     finally:
         tmp.unlink(missing_ok=True)
-    record = {
-        "file": ONNX_FILE,
-        "sha256": sha256_file(b.path / ONNX_FILE),
-        "opset": int(onnx.load(str(b.path / ONNX_FILE), load_external_data=False).opset_import[0].version),
-        "parity_max_abs_diff": max_diff,
-        "golden_max_abs_diff": golden_diff,
-    }
-    meta = dict(b.meta)
-    meta.setdefault("artifacts", {})["onnx"] = record
+    record = OnnxRecord(
+        file=ONNX_FILE,
+        sha256=sha256_file(b.path / ONNX_FILE),
+        opset=int(onnx.load(str(b.path / ONNX_FILE), load_external_data=False).opset_import[0].version),
+        parity_max_abs_diff=max_diff,
+        golden_max_abs_diff=golden_diff,
+    )
+    b.meta.artifacts.onnx = record
     if upgrade:
-        meta["files"] = manifest(b.path)
-        meta["format_version"] = BUNDLE_FORMAT_VERSION
+        b.meta.files = b.manifest()
+        b.meta.format_version = BUNDLE_FORMAT_VERSION
     else:
-        meta["files"] = {**meta["files"], ONNX_FILE: record["sha256"]}
-    write_json(b.path / META_FILE, meta)
+        b.meta.files = {**b.meta.files, ONNX_FILE: record.sha256}
+    b.write_meta()
     return record
 
 

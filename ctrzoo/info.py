@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from ctrzoo.atomic import recover
 from ctrzoo.errors import BundleError, CtrzooError, DatasetError
+from ctrzoo.metadata import DataRef, bundle_kind
 
 # the marker files, named here so that telling them apart imports neither pyarrow nor torch:
 DATASET_META = "dataset.json"  # ctrzoo.data.dataset.META_FILE
@@ -38,26 +39,26 @@ def kind_of(path: str | Path) -> Kind:
         raise CtrzooError(f"{path}: neither a prepared dataset ({DATASET_META} missing) nor a bundle "
                           f"({BUNDLE_META} missing)")
     try:
-        kind = json.loads(meta_path.read_text()).get("kind")
-    except (ValueError, OSError, AttributeError):
+        kind = bundle_kind(json.loads(meta_path.read_text()))
+    except (ValueError, OSError):
         return "bundle"  # unreadable: load_bundle names what is wrong with it
     return "retrieval" if kind == "retrieval" else "bundle"
 
 
 def metadata(path: str | Path) -> dict[str, Any]:
-    """The artefact's own metadata: ``dataset.json`` or ``bundle.json``, as loaded."""
+    """The artefact's own metadata: ``dataset.json`` or ``bundle.json``, as loaded (and as written)."""
     kind = kind_of(path)
     if kind == "dataset":
         from ctrzoo.data.dataset import PreparedDataset
 
-        return PreparedDataset.open(path).meta
+        return PreparedDataset.open(path).meta.to_json()
     if kind == "retrieval":
         from ctrzoo.retrieval.bundle import load_retrieval_bundle
 
-        return load_retrieval_bundle(path).meta
+        return load_retrieval_bundle(path).meta.to_json()
     from ctrzoo.bundle import load_bundle
 
-    return load_bundle(path, verify=False).meta
+    return load_bundle(path, verify=False).meta.to_json()
 
 
 def describe(path: str | Path) -> str:
@@ -98,19 +99,17 @@ def describe_bundle(path: str | Path) -> str:
 
     b = load_bundle(path, verify=False)
     m = b.meta
-    lines = [f"bundle {b.path} ({b.model_name}, version {b.version}, format {m.get('format_version')}, "
-             f"written by ctrzoo {m.get('ctrzoo_version', '?')})"]
+    lines = [f"bundle {b.path} ({b.model_name}, version {b.version}, format {m.format_version}, "
+             f"written by ctrzoo {m.ctrzoo_version or '?'})"]
     lines.append("  hyper-parameters: " + (", ".join(f"{k}={v}" for k, v in b.hparams.items()) or "none"))
     lines += _features(b.spec)
-    data = m.get("data") or {}
-    if data:
-        lines.append(f"  trained on: {data.get('path')} ({data.get('kind')}, fingerprint "
-                     f"{str(data.get('fingerprint'))[:24]}...)")
-    metrics = m.get("metrics") or {}
-    valid, test = metrics.get("valid"), metrics.get("test")
+    data = m.data
+    if data != DataRef():
+        lines.append(f"  trained on: {data.path} ({data.kind}, fingerprint {str(data.fingerprint)[:24]}...)")
+    valid, test = m.metrics.valid, m.metrics.test
     if valid:
         lines.append(f"  best epoch {valid.get('epoch')}: {format_valid(valid)}")
-        note = early_stopping_note(m.get("history") or [], valid, (m.get("train") or {}).get("epochs", 0))
+        note = early_stopping_note(m.history, valid, m.train.get("epochs", 0))
         if note:
             lines.append(f"    {note}")
     if test:
@@ -120,10 +119,10 @@ def describe_bundle(path: str | Path) -> str:
             if "gauc" in test:
                 line += f"  GAUC {test['gauc']:.4f}"
         lines.append(line)
-    onnx = (m.get("artifacts") or {}).get("onnx")
+    onnx = m.artifacts.onnx
     if (b.path / ONNX_FILE).exists():
-        detail = (f" (opset {onnx.get('opset')}, onnxruntime vs torch max |diff| "
-                  f"{onnx.get('parity_max_abs_diff', float('nan')):.1e})") if onnx else ""
+        detail = (f" (opset {onnx.opset}, onnxruntime vs torch max |diff| "
+                  f"{onnx.parity_max_abs_diff:.1e})") if onnx else ""
         caches = [name for name in ("model.int8.onnx", "tvm") if (b.path / name).exists()]
         lines.append(f"  exported: {ONNX_FILE}{detail}" + (f"; caches: {', '.join(caches)}" if caches else ""))
     else:
@@ -133,15 +132,13 @@ def describe_bundle(path: str | Path) -> str:
 
 
 def _manifest_status(bundle) -> str:
-    from ctrzoo.bundle import verify_manifest
-
-    if bundle.meta.get("format_version") == 1:
+    if bundle.meta.format_version == 1:
         return f"none (bundle format 1; `ctrzoo export --bundle {bundle.path}` adds one)"
     try:
-        verify_manifest(bundle.path, bundle.meta)
+        bundle.verify_manifest()
     except BundleError as exc:
         return f"DAMAGED: {exc}"
-    return f"ok ({len(bundle.meta['files'])} files match their sha256)"
+    return f"ok ({len(bundle.meta.files)} files match their sha256)"
 
 
 def _verify_bundle(path: str | Path, report: Callable[[str], None]) -> str:
@@ -165,18 +162,17 @@ def describe_retrieval(path: str | Path) -> str:
 
     b = load_retrieval_bundle(path)
     m = b.meta
-    hp = m["model"]["hparams"]
-    lines = [f"retrieval bundle {b.path} (two_tower, version {b.version}, format {m.get('format_version')}, "
-             f"written by ctrzoo {m.get('ctrzoo_version', '?')})",
+    hp = m.model.hparams
+    lines = [f"retrieval bundle {b.path} (two_tower, version {b.version}, format {m.format_version}, "
+             f"written by ctrzoo {m.ctrzoo_version or '?'})",
              "  hyper-parameters: " + ", ".join(f"{k}={v}" for k, v in hp.items())]
     split = b.split
     lines.append(f"  item tower: {', '.join(split.item)} (id {split.item_id})")
     lines.append(f"  user tower: {', '.join(split.user)}"
                  + (f"; history attributes: {', '.join(split.history_attributes)}" if split.history_attributes else ""))
     lines += _features(b.spec)
-    cat = m.get("catalogue") or {}
-    lines.append(f"  catalogue: {cat.get('items', 0):,d} items by {cat.get('id_column')}")
-    test = (m.get("metrics") or {}).get("test") or {}
+    lines.append(f"  catalogue: {m.catalogue.items:,d} items by {m.catalogue.id_column}")
+    test = m.metrics.test
     if test:
         lines.append("  test: " + "  ".join(f"{k} {v:.4f}" for k, v in test.items()))
     index = b.index_dir / "index.json"

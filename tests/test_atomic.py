@@ -17,6 +17,7 @@ import ctrzoo.atomic as atomic
 from ctrzoo.bundle import load_bundle, save_bundle
 from ctrzoo.data.dataset import PreparedDataset
 from ctrzoo.data.prepare import prepare
+from ctrzoo.metadata import ModelBundleMeta, ModelInfo
 from ctrzoo.synth import generate
 
 SMALL = {"emb_dim": 4, "mlp": [8]}
@@ -81,10 +82,12 @@ CHILD = textwrap.dedent("""
         prepare("criteo", [src], out)
     else:
         from ctrzoo.bundle import load_bundle, save_bundle
+        from ctrzoo.metadata import ModelBundleMeta, ModelInfo
         from ctrzoo.models import build_model
         b = load_bundle(out)
         model = build_model("deepfm", b.spec.compile().layout, emb_dim=4, mlp=[8])
-        save_bundle(out, model, "deepfm", b.spec, {"note": "new"})
+        save_bundle(out, model, b.spec, ModelBundleMeta(model=ModelInfo(name="deepfm", hparams=model.hparams),
+                                                        extra={"note": "new"}))
     sys.exit(3)  # not killed: the step was never reached
 """)
 
@@ -122,11 +125,13 @@ def test_kill_during_bundle_publish_leaves_old_or_new_bundle(raws, tmp_path, ste
     prepare("criteo", [raws["old"]], tmp_path / "ds")
     spec = PreparedDataset.open(tmp_path / "ds").spec
     out = tmp_path / "bundle"
-    save_bundle(out, build_model("deepfm", spec.compile().layout, **SMALL), "deepfm", spec, {"note": "old"})
+    model = build_model("deepfm", spec.compile().layout, **SMALL)
+    save_bundle(out, model, spec, ModelBundleMeta(model=ModelInfo(name="deepfm", hparams=model.hparams),
+                                                  extra={"note": "old"}))
     old = snapshot(out)
     ref = run_child(tmp_path, step, "bundle", out)
     bundle = load_bundle(out)
-    assert bundle.meta["note"] == ("new" if step == "after-exchange" else "old")
+    assert bundle.meta.extra["note"] == ("new" if step == "after-exchange" else "old")
     assert snapshot(out) == (snapshot(ref) if step == "after-exchange" else old)
     bundle.build_model()
 
@@ -157,7 +162,7 @@ def test_without_exchange_the_fallback_still_replaces(raws, tmp_path, monkeypatc
     out = tmp_path / "ds"
     prepare("criteo", [raws["old"]], out)
     prepare("criteo", [raws["new"]], out)
-    assert PreparedDataset.open(out).meta["inputs"][0]["path"] == str(raws["new"].resolve())
+    assert PreparedDataset.open(out).meta.inputs[0].path == str(raws["new"].resolve())
     assert leftovers(out) == []
 
 

@@ -195,7 +195,7 @@ def test_format_1_bundle_loads_with_a_warning_and_export_upgrades_it(copy, caplo
     load_model(b, "onnxruntime")  # served, unchecked
     record = export_onnx(b)
     meta = _meta(b)
-    assert meta["format_version"] == 2 and record["golden_max_abs_diff"] <= 1e-5
+    assert meta["format_version"] == 2 and record.golden_max_abs_diff <= 1e-5
     assert {"weights.pt", "spec.json", "golden.json", "model.onnx"} <= set(meta["files"])
     load_model(b, "onnxruntime")
     (b / "weights.pt").write_bytes(b"")

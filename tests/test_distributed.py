@@ -35,8 +35,8 @@ def runs(synth_prepared, tmp_path_factory):
 def test_two_gloo_processes_converge_and_stay_in_sync(runs):
     root, _ = runs
     meta = load_bundle(root / "ddp").meta
-    assert meta["train"]["processes"] == 2
-    history = meta["history"]
+    assert meta.train["processes"] == 2
+    history = meta.history
     assert history[-1]["train_logloss"] < history[0]["train_logloss"]
     for h in history:
         a, b = h["rank_weight_checksums"]

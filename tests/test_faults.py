@@ -163,7 +163,7 @@ def test_full_disk_while_saving_the_bundle_keeps_the_checkpoint_for_resume(synth
     monkeypatch.undo()
     meta = train_bundle("deepfm", synth_prepared["criteo"], out, overrides=TINY_RUN, resume=True, progress=False,
                         verbose=False)
-    assert len(meta["history"]) == 1  # the finished epoch was not trained again
+    assert len(meta.history) == 1  # the finished epoch was not trained again
     load_bundle(out).build_model()
     assert not (tmp_path / "b.work").exists()
 
@@ -253,7 +253,7 @@ def test_five_row_file_warns_trains_without_early_stopping_and_leaves_nothing(sa
     out = capsys.readouterr()
     assert "has no validation rows: no early stopping, every epoch runs" in out.err
     assert f"deepfm -> {bundle}: no test rows, no test metrics" in out.out
-    assert load_bundle(bundle).meta["metrics"]["test"] == {"rows": 0}
+    assert load_bundle(bundle).meta.metrics.test == {"rows": 0}
     assert not (tmp_path / "b.work").exists()
     assert main(args) == 0  # and again, over the first bundle
 
@@ -304,8 +304,8 @@ def one_class_valid(tmp_path_factory) -> Path:
 
 def test_one_class_validation_split_says_why_auc_is_undefined(one_class_valid, tmp_path, capsys):
     ds = PreparedDataset.open(one_class_valid)
-    assert ds.rows("valid") == 300 and ds.meta["splits"]["valid"]["positives"] == 0
-    assert "the valid split has only negatives (no clicks): its AUC is undefined" in ds.meta["warnings"]
+    assert ds.rows("valid") == 300 and ds.meta.splits["valid"].positives == 0
+    assert "the valid split has only negatives (no clicks): its AUC is undefined" in ds.meta.warnings
     assert main(["train", "--model", "deepfm", "--data", str(one_class_valid), "--out", str(tmp_path / "b"),
                  "--epochs", "2", "--batch-size", "512", "--emb-dim", "4", "--mlp", "8"]) == 0
     printed = capsys.readouterr().out
@@ -321,7 +321,7 @@ def test_early_stopping_ranks_by_logloss_when_valid_auc_is_undefined(one_class_v
     stops = []
     for epoch, loss in enumerate(lossy):
         t.epoch = epoch
-        stops.append(t._early_stopping({"auc": math.nan, "logloss": loss}))
+        stops.append(t.early_stopping({"auc": math.nan, "logloss": loss}))
     assert stops == [False, False, False, True, False]  # two epochs worse than 0.20: stop
     assert t.best["epoch"] == 4 and t.best["score"] == -0.10  # the last call improved again
     assert t.optimizers[0].param_groups[0]["lr"] == pytest.approx(cfg.lr * cfg.lr_decay**2)

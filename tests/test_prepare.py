@@ -60,8 +60,8 @@ def test_sample_rows_have_the_real_formats_and_edge_cases(sample_rows):
 def test_criteo_tsv_and_csv_variants_prepare_identically(sample_rows, tmp_path):
     a = prepare("criteo", [sample_rows / "criteo_sample.tsv"], tmp_path / "a")
     b = prepare("criteo", [sample_rows / "criteo_sample.txt"], tmp_path / "b")
-    assert sum(s["rows"] for s in a["splits"].values()) == 200
-    assert a["bad_rows"]["total"] == 0 and b["bad_rows"]["total"] == 0
+    assert sum(s.rows for s in a.splits.values()) == 200
+    assert a.bad_rows.total == 0 and b.bad_rows.total == 0
     for split in ("train", "valid", "test"):
         ta = pq.read_table(PreparedDataset.open(tmp_path / "a").shards(split)[0])
         tb = pq.read_table(PreparedDataset.open(tmp_path / "b").shards(split)[0])
@@ -71,7 +71,7 @@ def test_criteo_tsv_and_csv_variants_prepare_identically(sample_rows, tmp_path):
 def test_taobao_sample_keeps_user_and_shares_item_table(sample_rows, tmp_path):
     meta = prepare("taobao", [sample_rows / "taobao_ad_sample.csv"], tmp_path / "t")
     ds = PreparedDataset.open(tmp_path / "t")
-    assert meta["user_id"] == "userid"
+    assert meta.user_id == "userid"
     layout = ds.spec.compile().layout
     item = layout.sparse[layout.field_index("adgroup_id")]
     batch = next(iter(BatchLoader(ds, "train", batch_size=1000, shuffle=False, with_user=True)))
@@ -121,13 +121,13 @@ def test_bad_rows_are_counted_by_reason_with_line_numbers(sample_rows, tmp_path)
     lines[12] = "2" + lines[12][1:]  # label 2 (line 13)
     path = _write(tmp_path / "bad.tsv", lines)
     meta = prepare("criteo", [path], tmp_path / "ds")
-    by_reason = meta["bad_rows"]["by_reason"]
-    assert meta["bad_rows"]["total"] == 4
-    assert sum(s["rows"] for s in meta["splits"].values()) == 196
-    assert by_reason["wrong column count: expected 40, got 38"]["first"] == [f"{path}:4"]
-    assert by_reason["wrong column count: expected 40, got 41"]["first"] == [f"{path}:6"]
-    assert by_reason["I3 is not an integer"]["first"] == [f"{path}:10"]
-    assert by_reason["label (label) is not 0 or 1"]["first"] == [f"{path}:13"]
+    by_reason = meta.bad_rows.by_reason
+    assert meta.bad_rows.total == 4
+    assert sum(s.rows for s in meta.splits.values()) == 196
+    assert by_reason["wrong column count: expected 40, got 38"].first == [f"{path}:4"]
+    assert by_reason["wrong column count: expected 40, got 41"].first == [f"{path}:6"]
+    assert by_reason["I3 is not an integer"].first == [f"{path}:10"]
+    assert by_reason["label (label) is not 0 or 1"].first == [f"{path}:13"]
 
 
 def test_strict_fails_at_first_bad_row_with_file_and_line(sample_rows, tmp_path):
@@ -146,7 +146,7 @@ def test_header_mismatch_and_broken_sequence(sample_rows, tmp_path):
     broken = lines.copy()
     broken[5] = broken[5].rsplit(",", 1)[0] + ",12^^x"
     meta = prepare("taobao", [_write(tmp_path / "b.csv", broken)], tmp_path / "ds")
-    assert meta["bad_rows"]["by_reason"]["broken click_sequence (expected ids joined by ^)"]["count"] == 1
+    assert meta.bad_rows.by_reason["broken click_sequence (expected ids joined by ^)"].count == 1
     renamed = ["clk,ts" + lines[0][len("clk,time_stamp"):], *lines[1:]]
     with pytest.raises(DataError, match=r"h.csv:1: unexpected header"):
         prepare("taobao", [_write(tmp_path / "h.csv", renamed)], tmp_path / "ds2")
@@ -203,13 +203,13 @@ def test_splits_random_and_order(sample_rows, tmp_path):
     r1 = prepare("criteo", [sample_rows / "criteo_sample.tsv"], tmp_path / "r1")
     r2 = prepare("criteo", [sample_rows / "criteo_sample.tsv"], tmp_path / "r2",
                  options=PrepareOptions(split=SplitConfig(seed=7)))
-    rows = {k: v["rows"] for k, v in r1["splits"].items()}
+    rows = {k: v.rows for k, v in r1.splits.items()}
     assert sum(rows.values()) == 200 and rows["train"] > rows["valid"]
-    assert r1["fingerprint"] == r2["fingerprint"]  # same raw data
-    assert r1["splits"] != r2["splits"] or r1["layout"] != r2["layout"]
+    assert r1.fingerprint == r2.fingerprint  # same raw data
+    assert r1.splits != r2.splits or r1.layout != r2.layout
     o = prepare("criteo", [sample_rows / "criteo_sample.tsv"], tmp_path / "o",
                 options=PrepareOptions(split=SplitConfig(method="order", ratios=(0.5, 0.25, 0.25))))
-    assert {k: v["rows"] for k, v in o["splits"].items()} == {"train": 100, "valid": 50, "test": 50}
+    assert {k: v.rows for k, v in o.splits.items()} == {"train": 100, "valid": 50, "test": 50}
     # order split: the test rows are the last 50 lines
     raw = pq.read_table(PreparedDataset.open(tmp_path / "o").raw_path("test"))
     last = [line.split("\t")[14] for line in _sample_lines(sample_rows)[150:]]
@@ -254,14 +254,14 @@ def test_several_files_with_two_workers_equal_one_worker(tmp_path):
         files.append(tmp_path / f"day_{i}.tsv")
     one = prepare("criteo", files, tmp_path / "w1", options=PrepareOptions(workers=1))
     two = prepare("criteo", files, tmp_path / "w2", options=PrepareOptions(workers=2))
-    assert one["fingerprint"] == two["fingerprint"] and one["splits"] == two["splits"]
+    assert one.fingerprint == two.fingerprint and one.splits == two.splits
     assert PreparedDataset.open(tmp_path / "w1").spec.equals(PreparedDataset.open(tmp_path / "w2").spec)
     a, b = _dataset_tables(tmp_path / "w1"), _dataset_tables(tmp_path / "w2")
     for split in a:
         assert a[split].equals(b[split]), split
     assert pq.read_table(tmp_path / "w1" / "raw" / "test.parquet").equals(
         pq.read_table(tmp_path / "w2" / "raw" / "test.parquet"))
-    assert sum(s["rows"] for s in one["splits"].values()) == 4000 + 4500 + 5000
+    assert sum(s.rows for s in one.splits.values()) == 4000 + 4500 + 5000
 
 
 def test_max_vocab_truncates_or_hashes_exploding_fields(tmp_path):
@@ -272,7 +272,7 @@ def test_max_vocab_truncates_or_hashes_exploding_fields(tmp_path):
     generate("criteo", 5000, 3, tmp_path / "c.tsv")
     spec = with_overrides(FORMATS["criteo"].default_spec(), min_count=1, max_vocab=50)
     prepare("criteo", [tmp_path / "c.tsv"], tmp_path / "t", spec=spec)
-    sizes = PreparedDataset.open(tmp_path / "t").meta["layout"]["sparse"]
+    sizes = PreparedDataset.open(tmp_path / "t").meta.layout.sparse
     assert max(sizes.values()) == 52  # 50 values + missing + OOV
     spec = with_overrides(spec, max_vocab=50, hash_overflow=True)
     prepare("criteo", [tmp_path / "c.tsv"], tmp_path / "h", spec=spec)

@@ -138,9 +138,9 @@ def test_prepare_counts_the_damaged_line_or_fails_strict_at_it(raw, kind, fault,
     path = _write(tmp_path / "in.txt", header, lines)
     line = 78 + len(header)
     meta = prepare(kind, [path], tmp_path / "ds", options=PrepareOptions(block_bytes=BLOCK, spill=False))
-    assert meta["bad_rows"]["total"] == 1
-    assert meta["bad_rows"]["by_reason"][reason] == {"count": 1, "first": [f"{path}:{line}"]}
-    assert sum(s["rows"] for s in meta["splits"].values()) == ROWS - 1
+    assert meta.bad_rows.total == 1
+    assert meta.bad_rows.by_reason[reason].to_json() == {"count": 1, "first": [f"{path}:{line}"]}
+    assert sum(s.rows for s in meta.splits.values()) == ROWS - 1
     with pytest.raises(DataError, match=rf"^{path}:{line}: ") as err:
         prepare(kind, [path], tmp_path / "strict", options=PrepareOptions(block_bytes=BLOCK, strict=True))
     assert err.value.reason == reason
@@ -153,7 +153,7 @@ def test_line_limit_is_an_option_of_prepare_and_the_cli(raw, tmp_path):
     lines[10] = lines[10] + b"7" * 5000  # over a 4 KiB limit, well under the default
     path = _write(tmp_path / "in.txt", header, lines)
     meta = prepare("criteo", [path], tmp_path / "ds", options=PrepareOptions(block_bytes=BLOCK, max_line_bytes=4096))
-    assert meta["bad_rows"]["by_reason"]["line longer than 4096 bytes"]["first"] == [f"{path}:{11 + len(header)}"]
+    assert meta.bad_rows.by_reason["line longer than 4096 bytes"].first == [f"{path}:{11 + len(header)}"]
     assert main(["prepare", "criteo", "--input", str(path), "--out", str(tmp_path / "cli"),
                  "--max-line-mb", str(4096 / (1 << 20))]) == 0
     assert json.loads((tmp_path / "cli" / "dataset.json").read_text())["bad_rows"]["total"] == 1
@@ -337,5 +337,5 @@ def test_gunzip_stream_reads_members_padding_and_lines_like_gzip(raw, tmp_path):
     assert first + rest + b"".join(pieces) == data and first == data[:10] and rest.endswith(b"\n")
     assert gzip.decompress(path.read_bytes()) == data
     prepared = prepare("avazu", [path], tmp_path / "ds", options=PrepareOptions(block_bytes=BLOCK))
-    assert prepared["bad_rows"]["total"] == 0
-    assert sum(s["rows"] for s in prepared["splits"].values()) == ROWS
+    assert prepared.bad_rows.total == 0
+    assert sum(s.rows for s in prepared.splits.values()) == ROWS

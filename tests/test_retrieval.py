@@ -229,13 +229,13 @@ def test_trained_bundle_has_towers_spec_catalogue_and_recall(rbundle):
     for name in ("bundle.json", "spec.json", "weights.pt", "catalogue.parquet"):
         assert (out / name).exists()
     bundle = load_retrieval_bundle(out)
-    assert bundle.meta["kind"] == "retrieval" and bundle.split.item_id == "adgroup_id"
+    assert bundle.meta.kind == "retrieval" and bundle.split.item_id == "adgroup_id"
     assert "click_sequence" in bundle.split.user and "price" in bundle.split.item
-    test = meta["metrics"]["test"]
+    test = meta.metrics.test
     assert set(test) == {"recall@10", "recall@50", "recall@100"}
     assert 0 <= test["recall@10"] <= test["recall@50"] <= test["recall@100"] <= 1
     # better than recommending the most clicked items to everyone
-    assert test["recall@100"] > meta["metrics"]["test_popularity_baseline"]["recall@100"]
+    assert test["recall@100"] > meta.metrics.test_popularity_baseline["recall@100"]
     cat = bundle.catalogue()
     id_col, cols = item_columns(bundle.spec, bundle.split)
     assert cat.table.column_names == [id_col, *cols]
@@ -244,13 +244,17 @@ def test_trained_bundle_has_towers_spec_catalogue_and_recall(rbundle):
 
 
 def test_bundle_written_before_the_towers_used_feature_embedding_still_loads(rbundle, tmp_path):
-    """weights.pt of earlier versions names the shared table ``table.weight``; loading maps it."""
+    """weights.pt of earlier versions names the shared table ``table.weight``; loading maps it. (Those
+    bundles had no integrity manifest either: they load without one.)"""
     out, _ = rbundle
     old = tmp_path / "old"
     shutil.copytree(out, old)
     state = torch.load(old / "weights.pt", weights_only=True)
     state = {("table.weight" if k == "embedding.table.weight" else k): v for k, v in state.items()}
     torch.save(state, old / "weights.pt")
+    meta = json.loads((old / "bundle.json").read_text())
+    del meta["files"]
+    (old / "bundle.json").write_text(json.dumps(meta))
     new_model, old_model = load_retrieval_bundle(out).build_model(), load_retrieval_bundle(old).build_model()
     assert torch.equal(old_model.embedding.weight, new_model.embedding.weight)
 
@@ -259,8 +263,8 @@ def test_negatives_and_no_logq_options_train(shop, tmp_path):
     cfg = RetrievalConfig(epochs=2, batch_size=128, random_negatives=32, hard_negatives=2, hard_from_epoch=1,
                           hard_ranks=[5, 30], logq=False, hidden=[16], normalize="user", max_steps=6)
     meta = train_retrieval(shop / "data", tmp_path / "r", config=cfg, progress=False, verbose=False)
-    assert all(np.isfinite(h["train_loss"]) for h in meta["history"])
-    assert meta["train"]["hard_negatives"] == 2 and not meta["train"]["logq"]
+    assert all(np.isfinite(h["train_loss"]) for h in meta.history)
+    assert meta.train["hard_negatives"] == 2 and not meta.train["logq"]
     with pytest.raises(RetrievalError, match="hard_ranks"):
         RetrievalConfig(hard_ranks=[10, 5])
 
@@ -303,7 +307,7 @@ def test_saving_replaces_a_retrieval_bundle_but_never_a_model_bundle_or_other_fi
     model, spec, catalogue = rb.build_model(), rb.spec, rb.catalogue()
 
     def save(out):
-        return save_retrieval_bundle(out, model, spec, catalogue, {"note": "resaved"})
+        return save_retrieval_bundle(out, model, spec, catalogue, extra={"note": "resaved"})
 
     copy = tmp_path / "copy"
     shutil.copytree(rbundle[0], copy)
@@ -321,6 +325,63 @@ def test_saving_replaces_a_retrieval_bundle_but_never_a_model_bundle_or_other_fi
         save(other)
     assert (other / "notes.txt").read_text() == "keep me"
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary directories left
+
+
+def test_a_model_bundle_never_replaces_a_retrieval_bundle(rbundle, ranker, tmp_path, capsys):
+    from ctrzoo.bundle import load_bundle, save_bundle
+    from ctrzoo.errors import BundleError
+
+    copy = tmp_path / "r"
+    shutil.copytree(rbundle[0], copy)
+    before = sorted(p.name for p in copy.iterdir())
+    b = load_bundle(ranker)
+    with pytest.raises(BundleError, match=rf"{copy} is a retrieval bundle, not a model bundle: refusing to replace"):
+        save_bundle(copy, b.build_model(), b.spec, b.meta)
+    # and `ctrzoo train` refuses before training, not after
+    assert main(["train", "--model", "din", "--data", str(rbundle[0].parent / "data"), "--out", str(copy),
+                 "--epochs", "1", "--max-steps", "1"]) == 2
+    assert "is a retrieval bundle, not a model bundle" in capsys.readouterr().err
+    assert sorted(p.name for p in copy.iterdir()) == before and not (tmp_path / "r.work").exists()
+
+
+def test_retrieval_bundles_are_checked_against_their_manifest(rbundle, tmp_path, caplog):
+    import logging
+
+    meta = json.loads((rbundle[0] / "bundle.json").read_text())
+    assert {"weights.pt", "spec.json", "catalogue.parquet"} <= set(meta["files"])
+    assert not any(f.startswith("index/") for f in meta["files"])  # built later, checked by bundle version
+    damaged = tmp_path / "damaged"
+    shutil.copytree(rbundle[0], damaged)
+    table = pq.read_table(damaged / "catalogue.parquet")
+    pq.write_table(table.slice(0, len(table) - 1), damaged / "catalogue.parquet")
+    with pytest.raises(RetrievalError, match=r"catalogue.parquet: checksum differs from the one recorded"):
+        load_retrieval_bundle(damaged)
+    old = tmp_path / "old"  # as bundles were written before they had a manifest: loaded, with a warning
+    shutil.copytree(rbundle[0], old)
+    del meta["files"]
+    (old / "bundle.json").write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING, logger="ctrzoo.bundle"):
+        assert load_retrieval_bundle(old).version == meta["version"]
+    assert "retrieval bundle without an integrity manifest" in caplog.text
+
+
+def test_the_towers_train_in_the_shared_loop_with_row_sparse_adam(shop):
+    from ctrzoo.data.dataset import PreparedDataset
+    from ctrzoo.nn import RowSparseAdam
+    from ctrzoo.retrieval.catalogue import catalogue_from_dataset
+    from ctrzoo.retrieval.towers import default_split
+    from ctrzoo.retrieval.train import RetrievalTrainer
+
+    ds = PreparedDataset.open(shop / "data")
+    split = default_split(ds.spec, ds.meta.kind)
+    catalogue, _ = catalogue_from_dataset(ds, split)
+    trainer = RetrievalTrainer(RetrievalConfig(epochs=3, batch_size=256, max_steps=5), ds, split, catalogue,
+                               progress=False)
+    assert [type(o) for o in trainer.optimizers] == [torch.optim.Adam, RowSparseAdam]
+    assert trainer.optimizers[1].param_groups[0]["params"] == [trainer.model.embedding.weight]
+    best = trainer.fit()
+    assert trainer.global_step == 5 and len(trainer.history) == 1 and best == trainer.history[0]
+    assert not trainer.model.training and set(best) >= {"epoch", "train_loss", "valid_recall@100", "clicks_per_s"}
 
 
 def test_cli_train_index_and_bench(shop, tmp_path, capsys):

@@ -121,7 +121,7 @@ def test_cli_export_and_bench(bundles, capsys):
     rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {(r["backend"], r["batch"]) for r in rows} == {(b, n) for b in ("torch", "onnxruntime") for n in (1, 8)}
     assert all(r["max_abs_diff"] <= 1e-5 for r in rows)
-    assert load_bundle(bundles["dcn"]).meta["artifacts"]["onnx"]["file"] == "model.onnx"
+    assert load_bundle(bundles["dcn"]).meta.artifacts.onnx.file == "model.onnx"
 
 
 @pytest.mark.parametrize("hparams", [

@@ -96,15 +96,15 @@ def test_bundle_reloads_to_identical_scores_and_evaluate_matches(synth_prepared,
     meta = train_bundle("din", synth_prepared["taobao"], out, overrides={"epochs": 1, "hparams": SMALL},
                         progress=False, verbose=False)
     bundle = load_bundle(out)
-    assert bundle.model_name == "din" and bundle.meta["data"]["fingerprint"].startswith("blake2b:")
+    assert bundle.model_name == "din" and bundle.meta.data.fingerprint.startswith("blake2b:")
     ds = PreparedDataset.open(synth_prepared["taobao"])
     loader = BatchLoader(ds, "test", 4096, shuffle=False, with_user=True)
     labels, probs, _ = predict(bundle.build_model(), loader)
     # the reloaded weights score the test split exactly as the trained model did before saving
-    assert auc(labels, probs) == meta["metrics"]["test"]["auc"]
+    assert auc(labels, probs) == meta.metrics.test["auc"]
     assert main(["evaluate", "--bundle", str(out), "--data", str(synth_prepared["taobao"]), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed["auc"] == pytest.approx(meta["metrics"]["test"]["auc"], abs=1e-12)
+    assert printed["auc"] == pytest.approx(meta.metrics.test["auc"], abs=1e-12)
     assert "gauc" in printed and printed["gauc_users"] > 0
     assert not (tmp_path / "bundle.work").exists()
     np.testing.assert_array_equal(labels.size, printed["rows"])
@@ -164,7 +164,7 @@ def test_no_valid_rows_trains_without_early_stopping(tmp_path):
     assert not any(k.startswith("valid_") for k in best)
     meta = train_bundle("deepfm", tmp_path / "ds", tmp_path / "bundle", overrides={"epochs": 1, "hparams": SMALL},
                         progress=False, verbose=True)
-    assert meta["metrics"]["test"]["rows"] == ds.rows("test")
+    assert meta.metrics.test["rows"] == ds.rows("test")
 
 
 def test_bf16_defaults_to_what_the_cpu_does_natively_and_scores_in_fp32(synth_prepared, tmp_path):

@@ -416,9 +416,9 @@ def test_a_zoo_model_trains_exports_and_serves(synth_prepared, tmp_path) -> None
                                    "hparams": {"emb_dim": 8, "mlp": [32, 16], "low_rank": 8, "num_experts": 2}})
     bundle = load_bundle(out)
     assert bundle.model_name == "dcnv2" and bundle.hparams["low_rank"] == 8
-    assert meta["metrics"]["test"]["auc"] > 0.6  # the synthetic task has signal (oracle AUC ~0.8)
+    assert meta.metrics.test["auc"] > 0.6  # the synthetic task has signal (oracle AUC ~0.8)
     record = export_onnx(out)
-    assert record["parity_max_abs_diff"] <= PARITY_TOLERANCE
+    assert record.parity_max_abs_diff <= PARITY_TOLERANCE
 
     ds = PreparedDataset.open(synth_prepared["criteo"])
     _, offline, _ = score_split(load_bundle(out), ds, "test")

@@ -33,7 +33,7 @@ def _names(paths: list[Path]) -> list[str]:
 
 def _check_same_data(bundles: list[Bundle], ds: PreparedDataset) -> None:
     for b in bundles:
-        fp = b.meta.get("data", {}).get("fingerprint")
+        fp = b.meta.data.fingerprint
         if fp != ds.fingerprint:
             raise CtrzooError(
                 f"bundle {b.path} was trained on other raw data (fingerprint {fp}) than {ds.path} "
@@ -44,13 +44,13 @@ def _check_same_data(bundles: list[Bundle], ds: PreparedDataset) -> None:
 def score_all(paths: list[Path], ds: PreparedDataset, split: str):
     bundles = [load_bundle(p) for p in paths]
     _check_same_data(bundles, ds)
-    raw_path = ds.meta.get("raw", {}).get(split)
+    raw_path = ds.meta.raw.get(split)
     labels = users = None
     scored = []
     for name, b in zip(_names(paths), bundles):
         model = b.build_model()
         if raw_path:
-            y, p, u = score_raw_file(b, model, str(ds.path / raw_path), ds.meta.get("user_id"))
+            y, p, u = score_raw_file(b, model, str(ds.path / raw_path), ds.meta.user_id)
         else:
             y, p, u = score_split(b, ds, split)
         if labels is not None and not np.array_equal(labels, y):

@@ -2,7 +2,8 @@
 
 Layout on disk::
 
-    DIR/dataset.json        format version, kind, inputs + fingerprint, split config, rows, bad rows
+    DIR/dataset.json        ``DatasetMeta`` (``ctrzoo.metadata``): format version, kind, inputs + fingerprint,
+                            split config, splits (rows, positives, shards), bad rows, warnings
     DIR/spec.json, vocab/   the fitted FeatureSpec
     DIR/{train,valid,test}/part-NNNNN.parquet
                             columns: label int8, [user_id string], s.<field> int32 (global ids),
@@ -18,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -26,8 +26,9 @@ import pyarrow.parquet as pq
 from ctrzoo.atomic import read_json, recover
 from ctrzoo.errors import DatasetError
 from ctrzoo.features import FeatureCodec, FeatureSpec, TableLayout
+from ctrzoo.metadata import DatasetMeta
 
-DATASET_FORMAT_VERSION = 1
+DATASET_FORMAT_VERSION = DatasetMeta.FORMATS[-1]
 META_FILE = "dataset.json"
 
 
@@ -45,7 +46,7 @@ def shard_schema(layout: TableLayout, with_user: bool) -> pa.Schema:
 @dataclass
 class PreparedDataset:
     path: Path
-    meta: dict[str, Any]
+    meta: DatasetMeta
     spec: FeatureSpec
 
     @cached_property
@@ -62,40 +63,40 @@ class PreparedDataset:
             raise DatasetError(f"{path}: no such dataset directory (run `ctrzoo prepare` first)")
         if not meta_path.exists():
             raise DatasetError(f"{path}: not a complete prepared dataset ({META_FILE} missing)")
-        meta = read_json(meta_path, DatasetError, "dataset metadata")
-        if meta.get("format_version") != DATASET_FORMAT_VERSION:
-            raise DatasetError(
-                f"{meta_path}: dataset format version {meta.get('format_version')!r}, "
-                f"this ctrzoo reads {DATASET_FORMAT_VERSION}: prepare the data again"
-            )
+        meta = read_meta(meta_path)
         ds = cls(path, meta, FeatureSpec.load(path))
-        for split in meta["splits"].values():
-            for shard in split["shards"]:
+        for split in meta.splits.values():
+            for shard in split.shards:
                 if not (path / shard).exists():
                     raise DatasetError(f"{path / shard}: shard listed in {META_FILE} is missing")
         return ds
 
     def shards(self, split: str) -> list[Path]:
-        if split not in self.meta["splits"]:
-            raise DatasetError(f"{self.path}: no split {split!r}; has {sorted(self.meta['splits'])}")
-        return [self.path / s for s in self.meta["splits"][split]["shards"]]
+        if split not in self.meta.splits:
+            raise DatasetError(f"{self.path}: no split {split!r}; has {sorted(self.meta.splits)}")
+        return [self.path / s for s in self.meta.splits[split].shards]
 
     def rows(self, split: str) -> int:
-        return int(self.meta["splits"][split]["rows"])
+        return self.meta.splits[split].rows
 
     @property
     def has_user_id(self) -> bool:
-        return bool(self.meta.get("user_id"))
+        return bool(self.meta.user_id)
 
     @property
     def fingerprint(self) -> str:
-        return self.meta["fingerprint"]
+        return self.meta.fingerprint
 
     def raw_path(self, split: str = "test") -> Path:
-        rel = self.meta.get("raw", {}).get(split)
+        rel = self.meta.raw.get(split)
         if not rel:
             raise DatasetError(f"{self.path}: the raw {split} rows were not kept (prepare without --no-raw)")
         return self.path / rel
+
+
+def read_meta(meta_path: Path) -> DatasetMeta:
+    """``dataset.json``, checked (``DatasetError`` naming the file and the key)."""
+    return DatasetMeta.from_json(read_json(meta_path, DatasetError, "dataset metadata"), meta_path)
 
 
 def parquet_file(path: str | Path) -> pq.ParquetFile:
@@ -159,25 +160,25 @@ def verify(path: str | Path) -> list[str]:
     if not path.is_dir():
         return [f"{path}: no such dataset directory"]
     try:
-        meta = read_json(meta_path, DatasetError, "dataset metadata")
+        meta = read_meta(meta_path)
         spec = FeatureSpec.load(path)
     except Exception as exc:
         return [str(exc)]
     problems: list[str] = []
-    expected = shard_schema(spec.compile().layout, with_user=bool(meta.get("user_id")))
-    for name, split in meta.get("splits", {}).items():
+    expected = shard_schema(spec.compile().layout, with_user=bool(meta.user_id))
+    for name, split in meta.splits.items():
         rows = 0
-        for rel in split.get("shards", []):
+        for rel in split.shards:
             n, problem = _read_all(path / rel, expected)
             if problem:
                 problems.append(problem)
             rows += n
-        if rows != split.get("rows") and not any(p.startswith(str(path / name)) for p in problems):
-            problems.append(f"{path / name}: {rows} rows in the shards, {META_FILE} says {split.get('rows')}")
-    raw = meta.get("raw", {}).get("test")
+        if rows != split.rows and not any(p.startswith(str(path / name)) for p in problems):
+            problems.append(f"{path / name}: {rows} rows in the shards, {META_FILE} says {split.rows}")
+    raw = meta.raw.get("test")
     if raw:
         n, problem = _read_all(path / raw, None)
-        want = meta.get("splits", {}).get("test", {}).get("rows")
+        want = meta.splits["test"].rows if "test" in meta.splits else None
         if problem:
             problems.append(problem)
         elif want is not None and n != want:

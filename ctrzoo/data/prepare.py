@@ -26,12 +26,13 @@ from tqdm import tqdm
 
 import ctrzoo
 from ctrzoo.atomic import building, disk_errors, write_json
-from ctrzoo.data.dataset import DATASET_FORMAT_VERSION, META_FILE, shard_schema
+from ctrzoo.data.dataset import META_FILE, shard_schema
 from ctrzoo.data.formats import FORMATS, GzipDataError, open_raw
 from ctrzoo.data.reader import DEFAULT_BLOCK_BYTES, DEFAULT_MAX_LINE_BYTES, BadRows, check_inputs, read_blocks
 from ctrzoo.data.splits import SPLITS, SplitConfig
 from ctrzoo.errors import DataError
 from ctrzoo.features import EncodedBatch, FeatureSpec, SpecFitter
+from ctrzoo.metadata import DatasetMeta, InputFile, LayoutSummary, SplitInfo
 
 
 @dataclass
@@ -47,8 +48,8 @@ class PrepareOptions:
 
 
 def prepare(kind: str, inputs: list[str | Path], out: str | Path, spec: FeatureSpec | None = None,
-            options: PrepareOptions | None = None) -> dict:
-    """Prepare ``inputs`` of dataset ``kind`` into ``out``; returns the dataset metadata.
+            options: PrepareOptions | None = None) -> DatasetMeta:
+    """Prepare ``inputs`` of dataset ``kind`` into ``out``; returns the dataset metadata (``dataset.json``).
 
     Each input file is one unit of work (pass 1: count; pass 2: encode), run in ``options.workers``
     processes; per-file counts are merged in file order, so any number of workers gives the same dataset.
@@ -87,43 +88,42 @@ def prepare(kind: str, inputs: list[str | Path], out: str | Path, spec: FeatureS
         with _pool(opts.workers, len(paths)) as run, _bar(paths, opts, "pass 2/2: encode") as bar:
             parts = run(_pass2, jobs2, bar)
         shutil.rmtree(tmp / "spill", ignore_errors=True)
-        splits = {name: {"rows": sum(p[name]["rows"] for p in parts),
-                         "positives": sum(p[name]["positives"] for p in parts),
-                         "shards": [s for p in parts for s in p[name]["shards"]]} for name in SPLITS}
+        splits = {name: SplitInfo(rows=sum(p[name]["rows"] for p in parts),
+                                  positives=sum(p[name]["positives"] for p in parts),
+                                  shards=[s for p in parts for s in p[name]["shards"]]) for name in SPLITS}
         fingerprint = hashlib.blake2b(b"".join(r.digest for r in results), digest_size=16).hexdigest()
-        meta = {
-            "format_version": DATASET_FORMAT_VERSION,
-            "kind": kind,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "ctrzoo_version": ctrzoo.__version__,
-            "inputs": [{"path": str(p.resolve()), "bytes": p.stat().st_size} for p in paths],
-            "fingerprint": f"blake2b:{fingerprint}",
-            "split": opts.split.to_dict(),
-            "splits": splits,
-            "user_id": spec.user_id,
-            "raw": {"test": "raw/test.parquet"} if opts.keep_raw_test else {},
-            "bad_rows": bad.summary(),
-            "warnings": split_warnings(splits),
-            "layout": _layout_summary(fitted),
-            "workers": opts.workers,
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-        write_json(tmp / META_FILE, meta)
+        meta = DatasetMeta(
+            kind=kind,
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            ctrzoo_version=ctrzoo.__version__,
+            inputs=[InputFile(path=str(p.resolve()), bytes=p.stat().st_size) for p in paths],
+            fingerprint=f"blake2b:{fingerprint}",
+            split=opts.split.to_dict(),
+            splits=splits,
+            user_id=spec.user_id,
+            raw={"test": "raw/test.parquet"} if opts.keep_raw_test else {},
+            bad_rows=bad.summary(),
+            warnings=split_warnings(splits),
+            layout=_layout_summary(fitted),
+            workers=opts.workers,
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        write_json(tmp / META_FILE, meta.to_json())
     return meta
 
 
-def split_warnings(splits: dict) -> list[str]:
+def split_warnings(splits: dict[str, SplitInfo]) -> list[str]:
     """What a split's size or labels will do to training and evaluation (empty, or a single class)."""
     out = []
     effect = {"train": "the model learns from one class only",
               "valid": "no early stopping (train keeps the last epoch), and no validation AUC",
               "test": "no test metrics"}
     for name, s in splits.items():
-        if s["rows"] == 0:
+        if s.rows == 0:
             out.append(f"the {name} split is empty: {effect[name] if name != 'train' else 'nothing to train on'}"
                        " (more rows, or other --ratios)")
-        elif s["positives"] in (0, s["rows"]):
-            cls = "negatives (no clicks)" if s["positives"] == 0 else "positives (all clicks)"
+        elif s.positives in (0, s.rows):
+            cls = "negatives (no clicks)" if s.positives == 0 else "positives (all clicks)"
             auc_effect = effect["train"] if name == "train" else "its AUC is undefined"
             out.append(f"the {name} split has only {cls}: {auc_effect}")
     return out
@@ -410,14 +410,11 @@ class _ShardWriter:
         return {"rows": self.rows, "positives": self.positives, "shards": self.shards}
 
 
-def _layout_summary(spec: FeatureSpec) -> dict:
+def _layout_summary(spec: FeatureSpec) -> LayoutSummary:
     layout = spec.compile().layout
-    return {
-        "num_embeddings": layout.num_embeddings,
-        "sparse": {f.name: f.size for f in layout.sparse},
-        "dense": list(layout.dense),
-        "seq": {s.name: {"shares": s.shares, "max_len": s.max_len} for s in layout.seq},
-    }
+    return LayoutSummary(num_embeddings=layout.num_embeddings, sparse={f.name: f.size for f in layout.sparse},
+                         dense=list(layout.dense),
+                         seq={s.name: {"shares": s.shares, "max_len": s.max_len} for s in layout.seq})
 
 
 def _count_lines(paths: list[Path], kind: str) -> int:

@@ -17,6 +17,7 @@ import pyarrow.csv as pcsv
 
 from ctrzoo.data.formats import GzipDataError, RawFormat, open_raw, resolve_format
 from ctrzoo.errors import DataError
+from ctrzoo.metadata import BadRowReason, BadRowsSummary
 
 DEFAULT_BLOCK_BYTES = 32 << 20
 DEFAULT_MAX_LINE_BYTES = 1 << 20  # a longer line is a bad row, skipped without buffering it
@@ -69,9 +70,10 @@ class BadRows:
     def total(self) -> int:
         return sum(self.counts.values())
 
-    def summary(self) -> dict:
-        return {"total": self.total,
-                "by_reason": {r: {"count": c, "first": self.first[r]} for r, c in self.counts.items()}}
+    def summary(self) -> BadRowsSummary:
+        """As ``dataset.json`` records them."""
+        return BadRowsSummary(total=self.total, by_reason={r: BadRowReason(count=c, first=list(self.first[r]))
+                                                           for r, c in self.counts.items()})
 
 
 def check_inputs(paths: Iterable[str | Path]) -> list[Path]:

@@ -13,21 +13,21 @@ def format_summary(path: str | Path) -> str:
 
     ds = PreparedDataset.open(path)
     m = ds.meta
-    lines = [f"dataset {ds.path} ({m['kind']}, fingerprint {m['fingerprint'][:24]}...)"]
-    for name, s in m["splits"].items():
-        ctr = s["positives"] / s["rows"] if s["rows"] else float("nan")
-        lines.append(f"  {name:<5} {s['rows']:>10,d} rows  CTR {ctr:.4f}  {len(s['shards'])} shard(s)")
+    lines = [f"dataset {ds.path} ({m.kind}, fingerprint {m.fingerprint[:24]}...)"]
+    for name, s in m.splits.items():
+        ctr = s.positives / s.rows if s.rows else float("nan")
+        lines.append(f"  {name:<5} {s.rows:>10,d} rows  CTR {ctr:.4f}  {len(s.shards)} shard(s)")
     layout = ds.codec.layout
     sizes = ", ".join(f"{f.name}:{f.size}" for f in layout.sparse)
     lines.append(f"  features: {layout.n_sparse} categorical ({sizes}), {layout.n_dense} numeric, "
                  f"{layout.n_seq} sequence")
     lines.append(f"  embedding rows: {layout.num_embeddings:,d}")
-    bad = m["bad_rows"]
-    if bad["total"]:
-        lines.append(f"  bad rows skipped: {bad['total']}")
-        for reason, info in bad["by_reason"].items():
-            lines.append(f"    {info['count']:>8} x {reason}  (first: {', '.join(info['first'][:3])})")
+    bad = m.bad_rows
+    if bad.total:
+        lines.append(f"  bad rows skipped: {bad.total}")
+        for reason, info in bad.by_reason.items():
+            lines.append(f"    {info.count:>8} x {reason}  (first: {', '.join(info.first[:3])})")
     else:
         lines.append("  bad rows skipped: 0")
-    lines += [f"  warning: {w}" for w in split_warnings(m["splits"])]
+    lines += [f"  warning: {w}" for w in split_warnings(m.splits)]
     return "\n".join(lines)

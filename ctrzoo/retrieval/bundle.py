@@ -1,58 +1,54 @@
-"""Retrieval bundles: the towers, the feature spec and the item catalogue in one directory.
+"""Retrieval bundles: a bundle (``ctrzoo.bundle.BaseBundle``) of kind ``retrieval``.
 
-    R/bundle.json        format version, kind "retrieval", tower split, hyper-parameters, metrics, data
+    R/bundle.json        ``RetrievalBundleMeta``: the shared metadata and manifest, plus the tower split, the
+                         catalogue's id column and size, click counts
     R/spec.json, vocab/  the fitted feature spec (requests are encoded with it, as by /rank)
     R/weights.pt         the two-tower state dict, loaded with ``weights_only=True`` (no pickle)
     R/catalogue.parquet  item id -> raw item features: what the index's positions refer to
-    R/index/             written by ``ctrzoo index`` (index.faiss, index.json, its own catalogue.parquet)
+    R/index/             written by ``ctrzoo index`` (index.faiss, index.json, its own catalogue.parquet); left out
+                         of the manifest: it is checked against the bundle version it was built from
 
-Written beside the target and swapped in by rename, like model bundles; loading checks the kind, the
-format version and every file, and names what is wrong.
+Writing, loading and their checks are the shared ones; this module adds what differs: the towers, the
+catalogue and the index directory.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import torch
-
-import ctrzoo
-from ctrzoo.atomic import building, read_json
+from ctrzoo.bundle import META_FILE as META_FILE  # the shared marker file, named here too
+from ctrzoo.bundle import SPEC_FILE, WEIGHTS_FILE, BaseBundle
 from ctrzoo.errors import CtrzooError
 from ctrzoo.features import FeatureSpec
+from ctrzoo.metadata import BUNDLE_META_TYPES, CatalogueInfo, ModelInfo, RetrievalBundleMeta, bundle_kind
 from ctrzoo.retrieval.catalogue import CATALOGUE_FILE, Catalogue
-from ctrzoo.retrieval.errors import RetrievalError
 from ctrzoo.retrieval.towers import TowerSplit, TwoTower, build_two_tower
 
-RETRIEVAL_FORMAT_VERSION = 1
-META_FILE = "bundle.json"
-WEIGHTS_FILE = "weights.pt"
+RETRIEVAL_FORMAT_VERSION = RetrievalBundleMeta.FORMATS[-1]
 TABLE_KEY, LEGACY_TABLE_KEY = "embedding.table.weight", "table.weight"  # the shared table in weights.pt
 INDEX_DIR = "index"
 
 
 @dataclass
-class RetrievalBundle:
-    path: Path
-    meta: dict[str, Any]
-    spec: FeatureSpec
+class RetrievalBundle(BaseBundle):
+    meta: RetrievalBundleMeta
+
+    META_TYPE = RetrievalBundleMeta
+    WHAT = "retrieval bundle"
+    REQUIRED = (WEIGHTS_FILE, SPEC_FILE, CATALOGUE_FILE)
+    MUST_EXIST = (WEIGHTS_FILE, CATALOGUE_FILE)
+    UNLISTED = (INDEX_DIR,)
+    LEGACY_FORMATS = (1,)  # written before retrieval bundles had a manifest
 
     @property
     def split(self) -> TowerSplit:
-        return TowerSplit.from_dict(self.meta["towers"])
-
-    @property
-    def version(self) -> str:
-        return self.meta.get("version", "0")
+        return TowerSplit.from_dict(self.meta.towers)
 
     @property
     def out_dim(self) -> int:
-        return int(self.meta["model"]["hparams"]["out_dim"])
+        return int(self.meta.model.hparams["out_dim"])
 
     @property
     def index_dir(self) -> Path:
@@ -60,79 +56,48 @@ class RetrievalBundle:
 
     def build_model(self) -> TwoTower:
         """The towers with their trained weights, in eval mode."""
-        model = build_two_tower(self.spec, self.split, **self.meta["model"]["hparams"])
-        path = self.path / WEIGHTS_FILE
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise RetrievalError(f"{path}: missing weights file") from None
-        except Exception as exc:  # corrupt or not a torch file
-            raise RetrievalError(f"{path}: cannot read weights ({exc.__class__.__name__}: {exc})") from None
+        model = build_two_tower(self.spec, self.split, **self.meta.model.hparams)
+        return self.load_weights(model, "the two-tower model")
+
+    def upgrade_state(self, state: dict[str, Any]) -> dict[str, Any]:
         if isinstance(state, dict) and LEGACY_TABLE_KEY in state:  # written before the towers used FeatureEmbedding
             state = {(TABLE_KEY if k == LEGACY_TABLE_KEY else k): v for k, v in state.items()}
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise RetrievalError(f"{path}: weights do not fit the two-tower model: {exc}") from None
-        return model.eval()
+        return state
 
     def catalogue(self) -> Catalogue:
-        return Catalogue.load(self.path / CATALOGUE_FILE, self.meta["catalogue"]["id_column"])
+        return Catalogue.load(self.path / CATALOGUE_FILE, self.meta.catalogue.id_column)
+
+    def check(self) -> None:
+        self.split.validate(self.spec)
+
+    @classmethod
+    def wrong_kind(cls, path: Path, raw: dict[str, Any]) -> str:
+        try:
+            name = BUNDLE_META_TYPES[bundle_kind(raw)].from_json(raw, path / META_FILE).model.name
+        except (CtrzooError, KeyError):  # another kind, and damaged or unknown: the kind says enough
+            name = None
+        return f"{path}: a model bundle ({name!r}), not a retrieval bundle: train one with `ctrzoo train-retrieval`"
+
+    @classmethod
+    def legacy_note(cls, path: Path) -> str:
+        return (f"{path}: retrieval bundle without an integrity manifest (written by an earlier ctrzoo), so its "
+                "files are not checked; `ctrzoo train-retrieval` writes one with it")
 
 
 def save_retrieval_bundle(out: str | Path, model: TwoTower, spec: FeatureSpec, catalogue: Catalogue,
-                          meta: dict[str, Any]) -> Path:
-    """Write a retrieval bundle atomically; an existing one is replaced, any other directory is refused."""
-    out = Path(out)
-    if ((out / META_FILE).exists()
-            and read_json(out / META_FILE, CtrzooError, "bundle metadata").get("kind") != "retrieval"):
-        raise CtrzooError(f"{out} is a model bundle, not a retrieval bundle: refusing to replace it")
-    with building(out, META_FILE, "retrieval bundle") as tmp:
-        spec.save(tmp)
-        with open(tmp / WEIGHTS_FILE, "wb") as fh:  # a file object: torch keeps the OS error (ENOSPC) then
-            torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, fh)
-        catalogue.save(tmp / CATALOGUE_FILE)
-        digest = hashlib.sha256((tmp / WEIGHTS_FILE).read_bytes()).hexdigest()
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        full = {
-            "format_version": RETRIEVAL_FORMAT_VERSION,
-            "kind": "retrieval",
-            "version": f"{stamp}-{digest[:8]}",
-            "ctrzoo_version": ctrzoo.__version__,
-            "model": {"name": "two_tower", "hparams": model.hparams},
-            "towers": model.split.to_dict(),
-            "catalogue": {"file": CATALOGUE_FILE, "id_column": catalogue.id_column, "items": len(catalogue),
-                          "columns": catalogue.feature_columns},
-            **meta,
-        }
-        (tmp / META_FILE).write_text(json.dumps(full, indent=1, default=str))  # the marker, written last
-    return out
+                          **fields: Any) -> RetrievalBundle:
+    """Write a retrieval bundle atomically; an existing one is replaced, any other directory is refused.
+
+    ``fields``: the rest of ``RetrievalBundleMeta`` (data, train, clicks, metrics, history...); the model, the
+    tower split and the catalogue's description come from ``model`` and ``catalogue``.
+    """
+    meta = RetrievalBundleMeta(
+        model=ModelInfo(name="two_tower", hparams=model.hparams), towers=model.split.to_dict(),
+        catalogue=CatalogueInfo(file=CATALOGUE_FILE, id_column=catalogue.id_column, items=len(catalogue),
+                                columns=catalogue.feature_columns), **fields)
+    return RetrievalBundle.write(out, model, spec, meta, add=lambda b: catalogue.save(b.path / CATALOGUE_FILE))
 
 
 def load_retrieval_bundle(path: str | Path) -> RetrievalBundle:
-    path = Path(path)
-    meta_path = path / META_FILE
-    if not path.is_dir():
-        raise RetrievalError(f"{path}: no such retrieval bundle directory")
-    if not meta_path.exists():
-        raise RetrievalError(f"{path}: not a retrieval bundle ({META_FILE} missing)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise RetrievalError(f"{meta_path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    if meta.get("kind") != "retrieval":
-        raise RetrievalError(f"{path}: a model bundle ({meta.get('model', {}).get('name')!r}), not a retrieval "
-                             "bundle: train one with `ctrzoo train-retrieval`")
-    if meta.get("format_version") != RETRIEVAL_FORMAT_VERSION:
-        raise RetrievalError(f"{meta_path}: retrieval bundle format version {meta.get('format_version')!r}, "
-                             f"this ctrzoo reads {RETRIEVAL_FORMAT_VERSION}")
-    for name in (WEIGHTS_FILE, CATALOGUE_FILE):
-        if not (path / name).exists():
-            raise RetrievalError(f"{path / name}: missing")
-    try:
-        spec = FeatureSpec.load(path)
-    except CtrzooError as exc:
-        raise RetrievalError(f"{path}: bad feature spec: {exc}") from None
-    bundle = RetrievalBundle(path, meta, spec)
-    bundle.split.validate(spec)
-    return bundle
+    """Open and check a retrieval bundle (``BaseBundle.open``); a ``RetrievalError`` names what is wrong."""
+    return RetrievalBundle.open(path)

@@ -166,13 +166,13 @@ def catalogue_from_dataset(dataset, split: TowerSplit, block_bytes: int = 32 << 
 
     spec = dataset.spec
     id_col, cols = item_columns(spec, split)
-    paths = [Path(i["path"]) for i in dataset.meta.get("inputs", [])]
+    paths = [Path(i.path) for i in dataset.meta.inputs]
     gone = [str(p) for p in paths if not p.is_file()]
     if not paths or gone:
         raise RetrievalError(f"{dataset.path}: the raw input file(s) {gone or '(none recorded)'} are needed to build "
                              "the item catalogue: restore them, or pass a catalogue file (--items)")
     parts = []
-    for block in read_blocks(paths, dataset.meta["kind"], BadRows(), block_bytes):
+    for block in read_blocks(paths, dataset.meta.kind, BadRows(), block_bytes):
         parts.append(Catalogue.from_rows(block.table, id_col, cols, str(paths[0])).table)
     if not parts:
         raise RetrievalError(f"{paths[0]}: no rows to build the catalogue from")

@@ -41,7 +41,7 @@ def held_out_queries(bundle: RetrievalBundle, model: TwoTower, source: str | Pat
     from ctrzoo.data.dataset import PreparedDataset
     from ctrzoo.data.loader import BatchLoader
 
-    source = source or bundle.meta.get("data", {}).get("path")
+    source = source or bundle.meta.data.path
     if not source:
         raise RetrievalError("held-out queries needed (auto): pass --queries DATASET_DIR or a .npy of user vectors")
     path = Path(source)
@@ -131,7 +131,7 @@ class Retriever:
         if built_by != bundle.version:
             raise RetrievalError(f"{index_dir}: built from bundle version {built_by}, not {bundle.version}: "
                                  "its vectors come from other towers; rebuild it with `ctrzoo index`")
-        catalogue = Catalogue.load(index_dir / CATALOGUE_FILE, bundle.meta["catalogue"]["id_column"])
+        catalogue = Catalogue.load(index_dir / CATALOGUE_FILE, bundle.meta.catalogue.id_column)
         if len(catalogue) != index.ntotal:
             raise RetrievalError(f"{index_dir}: {CATALOGUE_FILE} has {len(catalogue)} items, the index "
                                  f"{index.ntotal} vectors")

@@ -9,13 +9,12 @@ EBR (KDD'20): at the start of an epoch the current item vectors are indexed and 
 ranks ``hard_ranks`` of its own retrieval (close, but not the very top, which holds unlabelled positives).
 
 Clicks are a small share of the rows, so the positives are gathered into memory once (no per-row Python)
-and batched as tensor slices; the catalogue's item-tower inputs are encoded once as well.
+and batched as tensor slices; the catalogue's item-tower inputs are encoded once as well. Epochs, optimizers,
+early stopping on validation recall and progress are the shared training loop's (``ctrzoo.train.loop``).
 """
 
 from __future__ import annotations
 
-import copy
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,10 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ctrzoo.data.dataset import PreparedDataset
 from ctrzoo.data.loader import Batch, BatchLoader
+from ctrzoo.metadata import DataRef, Metrics, RetrievalBundleMeta
+from ctrzoo.nn import RowSparseAdam
 from ctrzoo.retrieval.bundle import save_retrieval_bundle
 from ctrzoo.retrieval.catalogue import Catalogue, catalogue_from_dataset
 from ctrzoo.retrieval.errors import RetrievalError
@@ -35,6 +35,12 @@ from ctrzoo.retrieval.evaluate import click_recall, popularity_recall
 from ctrzoo.retrieval.index import build_index
 from ctrzoo.retrieval.towers import NORMALIZE, TowerSplit, TwoTower, default_split, encode_items, encode_users
 from ctrzoo.threads import torch_threads
+from ctrzoo.train.loop import TrainingLoop
+
+# the shared table's optimizer: the ranking trainer's row-sparse Adam (SparseAdam's update without its coalescing
+# bookkeeping). Against torch.optim.SparseAdam on 200k synthetic taobao rows (default config, 10 seeds): the same
+# test recall@10/50/100 to every digit (weights within ~2e-6), training clicks/s the same or up to ~20% higher
+SPARSE_OPTIMIZER: type[torch.optim.Optimizer] = RowSparseAdam
 
 
 @dataclass
@@ -113,14 +119,20 @@ def load_clicks(ds: PreparedDataset, split: str, model: TwoTower, position_of: n
                   torch.from_numpy(pos[pos >= 0]), int((~keep).sum()))
 
 
-class RetrievalTrainer:
+class RetrievalTrainer(TrainingLoop):
+    """The towers' training in the shared loop (``ctrzoo.train.loop``): in-batch softmax over the training
+    clicks, validated by recall@max(recall_k) on the validation clicks (higher is better; no learning-rate
+    decay on a plateau, as before the loop was shared)."""
+
     def __init__(self, cfg: RetrievalConfig, ds: PreparedDataset, split: TowerSplit, catalogue: Catalogue,
                  progress: bool | None = None):
         self.cfg, self.ds, self.split, self.catalogue = cfg, ds, split, catalogue
-        self.progress = sys.stderr.isatty() if progress is None else progress
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
-        self.model = TwoTower(ds.spec, split, sparse_grad=True, **cfg.hparams)
+        model = TwoTower(ds.spec, split, sparse_grad=True, **cfg.hparams)
+        super().__init__(model, epochs=cfg.epochs, lr=cfg.lr, patience=cfg.patience, lr_decay=1.0,
+                         max_steps=cfg.max_steps, threads=cfg.threads, progress=progress,
+                         sparse_optimizer=SPARSE_OPTIMIZER)
         self.item_sparse, self.item_dense, _ = catalogue.encode(ds.spec, self.model, codec=ds.codec)
         self.model.set_history_attributes(self.item_sparse)
         local = self.item_sparse[:, self.model.item_id_col].numpy() - self.model.item_field.offset
@@ -135,15 +147,43 @@ class RetrievalTrainer:
         n = len(catalogue)
         self.train_counts = np.bincount(self.train.target.numpy(), minlength=n).astype(np.float64)
         self.log_q = torch.from_numpy(np.log(np.maximum(self.train_counts, 0.5) / self.train_counts.sum())).float()
-        table = [self.model.embedding.weight]
-        rest = [p for p in self.model.parameters() if p is not self.model.embedding.weight]
-        self.optimizers = [torch.optim.SparseAdam(table, lr=cfg.lr), torch.optim.Adam(rest, lr=cfg.lr)]
         self.hard: torch.Tensor | None = None
-        self.history: list[dict[str, Any]] = []
-        self.step = 0
+        self.batch_size = min(cfg.batch_size, len(self.train))
+        # the last partial batch is dropped: in-batch negatives need a full batch
+        self.steps_per_epoch = len(self.train) // self.batch_size
+        self._perm = torch.zeros(0, dtype=torch.long)
+
+    # -- the loop's model part -------------------------------------------------------------------------
+    def start_epoch(self, epoch: int) -> None:
+        """Hard negatives from the current vectors (from ``hard_from_epoch`` on), then a fresh click order."""
+        if self.cfg.hard_negatives and epoch + 1 >= self.cfg.hard_from_epoch:
+            self.mine_hard()
+        self._perm = torch.from_numpy(self.rng.permutation(len(self.train)))
+
+    def batches(self):
+        bs = self.batch_size
+        return (self._perm[s * bs : (s + 1) * bs] for s in range(self.steps_per_epoch))
+
+    def loss(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        loss = self.softmax_loss(idx)
+        return loss, loss, 1  # the epoch's train_loss: the mean over its steps
+
+    def validate(self) -> dict[str, Any]:
+        return self.recall(self.valid) if len(self.valid) else {}
+
+    def score(self, metrics: dict[str, Any]) -> float | None:
+        score = metrics.get(f"recall@{max(self.cfg.recall_k)}", float("nan"))
+        return None if np.isnan(score) else score
+
+    def record(self, epoch: int, loss_sum: float, n_seen: int, steps: int, seconds: float,
+               metrics: dict[str, Any]) -> dict[str, Any]:
+        return {"epoch": epoch, "train_loss": loss_sum / max(n_seen, 1),
+                **{f"valid_{k}": v for k, v in metrics.items()},
+                "seconds": round(seconds, 2), "clicks_per_s": round(steps * self.batch_size / max(seconds, 1e-9), 1)}
 
     # -- one step --------------------------------------------------------------------------------------
-    def loss(self, idx: torch.Tensor) -> torch.Tensor:
+    def softmax_loss(self, idx: torch.Tensor) -> torch.Tensor:
+        """In-batch softmax cross-entropy of the clicks ``idx`` (positions in ``self.train``)."""
         cfg, m = self.cfg, self.model
         b = self.train.batch
         pos = self.train.target[idx]
@@ -185,53 +225,11 @@ class RetrievalTrainer:
         self.hard = torch.from_numpy(hard)
         self.model.train()
 
-    # -- the loop --------------------------------------------------------------------------------------
-    def fit(self) -> dict[str, Any]:
-        cfg = self.cfg
-        best: dict[str, Any] = {"score": -1.0, "state": None, "record": None}
-        bad = 0
-        select = f"recall@{max(cfg.recall_k)}"
-        for epoch in range(1, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            if cfg.hard_negatives and epoch >= cfg.hard_from_epoch:
-                self.mine_hard()
-            self.model.train()
-            perm = torch.from_numpy(self.rng.permutation(len(self.train)))
-            bs = min(cfg.batch_size, len(perm))
-            steps = len(perm) // bs  # the last partial batch is dropped: in-batch negatives need a full batch
-            total = 0.0
-            bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", disable=not self.progress, leave=False)
-            for s in bar:
-                loss = self.loss(perm[s * bs : (s + 1) * bs])
-                for opt in self.optimizers:
-                    opt.zero_grad(set_to_none=True)
-                loss.backward()
-                for opt in self.optimizers:
-                    opt.step()
-                total += float(loss.detach())
-                self.step += 1
-                if cfg.max_steps is not None and self.step >= cfg.max_steps:
-                    break
-            seconds = time.perf_counter() - t0
-            valid = self.recall(self.valid) if len(self.valid) else {}
-            record = {"epoch": epoch, "train_loss": total / max(steps, 1),
-                      **{f"valid_{k}": v for k, v in valid.items()},
-                      "seconds": round(seconds, 2), "clicks_per_s": round(steps * bs / max(seconds, 1e-9), 1)}
-            self.history.append(record)
-            score = valid.get(select, float("nan"))
-            if not valid or np.isnan(score) or score > best["score"]:
-                best = {"score": score, "state": copy.deepcopy(self.model.state_dict()), "record": record}
-                bad = 0
-            else:
-                bad += 1
-                if bad >= cfg.patience:
-                    break
-            if cfg.max_steps is not None and self.step >= cfg.max_steps:
-                break
-        if best["state"] is not None:
-            self.model.load_state_dict(best["state"])
+    def fit(self) -> dict[str, Any]:  # type: ignore[override]
+        """The shared loop; the best epoch's weights are kept, in eval mode; returns its history record."""
+        best = super().fit()
         self.model.eval()
-        return best["record"]
+        return best
 
     def recall(self, clicks: Clicks) -> dict[str, float]:
         items = encode_items(self.model, self.item_sparse, self.item_dense)
@@ -244,7 +242,7 @@ class RetrievalTrainer:
 
 def train_retrieval(data: str | Path, out: str | Path, split: TowerSplit | None = None,
                     config: RetrievalConfig | None = None, catalogue: Catalogue | None = None,
-                    progress: bool | None = None, verbose: bool = True) -> dict[str, Any]:
+                    progress: bool | None = None, verbose: bool = True) -> RetrievalBundleMeta:
     """Train the towers on a prepared dataset and write a retrieval bundle; returns its metadata.
 
     The report: recall@K on the held-out (test) clicks with exact search over the whole catalogue, next
@@ -252,31 +250,31 @@ def train_retrieval(data: str | Path, out: str | Path, split: TowerSplit | None 
     """
     cfg = config or RetrievalConfig()
     ds = PreparedDataset.open(data)
-    split = split or default_split(ds.spec, ds.meta.get("kind"))
+    split = split or default_split(ds.spec, ds.meta.kind)
     split.validate(ds.spec)
     t0 = time.perf_counter()
     cat_info: dict[str, Any] = {}
     if catalogue is None:
         catalogue, cat_info = catalogue_from_dataset(ds, split)
-    with torch_threads(cfg.threads):
+    with torch_threads(cfg.threads):  # the loop scopes its own epochs; this covers encoding and the test recall
         trainer = RetrievalTrainer(cfg, ds, split, catalogue, progress)
         best = trainer.fit()
         test = trainer.recall(trainer.test) if len(trainer.test) else {}
     trainer.model.eval()
     popularity = popularity_recall(trainer.train_counts, trainer.test.target.numpy(), cfg.recall_k)
-    meta = {
-        "data": {"path": str(ds.path.resolve()), "kind": ds.meta.get("kind"), "fingerprint": ds.fingerprint},
-        "train": asdict(cfg),
-        "clicks": {"train": len(trainer.train), "valid": len(trainer.valid), "test": len(trainer.test),
-                   "left_out_not_in_catalogue": {"train": trainer.train.skipped, "valid": trainer.valid.skipped,
-                                                 "test": trainer.test.skipped}},
-        "catalogue_build": cat_info,
-        "metrics": {"valid": best, "test": test, "test_popularity_baseline": popularity},
-        "history": trainer.history,
-        "train_seconds": round(time.perf_counter() - t0, 2),
-    }
+    fields = dict(
+        data=DataRef(path=str(ds.path.resolve()), kind=ds.meta.kind, fingerprint=ds.fingerprint),
+        train=asdict(cfg),
+        clicks={"train": len(trainer.train), "valid": len(trainer.valid), "test": len(trainer.test),
+                "left_out_not_in_catalogue": {"train": trainer.train.skipped, "valid": trainer.valid.skipped,
+                                              "test": trainer.test.skipped}},
+        catalogue_build=cat_info,
+        metrics=Metrics(valid=best, test=test, test_popularity_baseline=popularity),
+        history=trainer.history,
+        train_seconds=round(time.perf_counter() - t0, 2),
+    )
     # a fresh copy of the spec: the one used for encoding holds lookup tables that do not serialize
-    save_retrieval_bundle(out, trainer.model, PreparedDataset.open(data).spec, catalogue, meta)
+    meta = save_retrieval_bundle(out, trainer.model, PreparedDataset.open(data).spec, catalogue, **fields).meta
     if verbose:
         for h in trainer.history:
             rec = "  ".join(f"{k[6:]} {v:.4f}" for k, v in h.items() if k.startswith("valid_recall"))

@@ -28,9 +28,9 @@ def checked_onnx_path(bundle: Bundle) -> Path:
     path = bundle.path / ONNX_FILE
     if not path.exists():
         raise BundleError(f"{path}: missing; run `ctrzoo export --bundle {bundle.path}` first")
-    record = bundle.meta.get("artifacts", {}).get("onnx", {})
+    record = bundle.meta.artifacts.onnx
     digest = sha256_file(path)
-    if record.get("sha256") and record["sha256"] != digest:
+    if record is not None and record.sha256 and record.sha256 != digest:
         raise BundleError(f"{path}: checksum differs from the one recorded at export (corrupt or replaced); "
                           "export again")
     return path

@@ -49,7 +49,7 @@ class TvmPredictor(Predictor):
         art = artifacts.artifact_dir(bundle)
         manifest = artifacts.read_manifest(art)
         self.buckets = policy.normalize_buckets(
-            buckets or (manifest or {}).get("buckets") or policy.DEFAULT_BUCKETS)
+            buckets or (manifest.buckets if manifest else None) or policy.DEFAULT_BUCKETS)
         target = env.host_target()
         self.vm, how = self._library(bundle, manifest, target, onnx_path, onnx_sha)
         self.threads = env.size_thread_pool(threads)
@@ -72,17 +72,17 @@ class TvmPredictor(Predictor):
         if manifest is None:
             why = "no manifest" if lib.exists() or art.exists() else None
         else:
-            stale = [k for k, v in want.items() if manifest.get(k) != v]
+            stale = want.differences(manifest.build_key)
             if stale:
                 why = f"built for another {', '.join(stale)}"
             elif not lib.exists():
                 why = f"{lib} is missing"
-            elif artifacts.sha256_file(lib) != manifest.get("library", {}).get("sha256"):
+            elif artifacts.sha256_file(lib) != manifest.library.sha256:
                 why = f"{lib} does not match its recorded checksum (corrupt)"
             else:
                 try:
                     vm = compiler.load_library(lib)
-                    return vm, f"library {lib.name} ({manifest.get('built_from')})"
+                    return vm, f"library {lib.name} ({manifest.built_from})"
                 except Exception as exc:
                     why = f"{lib} cannot be loaded ({exc.__class__.__name__}: {str(exc)[:200]})"
         if why:
@@ -98,8 +98,8 @@ class TvmPredictor(Predictor):
             from tvm import relax
 
             return relax.VirtualMachine(ex, tvm.cpu()), "compiled in memory"
-        built = artifacts.read_manifest(art) or {}
-        return compiler.load_library(path), f"rebuilt from {built.get('built_from', '?')}"
+        built = artifacts.read_manifest(art)
+        return compiler.load_library(path), f"rebuilt from {built.built_from if built else '?'}"
 
     def _setup(self, onnx_path) -> None:
         """Prepacked weights and preallocated input/output buffers per bucket."""

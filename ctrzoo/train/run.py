@@ -20,10 +20,11 @@ from typing import Any
 
 from ctrzoo.atomic import DiskError, disk_errors, disk_reason
 from ctrzoo.bundle import META_FILE as BUNDLE_META
-from ctrzoo.bundle import save_bundle
+from ctrzoo.bundle import Bundle, check_replaceable, save_bundle
 from ctrzoo.data.dataset import PreparedDataset
 from ctrzoo.data.loader import BatchLoader
 from ctrzoo.errors import CtrzooError
+from ctrzoo.metadata import DataRef, Metrics, ModelBundleMeta, ModelInfo
 from ctrzoo.threads import torch_threads
 from ctrzoo.train.config import resolve_config
 from ctrzoo.train.distributed import init_from_env, shutdown
@@ -32,9 +33,10 @@ from ctrzoo.train.trainer import CHECKPOINT_FILE, Trainer
 
 def train_bundle(model: str, data: str | Path, out: str | Path, config_file: str | None = None,
                  overrides: dict[str, Any] | None = None, resume: bool = False, progress: bool | None = None,
-                 on_step=None, verbose: bool = True) -> dict[str, Any]:
+                 on_step=None, verbose: bool = True) -> ModelBundleMeta:
+    """Train ``model`` on the prepared dataset ``data`` and write the bundle ``out``; returns its metadata."""
     ds = PreparedDataset.open(data)
-    cfg = resolve_config(model, ds.meta.get("kind"), config_file, dict(overrides or {}))
+    cfg = resolve_config(model, ds.meta.kind, config_file, dict(overrides or {}))
     out = Path(out)
     workdir = out.parent / f"{out.name}.work"
     notes = _preflight(ds, out)
@@ -55,16 +57,17 @@ def train_bundle(model: str, data: str | Path, out: str | Path, config_file: str
                 test = trainer.evaluate(test_loader)  # fp32, like every later consumer
             else:
                 test = {"rows": 0}
-            meta = {
-                "data": {"path": str(ds.path.resolve()), "kind": ds.meta.get("kind"), "fingerprint": ds.fingerprint},
-                "train": {**asdict(cfg), "processes": dist.world_size},
-                "metrics": {"valid": best, "test": test},
-                "history": trainer.history,
-                "train_seconds": round(time.perf_counter() - t0, 2),
-            }
+            meta = ModelBundleMeta(
+                model=ModelInfo(name=cfg.model, hparams=trainer.model.hparams),
+                data=DataRef(path=str(ds.path.resolve()), kind=ds.meta.kind, fingerprint=ds.fingerprint),
+                train={**asdict(cfg), "processes": dist.world_size},
+                metrics=Metrics(valid=best, test=test),
+                history=trainer.history,
+                train_seconds=round(time.perf_counter() - t0, 2),
+            )
             if dist.is_main:
                 with disk_errors("the model bundle", out):
-                    save_bundle(out, trainer.model, cfg.model, ds.spec, meta)
+                    meta = save_bundle(out, trainer.model, ds.spec, meta).meta
                 trainer.clean_workdir()
             dist.barrier()
         except BaseException as exc:
@@ -128,6 +131,7 @@ def _preflight(ds: PreparedDataset, out: Path) -> list[str]:
                           "(prepare more rows, or other --ratios)")
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / BUNDLE_META).exists())):
         raise CtrzooError(f"{out} exists and is not a model bundle: refusing to replace it (choose another --out)")
+    check_replaceable(out, Bundle)  # a retrieval bundle there
     notes = []
     if rows["valid"] == 0:
         notes.append(f"{ds.path} has no validation rows: no early stopping, every epoch runs and the last "

@@ -1,10 +1,12 @@
-"""The training loop: block-loaded batches, sparse embedding updates, early stopping, exact resume.
+"""Training the ranking models: block-loaded batches, click-through loss, exact resume, in the shared loop.
 
-Speed choices (LightSeq2's training ideas, where they pay on a CPU; ``benchmarks/train_speed.py`` measures
-each one):
+The epochs, optimizers, early stopping and progress are ``ctrzoo.train.loop``'s (the retrieval towers train
+in the same loop); this module adds the ranking side: the loss and its penalties, validation AUC,
+checkpoints, torchrun ranks. Speed choices (LightSeq2's training ideas, where they pay on a CPU;
+``benchmarks/train_speed.py`` measures each one):
 * embeddings produce sparse gradients and ``RowSparseAdam`` updates only the rows in the batch, instead of
   a dense Adam step over the whole table (and without ``SparseAdam``'s coalescing bookkeeping);
-* the dense parameters step with one fused (or multi-tensor) Adam kernel;
+* the dense parameters step with one fused (or multi-tensor) Adam kernel (both: ``loop.make_optimizers``);
 * bf16 autocast for the matmuls where the CPU has native bf16 dot products (AVX512-BF16 or AMX), on by
   default there: weights, loss and optimizer state stay fp32, and validation and test scoring run in fp32;
 * batches are slices of tensor blocks made once; metrics are computed once per epoch on the validation
@@ -13,12 +15,8 @@ each one):
 
 from __future__ import annotations
 
-import copy
 import json
-import math
 import shutil
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,15 +26,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from ctrzoo.atomic import disk_errors, replace_file
 from ctrzoo.data.dataset import PreparedDataset
 from ctrzoo.data.loader import BatchLoader
 from ctrzoo.errors import CtrzooError
 from ctrzoo.metrics import auc, gauc, logloss
-from ctrzoo.nn import RowSparseAdam, split_sparse_params
 from ctrzoo.train.distributed import DistContext
+from ctrzoo.train.loop import TrainingLoop
 from ctrzoo.train.regularization import mba_l2, plain_l2
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -126,48 +123,42 @@ def evaluate_arrays(labels: np.ndarray, probs: np.ndarray, users: np.ndarray | N
     return out
 
 
-class Trainer:
+class Trainer(TrainingLoop):
+    """The ranking models' training: click-through loss over block-loaded batches, in the shared loop
+    (``ctrzoo.train.loop``), plus what only ranking has: checkpoints with exact resume, torchrun ranks,
+    ``metrics.jsonl`` in the work directory."""
+
     def __init__(self, config: TrainConfig, dataset: PreparedDataset, workdir: Path, progress: bool | None = None,
                  dist: DistContext | None = None):
         self.cfg, self.ds, self.workdir = config, dataset, Path(workdir)
-        self.dist = dist or DistContext()
-        self.progress = (sys.stderr.isatty() if progress is None else progress) and self.dist.is_main
-        torch.manual_seed(config.seed)  # thread count: the caller's scope (train_bundle: ctrzoo.threads)
+        dist = dist or DistContext()
+        torch.manual_seed(config.seed)  # thread count: the loop's scope (ctrzoo.threads)
         from ctrzoo.models import build_model
 
         hparams = dict(config.hparams)
         # several processes: dense gradients, which DistributedDataParallel averages with one all-reduce
-        hparams["sparse_grad"] = config.uses_sparse_updates and not self.dist.enabled
-        self.model = build_model(config.model, dataset.codec.layout, **hparams)
-        self.forward_model: nn.Module = self.model
-        if self.dist.enabled:
+        hparams["sparse_grad"] = config.uses_sparse_updates and not dist.enabled
+        model = build_model(config.model, dataset.codec.layout, **hparams)
+        self.forward_model: nn.Module = model
+        if dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.forward_model = DistributedDataParallel(self.model)  # broadcasts rank 0's initial weights
-        sparse, dense = split_sparse_params(self.model)
-        self.optimizers: list[torch.optim.Optimizer] = [_dense_adam(dense, config.lr)]
-        if sparse:
-            self.optimizers.append(RowSparseAdam(sparse, lr=config.lr))
+            self.forward_model = DistributedDataParallel(model)  # broadcasts rank 0's initial weights
+        super().__init__(model, epochs=config.epochs, lr=config.lr, patience=config.patience,
+                         lr_decay=config.lr_decay, max_steps=config.max_steps, threads=config.threads,
+                         progress=progress, dist=dist)
         self.id_frequency = torch.from_numpy(dataset.codec.id_frequencies().astype(np.float32))
         rows = dataset.rows("train")
         if rows < 2:
             raise CtrzooError(f"{dataset.path}: the training split has {rows} row(s); at least 2 are needed")
         # the last partial batch is dropped (as usual): batch statistics (Dice, batch norm) need > 1 row
-        rank, world = self.dist.rank, self.dist.world_size
+        rank, world = dist.rank, dist.world_size
         self.train_loader = BatchLoader(dataset, "train", config.batch_size, shuffle=True, seed=config.seed,
                                         drop_last=rows > config.batch_size * world, rank=rank, world_size=world)
         self.valid_loader = BatchLoader(dataset, "valid", config.eval_batch_size, shuffle=False,
                                         with_user=dataset.has_user_id, rank=rank, world_size=world)
         # every rank must run the same number of steps, or the gradient all-reduce waits forever
-        self.steps_per_epoch = self.dist.all_reduce_min(len(self.train_loader))
-        self.history: list[dict[str, Any]] = []
-        # best validation score: AUC, or -logloss where AUC is undefined (a one-class validation split)
-        self.best: dict[str, Any] = {"score": -math.inf, "epoch": -1, "state": None}
-        self.bad_epochs = 0
-        self.epoch = 0
-        self.step_in_epoch = 0
-        self.global_step = 0
-        self._loss_sum, self._n_seen = torch.zeros((), dtype=torch.float64), 0  # running epoch loss
+        self.steps_per_epoch = dist.all_reduce_min(len(self.train_loader))
 
     # -- the loop ----------------------------------------------------------------------------------
     def fit(self, resume: bool = False, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -181,39 +172,66 @@ class Trainer:
             self._load_checkpoint()
         elif (self.workdir / CHECKPOINT_FILE).exists():
             raise CtrzooError(f"{self.workdir / CHECKPOINT_FILE} exists: pass --resume to continue it, or remove it")
+        return super().fit(on_step)
+
+    def start_epoch(self, epoch: int) -> None:
+        self.train_loader.set_epoch(epoch)
+
+    def batches(self) -> BatchLoader:
+        return self.train_loader
+
+    def loss(self, batch) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Binary cross-entropy of the logits (bf16 autocast when configured) plus the configured penalty."""
         cfg = self.cfg
-        stopped = False
-        while self.epoch < cfg.epochs and not stopped:
-            t0 = time.perf_counter()
-            loss_sum, n_seen = self._run_epoch(on_step)
-            seconds = time.perf_counter() - t0
-            loss_sum, n_seen = self.dist.all_reduce_sum(loss_sum), int(self.dist.all_reduce_sum(n_seen))
-            # scored in fp32 even after bf16 training: the weights are fp32 and so is every later consumer
-            metrics = self.evaluate(self.valid_loader) if self.dist.all_reduce_sum(self.valid_loader.rows) else {}
-            record = {
-                "epoch": self.epoch + 1,
-                "train_logloss": loss_sum / max(n_seen, 1),
-                **{f"valid_{k}": v for k, v in metrics.items()},
-                "lr": self.optimizers[0].param_groups[0]["lr"],
-                "seconds": round(seconds, 3),
-                "samples_per_s": round(n_seen / seconds, 1) if seconds > 0 else None,
-            }
-            if self.dist.enabled:
-                record["rank_weight_checksums"] = self._check_ranks_in_sync()
-            self.history.append(record)
-            if self.dist.is_main:
-                with disk_errors("the training metrics", self.workdir / "metrics.jsonl"), \
-                        open(self.workdir / "metrics.jsonl", "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
-            # no validation rows: no early stopping either, the last epoch's weights are the result
-            stopped = (bool(metrics) and self._early_stopping(metrics)) or self._hit_max_steps()
-            self.epoch += 1
-            self.step_in_epoch = 0
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            logits = self.forward_model(batch.sparse, batch.dense, batch.seq)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), batch.label)
+        total = loss
+        if cfg.regularization == "mba" and cfg.reg_lambda > 0:
+            ids = [batch.sparse, batch.seq] if batch.seq.numel() else [batch.sparse]
+            table = self.model.embedding.weight
+            total = total + mba_l2(table, ids, self.id_frequency, cfg.reg_lambda,
+                                   sparse=cfg.uses_sparse_updates) / len(batch)
+        elif cfg.regularization == "l2" and cfg.reg_lambda > 0:
+            total = total + plain_l2([self.model.embedding.weight], cfg.reg_lambda) / len(batch)
+        return total, loss, len(batch)
+
+    def validate(self) -> dict[str, Any]:
+        # scored in fp32 even after bf16 training: the weights are fp32 and so is every later consumer
+        return self.evaluate(self.valid_loader) if self.dist.all_reduce_sum(self.valid_loader.rows) else {}
+
+    def score(self, metrics: dict[str, Any]) -> float | None:
+        """Validation AUC, or -logloss where AUC is undefined (a one-class validation split, the same split
+        every epoch: logloss still measures fit, so early stopping still works); None without validation."""
+        if not metrics:
+            return None
+        return metrics["auc"] if not np.isnan(metrics["auc"]) else -metrics["logloss"]
+
+    def record(self, epoch: int, loss_sum: float, n_seen: int, steps: int, seconds: float,
+               metrics: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "train_logloss": loss_sum / max(n_seen, 1),
+            **{f"valid_{k}": v for k, v in metrics.items()},
+            "lr": self.lr,
+            "seconds": round(seconds, 3),
+            "samples_per_s": round(n_seen / seconds, 1) if seconds > 0 else None,
+        }
+
+    def on_record(self, record: dict[str, Any]) -> None:
+        if self.dist.enabled:
+            record["rank_weight_checksums"] = self._check_ranks_in_sync()
+        if self.dist.is_main:
+            with disk_errors("the training metrics", self.workdir / "metrics.jsonl"), \
+                    open(self.workdir / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def after_step(self) -> None:
+        if self.cfg.checkpoint_every and self.global_step % self.cfg.checkpoint_every == 0:
             self._save_checkpoint()
-        if self.best["state"] is not None:
-            self.model.load_state_dict(self.best["state"])
-        best = next((h for h in self.history if h["epoch"] == self.best["epoch"] + 1), self.history[-1])
-        return best
+
+    def after_epoch(self) -> None:
+        self._save_checkpoint()
 
     def evaluate(self, loader: BatchLoader) -> dict[str, float]:
         """Metrics over the whole split: each rank scores its part, the parts are gathered."""
@@ -229,77 +247,6 @@ class Trainer:
             raise CtrzooError(f"ranks diverged: weight checksums {sums}")
         return sums
 
-    def _run_epoch(self, on_step: Callable[[int], None] | None) -> tuple[float, int]:
-        cfg = self.cfg
-        self.model.train()
-        self.train_loader.set_epoch(self.epoch)
-        skip = self.step_in_epoch
-        if skip == 0:
-            self._loss_sum, self._n_seen = torch.zeros((), dtype=torch.float64), 0
-        bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-                   disable=not self.progress, leave=False, unit="batch")
-        for i, batch in enumerate(self.train_loader):
-            if i >= self.steps_per_epoch:
-                break
-            if i < skip:
-                continue
-            loss = self._step(batch)
-            self._loss_sum += loss.detach().double() * len(batch)
-            self._n_seen += len(batch)
-            self.step_in_epoch = i + 1
-            self.global_step += 1
-            bar.update(1)
-            if self.progress and self.global_step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-            if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
-                self._save_checkpoint()
-            if on_step is not None:
-                on_step(self.global_step)
-            if self._hit_max_steps():
-                break
-        bar.close()
-        return float(self._loss_sum), self._n_seen
-
-    def _step(self, batch) -> torch.Tensor:
-        cfg = self.cfg
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            logits = self.forward_model(batch.sparse, batch.dense, batch.seq)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), batch.label)
-        total = loss
-        if cfg.regularization == "mba" and cfg.reg_lambda > 0:
-            ids = [batch.sparse, batch.seq] if batch.seq.numel() else [batch.sparse]
-            table = self.model.embedding.weight
-            total = total + mba_l2(table, ids, self.id_frequency, cfg.reg_lambda,
-                                   sparse=cfg.uses_sparse_updates) / len(batch)
-        elif cfg.regularization == "l2" and cfg.reg_lambda > 0:
-            total = total + plain_l2([self.model.embedding.weight], cfg.reg_lambda) / len(batch)
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
-        total.backward()
-        for opt in self.optimizers:
-            opt.step()
-        return loss
-
-    def _hit_max_steps(self) -> bool:
-        return self.cfg.max_steps is not None and self.global_step >= self.cfg.max_steps
-
-    def _early_stopping(self, metrics: dict[str, float]) -> bool:
-        """Keep the best weights; decay the learning rate on a plateau; stop after ``patience`` of them.
-
-        AUC is undefined on a one-class validation split (the same split every epoch), so there the epochs
-        are ranked by validation logloss instead: it still measures fit, and early stopping still works.
-        """
-        score = metrics["auc"] if not np.isnan(metrics["auc"]) else -metrics["logloss"]
-        if score > self.best["score"] + 1e-6:
-            self.best = {"score": score, "epoch": self.epoch, "state": copy.deepcopy(self.model.state_dict())}
-            self.bad_epochs = 0
-            return False
-        self.bad_epochs += 1
-        for opt in self.optimizers:
-            for group in opt.param_groups:
-                group["lr"] *= self.cfg.lr_decay
-        return self.bad_epochs >= self.cfg.patience
-
     # -- checkpoints -------------------------------------------------------------------------------
     def _save_checkpoint(self) -> None:
         rng_states = self.dist.gather_objects(torch.get_rng_state())  # dropout streams differ per rank
@@ -308,21 +255,10 @@ class Trainer:
             return
         state = {
             "config": json.dumps(asdict(self.cfg), sort_keys=True),
-            "model": self.model.state_dict(),
-            "optimizers": [opt.state_dict() for opt in self.optimizers],
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "global_step": self.global_step,
-            "loss_sum": self._loss_sum,
-            "n_seen": self._n_seen,
+            **self.loop_state(),
             "rng": torch.get_rng_state(),
             "rng_per_rank": rng_states,
             "world_size": self.dist.world_size,
-            "best_score": float(self.best["score"]),
-            "best_epoch": int(self.best["epoch"]),
-            "best_state": self.best["state"] or {},
-            "bad_epochs": self.bad_epochs,
-            "history": json.dumps(self.history),
         }
         # through a temporary file removed on any failure: a full disk leaves the last good checkpoint only
         replace_file(self.workdir / CHECKPOINT_FILE, lambda fh: torch.save(state, fh), "the training checkpoint")
@@ -341,25 +277,8 @@ class Trainer:
         if state.get("world_size", 1) != self.dist.world_size:
             raise CtrzooError(f"{path}: checkpoint was made with {state.get('world_size', 1)} process(es), "
                               f"resume it with the same number (now {self.dist.world_size})")
-        self.model.load_state_dict(state["model"])
-        for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
-            opt.load_state_dict(s)
-        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
-        self.global_step = state["global_step"]
-        self._loss_sum, self._n_seen = state["loss_sum"], state["n_seen"]
+        self.load_loop_state(state)
         torch.set_rng_state(state["rng_per_rank"][self.dist.rank] if "rng_per_rank" in state else state["rng"])
-        score = state["best_score"] if "best_score" in state else state["best_auc"]  # older checkpoints: AUC
-        self.best = {"score": score, "epoch": state["best_epoch"], "state": state["best_state"] or None}
-        self.bad_epochs = state["bad_epochs"]
-        self.history = json.loads(state["history"])
 
     def clean_workdir(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def _dense_adam(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """One fused Adam kernel for all dense parameters where this torch build has it, else multi-tensor."""
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, lr=lr, foreach=True)

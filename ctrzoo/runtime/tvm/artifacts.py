@@ -3,7 +3,8 @@
     BUNDLE/tvm/model.so                       the compiled Relax VM executable (native code, no weights)
     BUNDLE/tvm/database_workload.json         MetaSchedule's JSON database: the tuned schedules, keyed by
     BUNDLE/tvm/database_tuning_record.json    the kernels' shapes (not the weights)
-    BUNDLE/tvm/manifest.json                  what model.so was built from and how (``build_key`` + details)
+    BUNDLE/tvm/manifest.json                  what model.so was built from and how: ``TvmManifest``
+                                              (``ctrzoo.metadata``), its ``build_key`` + details
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 
 from ctrzoo.atomic import write_json
 from ctrzoo.bundle import Bundle, sha256_file  # re-exported: the backend and tuning use it
-from ctrzoo.errors import BundleError
+from ctrzoo.errors import BundleError, CtrzooError
+from ctrzoo.metadata import TvmBuildKey, TvmLibrary, TvmManifest
 from ctrzoo.runtime.tvm.compiler import build, import_onnx, prepare
 from ctrzoo.runtime.tvm.env import require_tvm
 
@@ -27,30 +29,28 @@ LIBRARY = "model.so"
 MANIFEST = "manifest.json"
 DB_WORKLOAD = "database_workload.json"
 DB_RECORDS = "database_tuning_record.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = TvmManifest.FORMATS[-1]
 
 
 def artifact_dir(bundle: Bundle) -> Path:
     return bundle.path / ARTIFACT_DIR
 
 
-def read_manifest(art: Path) -> dict | None:
+def read_manifest(art: Path) -> TvmManifest | None:
+    """The library's manifest; None when there is none or it is unreadable (then the library is rebuilt)."""
     path = art / MANIFEST
     if not path.exists():
         return None
     try:
-        manifest = json.loads(path.read_text())
-        if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_VERSION:
-            raise ValueError(f"format {manifest.get('format') if isinstance(manifest, dict) else '?'!r}")
-        return manifest
-    except (ValueError, OSError) as exc:
+        return TvmManifest.from_json(json.loads(path.read_text()), path)
+    except (ValueError, OSError, CtrzooError) as exc:
         log.warning("tvm: %s is unreadable (%s); the library will be rebuilt", path, exc)
         return None
 
 
 def manifest_buckets(bundle: Bundle) -> tuple[int, ...] | None:
     manifest = read_manifest(artifact_dir(bundle))
-    return tuple(manifest["buckets"]) if manifest and manifest.get("buckets") else None
+    return tuple(manifest.buckets) if manifest and manifest.buckets else None
 
 
 def open_database(art: Path):
@@ -87,12 +87,12 @@ def count_records(art: Path) -> int:
     return sum(1 for line in records.read_text().splitlines() if line.strip()) if records.exists() else 0
 
 
-def build_key(onnx_sha: str, target: dict, buckets: tuple[int, ...], db_digest: str | None) -> dict:
+def build_key(onnx_sha: str, target: dict, buckets: tuple[int, ...], db_digest: str | None) -> TvmBuildKey:
     """What model.so depends on; a manifest with another key means the library is stale."""
     tvm = require_tvm()
-    return {"onnx_sha256": onnx_sha, "tvm_version": tvm.__version__,
-            "target": {k: v for k, v in target.items() if k != "num-cores"},  # threads are a runtime setting
-            "buckets": list(buckets), "database_sha256": db_digest}
+    return TvmBuildKey(onnx_sha256=onnx_sha, tvm_version=tvm.__version__,
+                       target={k: v for k, v in target.items() if k != "num-cores"},  # threads: a runtime setting
+                       buckets=list(buckets), database_sha256=db_digest)
 
 
 def build_library(bundle: Bundle, buckets: tuple[int, ...], target: dict, onnx_path: Path, onnx_sha: str,
@@ -111,18 +111,17 @@ def build_library(bundle: Bundle, buckets: tuple[int, ...], target: dict, onnx_p
     finally:
         tmp.unlink(missing_ok=True)
     seconds = time.perf_counter() - t0
-    previous = read_manifest(art) or {}
-    manifest = {
-        "format": MANIFEST_VERSION,
-        **build_key(onnx_sha, target, buckets, database_digest(art)),
-        "num_cores": target.get("num-cores"),
-        "library": {"file": LIBRARY, "sha256": sha256_file(art / LIBRARY), "build_seconds": round(seconds, 2)},
-        "database_records": count_records(art),
-        "built_from": "database" if database is not None else "untuned",
-        "tuning": tuning if tuning is not None else previous.get("tuning"),
-    }
-    write_json(art / MANIFEST, manifest)
+    previous = read_manifest(art)
+    manifest = TvmManifest.built(
+        build_key(onnx_sha, target, buckets, database_digest(art)),
+        num_cores=target.get("num-cores"),
+        library=TvmLibrary(file=LIBRARY, sha256=sha256_file(art / LIBRARY), build_seconds=round(seconds, 2)),
+        database_records=count_records(art),
+        built_from="database" if database is not None else "untuned",
+        tuning=tuning if tuning is not None else (previous.tuning if previous else None),
+    )
+    write_json(art / MANIFEST, manifest.to_json())
     log.info("tvm: built %s for buckets %s from %s in %.1fs", art / LIBRARY, ",".join(map(str, buckets)),
-             f"the tuning database ({manifest['database_records']} records)" if database is not None
+             f"the tuning database ({manifest.database_records} records)" if database is not None
              else "untuned kernels (no tuning database)", seconds)
     return art / LIBRARY
