@@ -475,7 +475,7 @@ def _spec_rows(spec: FeatureSpec, n: int) -> list[dict[str, Any]]:
                 continue  # derived features read another column's raw value: left to that column
             if f.kind == "categorical":
                 row[src] = _category(f, rng, unknown=i == n - 1)
-            elif f.kind == "numeric":
+            elif f.kind in ("numeric", "bucketized"):
                 row[src] = round(float(abs(rng.normal(1.0, 2.0))), 4)
             elif f.kind == "dense_vector":
                 row[src] = [round(float(x), 4) for x in rng.normal(0.0, 1.0, f.dim)]

@@ -131,3 +131,83 @@ def test_save_load_round_trip_with_new_kinds(tmp_path):
     for k in ("sparse", "dense", "seq"):
         want = getattr(spec.compile().encode(data), k)
         np.testing.assert_array_equal(getattr(loaded.compile().encode(data), k), want)
+
+
+# -- bucketized numbers, clipping, time derivations ---------------------------------------------------------
+def test_bucketized_quantiles_by_hand_and_in_the_layout():
+    from ctrzoo.features.spec import Bucketized
+
+    x = np.arange(1, 101, dtype=float)  # 1..100: quartile cut points 26, 51, 76
+    spec = FeatureSpec([Categorical("c"), Bucketized("age", buckets=4), Bucketized("cl", source="age", buckets=2,
+                                                                                 clip=(10, 20))], label=None)
+    fitter = SpecFitter(spec)
+    fitter.update(pa.table({"c": ["a"] * 100, "age": x}))
+    fitted = fitter.finalize()
+    assert fitted["age"].boundaries == (26.0, 51.0, 76.0)
+    assert fitted["cl"].boundaries == (20.0,)  # clipped to [10, 20]: 90 rows at 20, so the middle is 20
+    codec = fitted.compile()
+    lay = codec.layout
+    assert [f.name for f in lay.sparse] == ["c", "age", "cl"] and lay.sparse[1].size == 4 + 2
+    b = codec.encode(pa.table({"c": ["a", "a", "a", "a"], "age": [1.0, 26.0, 1000.0, None]}))
+    age = lay.sparse[1].offset
+    assert b.sparse[:, 1].tolist() == [age + 2, age + 3, age + 5, age + MISSING_ID]
+    req = codec.encode_request({"c": "a"}, [{"age": 1}, {"age": 26}, {"age": 1000}, {}])
+    np.testing.assert_array_equal(req.sparse, b.sparse)
+    assert FeatureSpec.from_dict(fitted.to_dict()).equals(fitted)
+
+
+def test_quantiles_do_not_depend_on_blocks_or_workers():
+    from ctrzoo.features.quantiles import QuantileCounter
+
+    rng = np.random.default_rng(0)
+    x = rng.lognormal(size=20_000)
+    whole = QuantileCounter()
+    whole.update(x)
+    parts = [QuantileCounter() for _ in range(3)]
+    for p, chunk in zip(parts, np.array_split(x[::-1], 3)):
+        p.update(chunk)
+    merged = QuantileCounter()
+    for p in parts:
+        merged.add_counts(*p.result())
+    assert whole.boundaries(10) == merged.boundaries(10)
+    cuts = np.array(whole.boundaries(10))
+    share = np.histogram(x, bins=[-np.inf, *cuts, np.inf])[0] / x.size
+    assert np.all(np.abs(share - 0.1) < 0.01)  # ten equal ranges
+
+
+def test_numeric_clip_applies_to_the_raw_value_on_both_front_ends():
+    spec = FeatureSpec([Numeric("p", transform="log1p", clip=(0, 99))], label=None)
+    fitter = SpecFitter(spec)
+    fitter.update(pa.table({"p": [1.0, 5.0]}))
+    codec = fitter.finalize().compile()
+    b = codec.encode(pa.table({"p": [1e9, -5.0, 3.0]}))
+    np.testing.assert_allclose(b.dense[:, 0], np.log1p([99.0, 0.0, 3.0]), rtol=1e-6)
+    np.testing.assert_array_equal(codec.encode_request({}, [{"p": 1e9}, {"p": -5}, {"p": 3}]).dense, b.dense)
+    assert "clip" not in FeatureSpec([Numeric("q")], label=None).to_dict()["features"][0]  # spec.json unchanged
+
+
+@pytest.mark.parametrize("derive,values,expected", [
+    ("hour", ["2024-05-01 13:45:00", "2024-05-01T07:00:00Z", "1714521600", None], ["13", "7", "0", None]),
+    ("weekday", [1714521600, 1714608000], ["2", "3"]),  # 2024-05-01 was a Wednesday (Monday = 0)
+    ("month:%d/%m/%Y", ["03/04/2020"], ["4"]),
+    ("hour:unix_ms", [1714521600000 + 3_600_000], ["1"]),
+])
+def test_time_derivations(derive, values, expected):
+    from ctrzoo.features.transforms import derive as apply
+
+    assert apply(derive, pa.array(values), "t").to_pylist() == expected
+
+
+def test_time_derivations_encode_online_like_offline_and_refuse_garbage():
+    spec = FeatureSpec([Categorical("hour", source="ts", derive="hour"), Categorical("dow", source="ts",
+                                                                                  derive="weekday")], label=None)
+    rows = pa.table({"ts": ["2024-05-01 13:45:00", "2024-05-02 01:00:00"]})
+    fitter = SpecFitter(spec)
+    fitter.update(rows)
+    codec = fitter.finalize().compile()
+    np.testing.assert_array_equal(codec.encode_request({}, rows.to_pylist()).sparse, codec.encode(rows).sparse)
+    with pytest.raises(SpecError, match="expected a time") as err:
+        codec.encode([{"ts": "yesterday"}])
+    assert err.value.field in ("hour", "dow")
+    with pytest.raises(SpecError, match="unknown derivation"):
+        FeatureSpec([Categorical("x", derive="fortnight")])

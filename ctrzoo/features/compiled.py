@@ -40,9 +40,13 @@ def raw_category_codes(table: pa.Table, column: str, name: str, derivation: str 
     return category_codes(table.column(column), name, transform)
 
 
-def raw_numbers(table: pa.Table, column: str, name: str, derivation: str | None, transform: str) -> np.ndarray:
-    """A numeric feature's transformed float64 values, NaN where missing (standardized and filled later)."""
+def raw_numbers(table: pa.Table, column: str, name: str, derivation: str | None, transform: str,
+                clip: tuple[float, float] | None = None) -> np.ndarray:
+    """A numeric feature's float64 values ``[B]``, clipped (raw) and transformed, NaN where missing
+    (standardized and filled later)."""
     raw = numeric_values(derive(derivation, table.column(column).combine_chunks(), name), name)
+    if clip is not None:
+        raw = np.clip(raw, clip[0], clip[1])  # NaN stays NaN
     return numeric_transform(transform)(raw)
 
 
@@ -113,9 +117,31 @@ class NumericField:
     source: str
     derive: str | None
     transform: str
+    clip: tuple[float, float] | None = None
 
     def values(self, table: pa.Table) -> np.ndarray:
-        return raw_numbers(table, self.source, self.name, self.derive, self.transform)
+        return raw_numbers(table, self.source, self.name, self.derive, self.transform, self.clip)
+
+
+@dataclass(frozen=True, eq=False)
+class BucketField:
+    """A bucketized number compiled: ``column`` in ``sparse``, rows ``[offset, offset + size)``."""
+
+    column: int
+    name: str
+    source: str
+    derive: str | None
+    transform: str
+    clip: tuple[float, float] | None
+    offset: int
+    size: int
+    boundaries: np.ndarray  # float64, ascending
+
+    def global_ids(self, table: pa.Table) -> np.ndarray:
+        """``[B]``: missing -> ``offset``, else ``offset + 2 + number of boundaries <= value``."""
+        x = raw_numbers(table, self.source, self.name, self.derive, self.transform, self.clip)
+        bucket = np.searchsorted(self.boundaries, x, side="right")
+        return np.where(np.isnan(x), self.offset + MISSING_ID, self.offset + FIRST_ID + bucket).astype(np.int64)
 
 
 class NumericParams:
@@ -214,6 +240,7 @@ class CompiledFeatures:
     layout: TableLayout
     raw_columns: tuple[str, ...]
     categoricals: tuple[CategoricalField, ...]
+    buckets: tuple[BucketField, ...]
     numerics: tuple[NumericField, ...]
     numeric_params: NumericParams
     sequences: tuple[SequenceField, ...]  # sequences and bags: the slots of ``seq``
@@ -228,14 +255,19 @@ class CompiledFeatures:
 
 def compile_features(spec: FeatureSpec) -> CompiledFeatures:
     """The records of a fitted spec; the shared table is row 0 (padding), then each categorical's rows."""
-    cats, offset = [], 1
-    for i, c in enumerate(spec.categorical):
+    cats, buckets, sparse_layout, offset = [], [], [], 1
+    for i, c in enumerate(spec.sparse_fields):
         size = c.table_size
-        table = None if c.hash_buckets else VocabTable(c.vocab, offset)
-        cats.append(CategoricalField(i, c.name, c.column, c.derive, offset, size, c.hash_buckets, table))
+        if c.kind == "bucketized":
+            buckets.append(BucketField(i, c.name, c.column, c.derive, c.transform, c.clip, offset, size,
+                                       np.asarray(c.boundaries, dtype=np.float64)))
+        else:
+            table = None if c.hash_buckets else VocabTable(c.vocab, offset)
+            cats.append(CategoricalField(i, c.name, c.column, c.derive, offset, size, c.hash_buckets, table))
+        sparse_layout.append(FieldLayout(c.name, offset, size))
         offset += size
     by_name = {c.name: c for c in cats}
-    nums = tuple(NumericField(j, f.name, f.column, f.derive, f.transform) for j, f in enumerate(spec.numeric))
+    nums = tuple(NumericField(j, f.name, f.column, f.derive, f.transform, f.clip) for j, f in enumerate(spec.numeric))
     seqs, seq_layouts = [], []
     for k, s in enumerate(spec.lists):
         if s.kind == "sequence" or s.shares:
@@ -255,12 +287,12 @@ def compile_features(spec: FeatureSpec) -> CompiledFeatures:
         vectors.append(VectorField(v.name, v.column, start, v.dim, v.sep, v.fill))
         start += v.dim
     layout = TableLayout(
-        tuple(FieldLayout(c.name, c.offset, c.size) for c in cats),
+        tuple(sparse_layout),
         tuple(f.name for f in nums) + tuple(f"{v.name}[{i}]" for v in vectors for i in range(v.dim)),
         tuple(seq_layouts),
         max((s.max_len for s in seqs), default=0),
         offset,
         tuple(VectorLayout(v.name, v.start, v.dim) for v in vectors),
     )
-    return CompiledFeatures(layout, spec.raw_columns(), tuple(cats), nums, NumericParams(list(spec.numeric)),
-                            tuple(seqs), tuple(vectors))
+    return CompiledFeatures(layout, spec.raw_columns(), tuple(cats), tuple(buckets), nums,
+                            NumericParams(list(spec.numeric)), tuple(seqs), tuple(vectors))

@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 
 from ctrzoo.features.columns import as_table, category_codes, sequence_lists
 from ctrzoo.features.compiled import raw_category_codes, raw_numbers
+from ctrzoo.features.quantiles import QuantileCounter
 from ctrzoo.features.spec import FeatureSpec
 from ctrzoo.features.vocab import ValueCounter, Vocabulary
 
@@ -26,6 +27,7 @@ class SpecFitter:
         self._counters = {c.name: ValueCounter() for c in (*self.spec.categorical, *self.spec.multi_value)
                           if not c.hash_buckets and not getattr(c, "shares", None)}
         self._moments = {n.name: np.zeros(3) for n in self.spec.numeric}  # count, sum, sum of squares
+        self._quantiles = {b.name: QuantileCounter() for b in self.spec.bucketized}
         self.rows = 0
 
     def update(self, data: Any) -> None:
@@ -40,9 +42,11 @@ class SpecFitter:
                 lists = sequence_lists(table.column(s.column).combine_chunks(), s.sep, s.name)
                 counter.update(category_codes(pc.list_flatten(lists), s.name))
         for n in self.spec.numeric:
-            x = raw_numbers(table, n.column, n.name, n.derive, n.transform)
+            x = raw_numbers(table, n.column, n.name, n.derive, n.transform, n.clip)
             x = x[~np.isnan(x)]
             self._moments[n.name] += (x.size, x.sum(), np.square(x).sum())
+        for b in self.spec.bucketized:
+            self._quantiles[b.name].update(raw_numbers(table, b.column, b.name, b.derive, b.transform, b.clip))
 
     def merge(self, other: SpecFitter) -> None:
         """Fold another fitter's counts in (per-file or per-worker counting)."""
@@ -52,6 +56,8 @@ class SpecFitter:
             self._counters[name].add_counts(values, counts)
         for name, m in other._moments.items():
             self._moments[name] += m
+        for name, q in other._quantiles.items():
+            self._quantiles[name].add_counts(*q.result())
 
     def finalize(self) -> FeatureSpec:
         """The fitted spec (a new one: specs are immutable)."""
@@ -74,4 +80,6 @@ class SpecFitter:
                 # so any block size or worker count fits the same statistics.
                 fitted[n.name] = replace(n, mean=float(np.float32(mean)),
                                          std=float(np.float32(np.sqrt(max(var, 0.0)))) or 1.0)
+        for b in self.spec.bucketized:
+            fitted[b.name] = replace(b, boundaries=self._quantiles[b.name].boundaries(b.buckets))
         return self.spec.replace_features(fitted)

@@ -50,9 +50,10 @@ class RequestEncoder:
     def __init__(self, parts: CompiledFeatures, table: TableEncoder):
         self.parts, self.table = parts, table
         self._cats = [c for c in parts.categoricals if c.plain]
-        self._nums = [f for f in parts.numerics if f.derive is None]
+        self._nums = [f for f in parts.numerics if f.derive is None and f.clip is None]
         fast = {c.name for c in self._cats} | {f.name for f in self._nums}
-        self._rest = {f.name for f in (*parts.categoricals, *parts.numerics, *parts.sequences, *parts.vectors)} - fast
+        every = (*parts.categoricals, *parts.buckets, *parts.numerics, *parts.sequences, *parts.vectors)
+        self._rest = {f.name for f in every} - fast
         self.use_native = native is not None  # tests switch it off to check the Python steps
         # row-field selections -> argument tuples for the C gathers
         self._id_gather_args: dict[tuple[int, ...], tuple] = {}

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from ctrzoo.errors import SpecError
 from ctrzoo.features.codec import FeatureCodec
-from ctrzoo.features.transforms import DERIVATIONS, NUMERIC_TRANSFORMS
+from ctrzoo.features.transforms import DERIVATIONS, NUMERIC_TRANSFORMS, TIME_PARTS, is_derivation
 from ctrzoo.features.vocab import FIRST_ID, Vocabulary
 
 SPEC_FORMAT_VERSION = 1
@@ -66,9 +66,13 @@ class Categorical(_Column):
         return self.vocab.table_size
 
 
+_NEW = {"omit_default": True}  # fields added after spec format 1: left out of spec.json at their default
+
+
 @dataclass(frozen=True)
 class Numeric(_Column):
-    """A number: ``fill`` when missing, else ``transform`` then (optionally) standardization."""
+    """A number: ``fill`` when missing, else clipped to ``clip`` (raw value), ``transform``, then (optionally)
+    standardization."""
 
     name: str
     source: str | None = None
@@ -78,7 +82,40 @@ class Numeric(_Column):
     fill: float = 0.0
     mean: float | None = None
     std: float | None = None
+    clip: tuple[float, float] | None = field(default=None, metadata=_NEW)
     kind: ClassVar[str] = "numeric"
+
+    def __post_init__(self) -> None:
+        if self.clip is not None:
+            object.__setattr__(self, "clip", tuple(self.clip))  # JSON gives a list
+
+
+@dataclass(frozen=True)
+class Bucketized(_Column):
+    """A number cut into ``buckets`` quantile ranges of the training rows (raw value clipped to ``clip``, then
+    ``transform``): a categorical field with ids 0 missing, 2 + range index, so models learn a vector per range
+    instead of one weight on the value. ``boundaries`` (fitted) are the ``buckets - 1`` cut points (fewer
+    when values tie)."""
+
+    name: str
+    source: str | None = None
+    derive: str | None = None
+    buckets: int = 10
+    transform: str = "identity"
+    clip: tuple[float, float] | None = None
+    boundaries: tuple[float, ...] | None = None
+    kind: ClassVar[str] = "bucketized"
+
+    def __post_init__(self) -> None:
+        for name in ("clip", "boundaries"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    @property
+    def table_size(self) -> int:
+        if self.boundaries is None:
+            raise SpecError("not fitted yet", field=self.name)
+        return len(self.boundaries) + 1 + FIRST_ID
 
 
 @dataclass(frozen=True)
@@ -91,7 +128,7 @@ class SequenceFeature(_Column):
     max_len: int = 50
     sep: str = "^"
     too_long: TooLong = "keep_last"
-    pooling: Pooling = "mean"
+    pooling: Pooling = field(default="mean", metadata=_NEW)
     kind: ClassVar[str] = "sequence"
 
 
@@ -139,8 +176,8 @@ class DenseVector(_Column):
     kind: ClassVar[str] = "dense_vector"
 
 
-Feature = Categorical | Numeric | SequenceFeature | MultiValue | DenseVector
-_KINDS = {c.kind: c for c in (Categorical, Numeric, SequenceFeature, MultiValue, DenseVector)}
+Feature = Categorical | Numeric | Bucketized | SequenceFeature | MultiValue | DenseVector
+_KINDS = {c.kind: c for c in (Categorical, Numeric, Bucketized, SequenceFeature, MultiValue, DenseVector)}
 
 
 @dataclass(frozen=True)
@@ -167,6 +204,15 @@ class FeatureSpec:
     @cached_property
     def sequence(self) -> tuple[SequenceFeature, ...]:
         return tuple(f for f in self.features if isinstance(f, SequenceFeature))
+
+    @cached_property
+    def bucketized(self) -> tuple[Bucketized, ...]:
+        return tuple(f for f in self.features if isinstance(f, Bucketized))
+
+    @cached_property
+    def sparse_fields(self) -> tuple[Categorical | Bucketized, ...]:
+        """Categorical and bucketized features in spec order: the columns of ``sparse [B, F]``."""
+        return tuple(f for f in self.features if isinstance(f, Categorical | Bucketized))
 
     @cached_property
     def multi_value(self) -> tuple[MultiValue, ...]:
@@ -217,7 +263,8 @@ class FeatureSpec:
         cats = all(c.hash_buckets or c.vocab is not None for c in self.categorical)
         bags = all(b.shares or b.hash_buckets or b.vocab is not None for b in self.multi_value)
         nums = all(not n.standardize or n.mean is not None for n in self.numeric)
-        return cats and bags and nums
+        buckets = all(b.boundaries is not None for b in self.bucketized)
+        return cats and bags and nums and buckets
 
     def raw_columns(self) -> tuple[str, ...]:
         """Raw columns the features read, in first-use order."""
@@ -248,10 +295,16 @@ class FeatureSpec:
                     raise SpecError("max_len must be >= 1", field=f.name)
                 if f.too_long not in get_args(TooLong):
                     raise SpecError(f"too_long must be one of {get_args(TooLong)}", field=f.name)
-            if isinstance(f, Numeric) and f.transform not in NUMERIC_TRANSFORMS:
+            if isinstance(f, Numeric | Bucketized) and f.clip is not None and (
+                    len(f.clip) != 2 or not all(isinstance(v, int | float) for v in f.clip) or f.clip[0] > f.clip[1]):
+                raise SpecError(f"clip must be [low, high] with low <= high, got {list(f.clip)}", field=f.name)
+            if isinstance(f, Bucketized) and (not isinstance(f.buckets, int) or f.buckets < 2):
+                raise SpecError(f"buckets must be an integer >= 2, got {f.buckets!r}", field=f.name)
+            if isinstance(f, Numeric | Bucketized) and f.transform not in NUMERIC_TRANSFORMS:
                 raise SpecError(f"unknown transform {f.transform!r}; known: {sorted(NUMERIC_TRANSFORMS)}", field=f.name)
-            if getattr(f, "derive", None) and f.derive not in DERIVATIONS:
-                raise SpecError(f"unknown derivation {f.derive!r}; known: {sorted(DERIVATIONS)}", field=f.name)
+            if getattr(f, "derive", None) and not is_derivation(f.derive):
+                raise SpecError(f"unknown derivation {f.derive!r}; known: {sorted(DERIVATIONS)} and time parts "
+                                f"{sorted(TIME_PARTS)} (e.g. 'hour' or 'hour:unix_ms')", field=f.name)
             if isinstance(f, Categorical):
                 if f.min_count < 1:
                     raise SpecError("min_count must be >= 1", field=f.name)
@@ -266,7 +319,8 @@ class FeatureSpec:
         feats = []
         for f in self.features:
             # not dataclasses.asdict: it would deep-copy the vocabulary and its built lookup table
-            d = {"kind": f.kind, **{fl.name: getattr(f, fl.name) for fl in fields(f) if fl.name != "vocab"}}
+            d = {"kind": f.kind, **{fl.name: _jsonable(getattr(f, fl.name)) for fl in fields(f) if fl.name != "vocab"
+                                    and not (fl.metadata.get("omit_default") and getattr(f, fl.name) == fl.default)}}
             if isinstance(f, Categorical | MultiValue) and f.vocab is not None:
                 d["vocab"] = _vocab_to_json(f, vocab_dir)
             feats.append(d)
@@ -324,6 +378,8 @@ class FeatureSpec:
                 f = replace(f, vocab=None)
             elif isinstance(f, Numeric):
                 f = replace(f, mean=None, std=None)
+            elif isinstance(f, Bucketized):
+                f = replace(f, boundaries=None)
             feats.append(f)
         return FeatureSpec(feats, self.label, self.user_id)
 
@@ -335,6 +391,10 @@ class FeatureSpec:
             (a.vocab is None) == (b.vocab is None) and (a.vocab is None or a.vocab.equals(b.vocab))
             for a, b in zip(self.categorical + self.multi_value, other.categorical + other.multi_value)
         )
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _vocab_to_json(f: Categorical | MultiValue, vocab_dir: Path | None) -> dict[str, Any]:

@@ -36,7 +36,7 @@ class TableEncoder:
         """Context values encoded once and broadcast over the candidates (rows or a table), for the features
         in ``only`` (all when None), into ``out`` (a new batch when None)."""
         p = self.parts
-        features = [f for f in (*p.categoricals, *p.numerics, *p.sequences, *p.vectors)
+        features = [f for f in (*p.categoricals, *p.buckets, *p.numerics, *p.sequences, *p.vectors)
                     if only is None or f.name in only]
         columns = list(dict.fromkeys(f.source for f in features))
         shared = [c for c in columns if c in context]
@@ -58,6 +58,9 @@ class TableEncoder:
         for c in p.categoricals:
             if wanted(c):
                 out.sparse[:, c.column] = c.global_ids(c.codes(pick(c)))
+        for b in p.buckets:
+            if wanted(b):
+                out.sparse[:, b.column] = b.global_ids(pick(b))
         for f in p.numerics:
             if wanted(f):
                 out.dense[:, f.column] = p.numeric_params.finish(f.values(pick(f))[None, :], [f.column])[0]

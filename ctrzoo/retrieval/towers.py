@@ -133,9 +133,9 @@ class TwoTower(nn.Module):
                         "temperature": temperature, "dropout": dropout}
         self.normalize, self.temperature, self.out_dim = normalize, temperature, out_dim
         layout = spec.compile().layout
-        cats = [c.name for c in spec.categorical]
-        nums = [n.name for n in spec.numeric]
-        seqs = [s.name for s in spec.sequence]
+        cats = [f.name for f in layout.sparse]  # columns of sparse (categorical and bucketized numbers)
+        nums = list(layout.dense)
+        seqs = [s.name for s in layout.seq]
 
         def idx(names: list[str], pool: list[str]) -> Tensor:
             return torch.tensor([pool.index(n) for n in names if n in pool], dtype=torch.long)
