@@ -53,9 +53,8 @@ def random_batch(layout: TableLayout, n: int, seed: int = 0) -> EncodedBatch:
     sparse = np.stack([f.offset + rng.integers(0, f.size, n) for f in layout.sparse], axis=1).astype(np.int64)
     dense = rng.normal(size=(n, layout.n_dense)).astype(np.float32)
     seq = np.zeros((n, layout.n_seq, layout.seq_len), dtype=np.int64)
-    for k, s in enumerate(layout.seq):
-        f = layout.sparse[s.shares_index]
-        ids = f.offset + rng.integers(0, f.size, (n, layout.seq_len))
+    for k, s in enumerate(layout.seq):  # ids of the table the slot uses (a shared field's or a bag's own)
+        ids = s.offset + rng.integers(0, s.size, (n, layout.seq_len))
         lengths = rng.integers(0, layout.seq_len + 1, n)
         seq[:, k, :] = np.where(np.arange(layout.seq_len)[None, :] < lengths[:, None], ids, 0)
     return EncodedBatch(sparse.reshape(n, layout.n_sparse), dense, seq)
