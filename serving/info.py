@@ -52,16 +52,27 @@ def _require_model(s: ServiceState) -> LoadedModel:
 
 
 def _feature_docs(m: LoadedModel) -> list[dict]:
-    docs = []
-    for f in m.bundle.spec.features:
-        d = {"name": f.name, "kind": f.kind, "raw_field": f.source or f.name}
-        if f.kind == "categorical":
-            d["type"] = "string or integer (unknown values map to the out-of-vocabulary id; absent = missing)"
-        elif f.kind == "numeric":
-            d["type"] = f"number (absent = missing, filled with {f.fill} after '{f.transform}')"
-        else:
-            d["type"] = f"list of item ids or a '{f.sep}'-joined string, most recent last"
-            d["max_len"] = f.max_len
-            d["too_long"] = "the most recent max_len items are kept" if f.too_long == "keep_last" else "422 error"
-        docs.append(d)
-    return docs
+    """Every feature with its kind and how to send it (what a client needs to build a request)."""
+    return [{"name": f.name, "kind": f.kind, "raw_field": f.column, **_how_to_send(f)} for f in m.bundle.spec.features]
+
+
+def _how_to_send(f) -> dict:
+    derived = f" (derived: {f.derive} of the raw field)" if getattr(f, "derive", None) else ""
+    if f.kind == "categorical":
+        return {"type": "string or integer (unknown values map to the out-of-vocabulary id; absent = missing)"
+                        + derived}
+    if f.kind == "numeric":
+        clip = f", clipped to {list(f.clip)}" if f.clip else ""
+        return {"type": f"number (absent = missing, filled with {f.fill}; then '{f.transform}'{clip}){derived}"}
+    if f.kind == "bucketized":
+        return {"type": f"number, put in one of {f.buckets} ranges fitted on the training rows (absent = missing)"
+                        + derived}
+    if f.kind == "multi_value":
+        return {"type": f"list of values or a '{f.sep}'-joined string (a bag: order does not matter; "
+                        f"unknown values map to out-of-vocabulary; absent or empty = none)",
+                "max_len": f.max_len, "too_long": "the first max_len values are kept"}
+    if f.kind == "dense_vector":
+        return {"type": f"list of {f.dim} numbers or a '{f.sep}'-joined string (absent = all {f.fill}; another "
+                        "length is a 422)", "dim": f.dim}
+    return {"type": f"list of item ids or a '{f.sep}'-joined string, most recent last", "max_len": f.max_len,
+            "too_long": "the most recent max_len items are kept" if f.too_long == "keep_last" else "422 error"}

@@ -145,3 +145,21 @@ def test_a_bundle_with_every_kind_serves_what_it_scores_offline(name, fitted, tm
                                                                            for r in rows[3:]])
     np.testing.assert_allclose(served, context_free, atol=1e-6)
     np.testing.assert_allclose(offline, context_free, atol=1e-5)
+
+
+def test_model_endpoint_says_how_to_send_every_kind(fitted, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from ctrzoo.bundle import save_bundle
+    from ctrzoo.metadata import ModelBundleMeta, ModelInfo
+    from serving.app import create_app
+
+    model = _build("deepfm", fitted.compile().layout).eval()
+    save_bundle(tmp_path / "b", model, fitted, ModelBundleMeta(model=ModelInfo(name="deepfm", hparams=model.hparams)))
+    with TestClient(create_app(bundle=str(tmp_path / "b"), backend="torch")) as client:
+        docs = {d["name"]: d for d in client.get("/model").json()["features"]}
+    assert [docs[n]["kind"] for n in ("user", "price", "age", "tags", "clicks", "emb")] == [
+        "categorical", "numeric", "bucketized", "multi_value", "sequence", "dense_vector"]
+    assert docs["emb"]["dim"] == 4 and "list of 4 numbers" in docs["emb"]["type"]
+    assert "bag" in docs["tags"]["type"] and docs["clicks"]["max_len"] == 5
+    assert "clipped to [0, 50]" in docs["price"]["type"]
