@@ -125,11 +125,14 @@ def main() -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     print(f"\n{cpu}, {os.cpu_count()} cores; {a.rounds} alternating rounds; medians")
-    print(f"{'measure':<16}{'old':>10}{'new':>10}{'new/old':>9}")
+    print(f"{'measure':<16}{'old':>10}{'new':>10}{'new/old':>9}{'paired':>9}")
     for key in results["new"][0]:
         o = float(np.median([x[key] for x in results["old"]]))
         n = float(np.median([x[key] for x in results["new"]]))
-        print(f"{key:<16}{o:>10.3f}{n:>10.3f}{(n / o if o else float('nan')):>9.2f}")
+        # the median of each round's own ratio: the machine's drift between rounds cancels out
+        paired = float(np.median([b[key] / a[key] if a[key] else np.nan
+                                  for a, b in zip(results["old"], results["new"])]))
+        print(f"{key:<16}{o:>10.3f}{n:>10.3f}{(n / o if o else float('nan')):>9.2f}{paired:>9.2f}")
 
 
 if __name__ == "__main__":
