@@ -68,7 +68,7 @@ def main() -> None:
     d = c["auc"]
     lines += ["", f"AUC(pooled history) - AUC(without): {d['diff']:+.4f}, DeLong 95% CI "
                   f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}], p = {d['p_value']:.2g}; logloss difference "
-                  f"{c['logloss']['mean']:+.4f} [{c['logloss']['ci_low']:+.4f}, {c['logloss']['ci_high']:+.4f}]"]
+                  f"{c['logloss']['diff']:+.4f} [{c['logloss']['ci_low']:+.4f}, {c['logloss']['ci_high']:+.4f}]"]
     text = "\n".join(lines)
     print(text)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
