@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from ctrzoo.features.vocab import ValueCounter
+
 SIGNIFICANT_DIGITS = 5
 
 
@@ -27,11 +29,8 @@ def quantize(x: np.ndarray) -> np.ndarray:
 class QuantileCounter:
     """``update(values)`` over blocks (NaN = missing, ignored), then ``boundaries(buckets)``."""
 
-    def __init__(self, merge_every: int = 2_000_000):
-        self._pending: list[pa.Table] = []
-        self._pending_len = 0
-        self._merged: pa.Table | None = None
-        self._merge_every = merge_every
+    def __init__(self) -> None:
+        self._counts = ValueCounter()  # the same bounded (value, count) merging as vocabularies
 
     def update(self, x: np.ndarray) -> None:
         x = x[~np.isnan(x)]
@@ -41,27 +40,14 @@ class QuantileCounter:
 
     def add_counts(self, values: np.ndarray, counts: np.ndarray) -> None:
         """Merge (value, count) pairs, e.g. another worker's."""
-        if len(values):
-            self._pending.append(pa.table({"v": pa.array(values, pa.float64()), "c": pa.array(counts, pa.int64())}))
-            self._pending_len += len(values)
-        if self._pending_len >= self._merge_every:
-            self._merge()
-
-    def _merge(self) -> None:
-        parts = self._pending + ([self._merged] if self._merged is not None else [])
-        self._pending, self._pending_len = [], 0
-        if parts:
-            self._merged = pa.concat_tables(parts).group_by("v").aggregate([("c", "sum")]).rename_columns(["v", "c"])
+        self._counts.add_counts(pa.array(values, pa.float64()), counts)
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """Distinct (quantized) values ascending and their counts."""
-        self._merge()
-        if self._merged is None:
-            return np.zeros(0), np.zeros(0, dtype=np.int64)
-        v = self._merged.column("v").to_numpy()
-        c = self._merged.column("c").to_numpy().astype(np.int64)
+        values, counts = self._counts.result()
+        v = values.to_numpy(zero_copy_only=False).astype(np.float64)
         order = np.argsort(v, kind="stable")
-        return v[order], c[order]
+        return v[order], counts[order]
 
     def boundaries(self, buckets: int) -> tuple[float, ...]:
         """Cut points ``b_1 < ... < b_k`` (k <= buckets - 1): bucket i holds values in ``[b_i, b_{i+1})``, each

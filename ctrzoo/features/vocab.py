@@ -20,7 +20,8 @@ FIRST_ID = 2
 
 
 class ValueCounter:
-    """Counts category values over many blocks with bounded work: merges are vectorized group-bys."""
+    """Counts values (category strings, or quantized numbers) over many blocks with bounded work: merges are
+    vectorized group-bys."""
 
     def __init__(self, merge_every: int = 4_000_000):
         self._pending: list[pa.Table] = []
