@@ -17,11 +17,7 @@ def format_summary(path: str | Path) -> str:
     for name, s in m.splits.items():
         ctr = s.positives / s.rows if s.rows else float("nan")
         lines.append(f"  {name:<5} {s.rows:>10,d} rows  CTR {ctr:.4f}  {len(s.shards)} shard(s)")
-    layout = ds.codec.layout
-    sizes = ", ".join(f"{f.name}:{f.size}" for f in layout.sparse)
-    lines.append(f"  features: {layout.n_sparse} categorical ({sizes}), {layout.n_dense} numeric, "
-                 f"{layout.n_seq} sequence")
-    lines.append(f"  embedding rows: {layout.num_embeddings:,d}")
+    lines += ds.codec.describe()
     bad = m.bad_rows
     if bad.total:
         lines.append(f"  bad rows skipped: {bad.total}")
