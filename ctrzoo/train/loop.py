@@ -164,6 +164,7 @@ class TrainingLoop:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         self.scaler.scale(objective).backward()
+        self.dist.average_row_grads(self.sparse_params)  # several processes: the touched rows only
         for opt in self.optimizers:
             self.scaler.step(opt)
         self.scaler.update()

@@ -141,8 +141,8 @@ class Trainer(TrainingLoop):
         from ctrzoo.models import build_model
 
         hparams = dict(config.hparams)
-        # several processes: dense gradients, which DistributedDataParallel averages with one all-reduce
-        hparams["sparse_grad"] = config.uses_sparse_updates and not dist.enabled
+        # several processes too: the tables' touched rows are averaged apart from DDP (distributed.data_parallel)
+        hparams["sparse_grad"] = config.uses_sparse_updates
         device = torch.device(config.device)
         self.precision = Precision.training(device, config.bf16)
         model = build_model(config.model, dataset.codec.layout, **hparams).to(device)
