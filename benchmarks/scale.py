@@ -372,9 +372,77 @@ def _comm_rank(rank: int, world: int, job: dict, store: str, out: str) -> None:
             times.append(time.perf_counter() - t0)
         result[name] = float(np.median(times) * 1e3)
     result["touched_per_rank"] = len(ids)
+    result.update(_embedding_steps(rank, job))
     dist.destroy_process_group()
     if rank == 0:
         Path(out).write_text(json.dumps(result))
+
+
+def _embedding_steps(rank: int, job: dict) -> dict:
+    """A whole embedding step (lookup of a 4096 x 26 batch of Zipf ids in one shared 16-wide table, backward,
+    exchange, update) per option: ctrzoo's (``average_row_grads`` + ``RowSparseAdam``), and where ``torchrec``
+    imports, its ``DistributedModelParallel`` with each sharding type its CPU kernels allow (fused row-wise
+    Adagrad: its CPU kernels have no Adam)."""
+    import torch
+    import torch.distributed as dist
+
+    from ctrzoo.nn import RowSparseAdam
+    from ctrzoo.train.distributed import DistContext
+
+    rows, batch, fields = job["rows"], 4096, 26
+    rng = np.random.default_rng(rank)
+    batches = [torch.from_numpy((rng.zipf(1.2, (batch, fields)) - 1) % rows) for _ in range(job["repeats"] + 1)]
+    out = {}
+
+    def timed(step) -> float:
+        times = []
+        for i, ids in enumerate(batches):
+            dist.barrier()
+            t0 = time.perf_counter()
+            step(ids)
+            if i:  # the first one warms up
+                times.append(time.perf_counter() - t0)
+        return float(np.median(times) * 1e3)
+
+    table = torch.nn.Embedding(rows, 16, sparse=True)
+    opt, ctx = RowSparseAdam(table.parameters(), lr=1e-3), DistContext(rank, dist.get_world_size())
+
+    def ctrzoo_step(ids):
+        opt.zero_grad(set_to_none=True)
+        unique, inverse = torch.unique(ids, return_inverse=True)  # FeatureEmbedding.lookup's deduplicated read
+        table(unique)[inverse].sum().backward()
+        ctx.average_row_grads([table.weight])
+        opt.step()
+
+    out["step: ctrzoo (union all-reduce + RowSparseAdam)"] = timed(ctrzoo_step)
+    try:
+        from fbgemm_gpu.split_embedding_configs import EmbOptimType
+        from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+        from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+        from torchrec.distributed.model_parallel import DistributedModelParallel
+        from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+        from torchrec.distributed.planner.types import ParameterConstraints
+    except ImportError:
+        return out
+    names = [f"C{i}" for i in range(fields)]
+    for sharding in ("data_parallel", "table_wise", "column_wise"):
+        ebc = EmbeddingBagCollection(tables=[EmbeddingBagConfig(name="t", embedding_dim=16, num_embeddings=rows,
+                                                                feature_names=names)], device=torch.device("meta"))
+        sharder = EmbeddingBagCollectionSharder(fused_params={"optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
+                                                              "learning_rate": 0.01})
+        planner = EmbeddingShardingPlanner(
+            topology=Topology(world_size=dist.get_world_size(), compute_device="cpu"),
+            constraints={"t": ParameterConstraints(sharding_types=[sharding], min_partition=8)})
+        plan = planner.collective_plan(ebc, [sharder], dist.GroupMember.WORLD)
+        model = DistributedModelParallel(ebc, device=torch.device("cpu"), plan=plan, sharders=[sharder])
+        lengths = torch.ones(batch * fields, dtype=torch.int32)
+
+        def torchrec_step(ids, model=model, lengths=lengths):
+            kjt = KeyedJaggedTensor.from_lengths_sync(keys=names, values=ids.t().reshape(-1), lengths=lengths)
+            model(kjt).values().sum().backward()  # the fused optimizer updates in the backward pass
+
+        out[f"step: TorchRec {sharding} (fused row-wise Adagrad)"] = timed(torchrec_step)
+    return out
 
 
 def _comm_child(job: dict) -> dict:
@@ -393,7 +461,8 @@ def comm_options(a: argparse.Namespace) -> None:
         job = {"kind": "comm", "rows": rows, "touched": a.touched, "repeats": a.repeats}
         results.append({**job, **_run_child(job)})
     names = [k for k in results[0] if k not in ("kind", "rows", "touched", "repeats", "touched_per_rank")]
-    print(f"one step's embedding-gradient exchange, 2 gloo processes, dim 16, median of {a.repeats} (ms)")
+    print(f"one step's embedding-gradient exchange, then a whole embedding step (4096 x 26 Zipf ids: lookup, "
+          f"backward, exchange, update), 2 gloo processes, dim 16, median of {a.repeats} (ms)")
     print("| option | " + " | ".join(f"{r['rows']:,d} rows ({r['touched_per_rank']:,d} touched/rank)" for r in results)
           + " |")
     print("| --- |" + " ---: |" * len(results))
