@@ -117,7 +117,8 @@ class BaseBundle:
         with building(out, META_FILE, cls.WHAT, cls.error()) as tmp:
             spec.save(tmp)
             with open(tmp / WEIGHTS_FILE, "wb") as fh:  # a file object: torch keeps the OS error (ENOSPC) then
-                torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, fh)
+                # CPU copies: a model trained on a GPU loads on a machine without one
+                torch.save({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}, fh)
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
             meta = dataclasses.replace(
                 meta, format_version=cls.META_TYPE.FORMATS[-1], ctrzoo_version=ctrzoo.__version__,

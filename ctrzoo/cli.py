@@ -182,7 +182,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "regularization": args.reg, "reg_lambda": args.reg_lambda, "patience": args.patience,
         "checkpoint_every": args.checkpoint_every, "threads": args.threads, "max_steps": args.max_steps,
-        "bf16": args.bf16,
+        "bf16": args.bf16, "device": args.device,
         "sparse_updates": False if args.dense_updates else None,
         "hparams": {k: v for k, v in {"emb_dim": args.emb_dim, "mlp": args.mlp, "dropout": args.dropout}.items()
                     if v is not None},
@@ -193,11 +193,13 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from ctrzoo.bundle import load_bundle
     from ctrzoo.data.dataset import PreparedDataset
+    from ctrzoo.devices import resolve_device
     from ctrzoo.evaluate import evaluate_bundle
     from ctrzoo.train.run import format_auc
 
+    resolve_device(args.device)  # a missing GPU: one line, before anything is read
     bundle = load_bundle(args.bundle)
-    m = evaluate_bundle(bundle, PreparedDataset.open(args.data), args.split)
+    m = evaluate_bundle(bundle, PreparedDataset.open(args.data), args.split, device=args.device)
     line = (f"{bundle.model_name} on {args.split} ({m['rows']:,d} rows): {format_auc(m, args.split)}  "
             f"logloss {m['logloss']:.4f}")
     if "gauc" in m:
@@ -210,7 +212,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 def _cmd_compare(args: argparse.Namespace) -> None:
     from ctrzoo.compare import compare, write_report
 
-    report = compare(args.bundles, args.data, args.split, args.baseline, args.slice_by, args.bootstrap, args.seed)
+    report = compare(args.bundles, args.data, args.split, args.baseline, args.slice_by, args.bootstrap, args.seed,
+                     device=args.device)
     out = write_report(report, args.report)
     for v in report["verdicts"]:
         print(v)
@@ -283,7 +286,8 @@ def _cmd_train_retrieval(args: argparse.Namespace) -> None:
              "hidden": args.hidden, "out_dim": args.out_dim, "normalize": args.normalize,
              "temperature": args.temperature, "random_negatives": args.random_negatives,
              "hard_negatives": args.hard_negatives, "hard_ranks": args.hard_ranks, "recall_k": args.recall_k,
-             "seed": args.seed, "threads": args.threads, "max_steps": args.max_steps, "patience": args.patience}
+             "seed": args.seed, "threads": args.threads, "max_steps": args.max_steps, "patience": args.patience,
+             "device": args.device}
     cfg = RetrievalConfig(**{k: v for k, v in given.items() if v is not None}, logq=not args.no_logq)
     train_retrieval(args.data, args.out, split, cfg)
 
@@ -433,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
     s.add_argument("--nproc", type=int, default=1,
                    help="training processes on this machine (torchrun; gloo on CPU, nccl on GPU)")
+    _add_device_arg(s, "train on")
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("evaluate", help="AUC, logloss and GAUC of a bundle on a prepared split")
@@ -440,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="prepared dataset directory")
     s.add_argument("--split", default="test", choices=SPLITS, metavar="SPLIT", help="%(choices)s (default test)")
     s.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+    _add_device_arg(s, "score on (fp32)")
     s.set_defaults(func=_cmd_evaluate)
 
     s = sub.add_parser("compare", help="A/B comparison of bundles on the same rows, with significance")
@@ -451,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for logloss and GAUC")
     s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     s.add_argument("--report", required=True, help="output directory for report.{json,md,html}")
+    _add_device_arg(s, "score on (fp32)")
     s.set_defaults(func=_cmd_compare)
 
     s = sub.add_parser("export", help="write model.onnx into a bundle (checked against torch)")
@@ -515,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, help="random seed")
     s.add_argument("--threads", type=int, help="torch threads while training")
     s.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
+    _add_device_arg(s, "train on")
     s.set_defaults(func=_cmd_train_retrieval)
 
     s = sub.add_parser("index", help="index a catalogue with a retrieval bundle's item tower (FAISS)")
@@ -566,6 +574,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=2, help="most epochs per model")
     s.set_defaults(func=_cmd_demo)
     return p
+
+
+def _add_device_arg(s: argparse.ArgumentParser, what: str) -> None:
+    s.add_argument("--device", default="auto", metavar="DEVICE",
+                   help=f"where to {what}: auto (a GPU when there is one), cpu, cuda or cuda:N (default auto)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,8 @@
 
 Scoring raw rows through the bundle's own encoder is what lets bundles with different feature specs be
 evaluated (and compared) on exactly the same rows. A bundle of another dataset kind (a Criteo model on
-Avazu data) is refused up front, in one line, instead of failing on a missing column.
+Avazu data) is refused up front, in one line, instead of failing on a missing column. Scoring runs on
+``device`` (``ctrzoo.devices``; default CPU) in fp32; the results come back as NumPy arrays.
 """
 
 from __future__ import annotations
@@ -15,16 +16,20 @@ import torch
 from ctrzoo.bundle import Bundle
 from ctrzoo.data.dataset import PreparedDataset, iter_batches, parquet_file
 from ctrzoo.data.loader import BatchLoader
+from ctrzoo.devices import model_device, resolve_device
 from ctrzoo.errors import CtrzooError
 from ctrzoo.train.trainer import evaluate_arrays, predict
 
 
-def score_split(bundle: Bundle, ds: PreparedDataset, split: str = "test", batch_rows: int = 65536):
+def score_split(bundle: Bundle, ds: PreparedDataset, split: str = "test", batch_rows: int = 65536,
+                device: str = "cpu"):
     """(labels, probabilities, user ids or None) for every row of ``split``, in file order."""
     check_bundle_fits(bundle, ds)
-    model = bundle.build_model()
+    where = resolve_device(device)
+    model = bundle.build_model().to(where)
     if bundle.spec.equals(ds.spec):
-        loader = BatchLoader(ds, split, batch_rows, shuffle=False, with_user=ds.has_user_id)
+        loader = BatchLoader(ds, split, batch_rows, shuffle=False, with_user=ds.has_user_id,
+                             pin_memory=where.type == "cuda")
         return predict(model, loader)
     if split != "test":
         raise CtrzooError(
@@ -55,13 +60,15 @@ def check_bundle_fits(bundle: Bundle, ds: PreparedDataset) -> None:
 
 @torch.inference_mode()
 def score_raw_file(bundle: Bundle, model, path: str | Path, user_col: str | None, batch_rows: int = 65536):
+    """Encode the raw rows of ``path`` with the bundle's codec and score them on the model's device."""
     codec = bundle.codec
+    device = model_device(model)
     label_col = bundle.spec.label
     labels, probs, users = [], [], []
     for batch in iter_batches(path, batch_rows):
         enc = codec.encode(batch)
-        logits = model(torch.from_numpy(enc.sparse), torch.from_numpy(enc.dense), torch.from_numpy(enc.seq))
-        probs.append(torch.sigmoid(logits).numpy())
+        logits = model(*(torch.from_numpy(a).to(device) for a in (enc.sparse, enc.dense, enc.seq)))
+        probs.append(torch.sigmoid(logits).cpu().numpy())
         labels.append(batch.column(label_col).to_numpy(zero_copy_only=False).astype(np.float32))
         if user_col:
             users.append(batch.column(user_col).cast("string").to_numpy(zero_copy_only=False))
@@ -70,5 +77,5 @@ def score_raw_file(bundle: Bundle, model, path: str | Path, user_col: str | None
     return np.concatenate(labels), np.concatenate(probs), (np.concatenate(users) if users else None)
 
 
-def evaluate_bundle(bundle: Bundle, ds: PreparedDataset, split: str = "test") -> dict[str, float]:
-    return evaluate_arrays(*score_split(bundle, ds, split))
+def evaluate_bundle(bundle: Bundle, ds: PreparedDataset, split: str = "test", device: str = "cpu") -> dict[str, float]:
+    return evaluate_arrays(*score_split(bundle, ds, split, device=device))

@@ -12,6 +12,7 @@ from ctrzoo.bundle import Bundle, load_bundle
 from ctrzoo.compare.calibration import calibration
 from ctrzoo.compare.stats import delong_test, holm, paired_bootstrap_mean, paired_bootstrap_weighted
 from ctrzoo.data.dataset import PreparedDataset, parquet_file, read_table
+from ctrzoo.devices import resolve_device
 from ctrzoo.errors import CtrzooError
 from ctrzoo.evaluate import score_raw_file, score_split
 from ctrzoo.metrics import auc, gauc, logloss, per_user_auc, rela_impr
@@ -41,18 +42,20 @@ def _check_same_data(bundles: list[Bundle], ds: PreparedDataset) -> None:
             )
 
 
-def score_all(paths: list[Path], ds: PreparedDataset, split: str):
+def score_all(paths: list[Path], ds: PreparedDataset, split: str, device: str = "cpu"):
+    """Every bundle's scores of the same rows (its own encoder over the raw rows where there are some), on
+    ``device`` (fp32)."""
+    where = resolve_device(device)
     bundles = [load_bundle(p) for p in paths]
     _check_same_data(bundles, ds)
     raw_path = ds.meta.raw.get(split)
     labels = users = None
     scored = []
     for name, b in zip(_names(paths), bundles):
-        model = b.build_model()
         if raw_path:
-            y, p, u = score_raw_file(b, model, str(ds.path / raw_path), ds.meta.user_id)
+            y, p, u = score_raw_file(b, b.build_model().to(where), str(ds.path / raw_path), ds.meta.user_id)
         else:
-            y, p, u = score_split(b, ds, split)
+            y, p, u = score_split(b, ds, split, device=str(where))
         if labels is not None and not np.array_equal(labels, y):
             raise CtrzooError("internal: bundles scored different rows")
         labels, users = y, u
@@ -89,12 +92,13 @@ def _slices(raw_path: Path | None, field: str | None, labels, scored: list[Score
 
 
 def compare(paths: list[str | Path], data: str | Path, split: str = "test", baseline: str | None = None,
-            slice_by: str | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+            slice_by: str | None = None, n_boot: int = 1000, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+    resolve_device(device)  # a missing GPU: one line, before anything is read
     paths = [Path(p) for p in paths]
     if len(paths) < 2:
         raise CtrzooError("compare needs at least two bundles")
     ds = PreparedDataset.open(data)
-    labels, users, scored, raw_path = score_all(paths, ds, split)
+    labels, users, scored, raw_path = score_all(paths, ds, split, device)
     if labels.min() == labels.max():
         raise CtrzooError(f"the {split} split has one class only: AUC is undefined")
     names = [s.name for s in scored]

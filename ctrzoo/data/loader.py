@@ -44,6 +44,15 @@ class Batch:
         users = None if self.user_id is None else self.user_id[perm.numpy()]
         return Batch(self.sparse[perm], self.dense[perm], self.seq[perm], self.label[perm], users)
 
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """The tensors on ``device`` (user ids stay a NumPy array); the same tensors where they are already."""
+        tensors = (self.sparse, self.dense, self.seq, self.label)
+        return Batch(*(t.to(device, non_blocking=non_blocking) for t in tensors), self.user_id)
+
+    def pin_memory(self) -> Batch:
+        """The tensors in page-locked memory, so that ``to(cuda, non_blocking=True)`` copies asynchronously."""
+        return Batch(*(t.pin_memory() for t in (self.sparse, self.dense, self.seq, self.label)), self.user_id)
+
 
 def table_to_batch(table: pa.Table, with_user: bool = False) -> Batch:
     """Convert shard columns (see ``shard_schema``) to tensors in one pass per column."""
@@ -93,10 +102,14 @@ class BatchLoader:
         with_user: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        pin_memory: bool = False,
     ):
         self.dataset = dataset if isinstance(dataset, PreparedDataset) else PreparedDataset.open(dataset)
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
         self.block_rows, self.drop_last, self.with_user = block_rows, drop_last, with_user
+        # page-locked blocks (for a CUDA consumer): each block is pinned once, after its shuffle, and every
+        # batch sliced from it is pinned with it
+        self.pin_memory = pin_memory
         self.epoch = 0
         groups = []
         for path in self.dataset.shards(split):
@@ -128,6 +141,8 @@ class BatchLoader:
             if carry is not None:
                 block = _concat(carry, block)
                 carry = None
+            if self.pin_memory:
+                block = block.pin_memory()
             n_full = len(block) // self.batch_size * self.batch_size
             for start in range(0, n_full, self.batch_size):
                 yield block.slice(start, start + self.batch_size)

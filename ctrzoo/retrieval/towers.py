@@ -220,7 +220,9 @@ def encode_items(model: TwoTower, item_sparse: Tensor, item_dense: Tensor, block
     model.eval()
     out = [model.item_vectors(item_sparse[i : i + block], item_dense[i : i + block])
            for i in range(0, len(item_sparse), block)]
-    return torch.cat(out).numpy().astype(np.float32, copy=False) if out else np.zeros((0, model.out_dim), np.float32)
+    if not out:
+        return np.zeros((0, model.out_dim), np.float32)
+    return torch.cat(out).cpu().numpy().astype(np.float32, copy=False)  # from the model's device (a GPU)
 
 
 @torch.inference_mode()
@@ -229,5 +231,7 @@ def encode_users(model: TwoTower, sparse: Tensor, dense: Tensor, seq: Tensor, bl
     model.eval()
     out = [model.user_vectors(sparse[i : i + block], dense[i : i + block], seq[i : i + block])
            for i in range(0, len(sparse), block)]
-    return torch.cat(out).numpy().astype(np.float32, copy=False) if out else np.zeros((0, model.out_dim), np.float32)
+    if not out:
+        return np.zeros((0, model.out_dim), np.float32)
+    return torch.cat(out).cpu().numpy().astype(np.float32, copy=False)  # from the model's device (a GPU)
 

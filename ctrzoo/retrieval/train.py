@@ -9,7 +9,9 @@ EBR (KDD'20): at the start of an epoch the current item vectors are indexed and 
 ranks ``hard_ranks`` of its own retrieval (close, but not the very top, which holds unlabelled positives).
 
 Clicks are a small share of the rows, so the positives are gathered into memory once (no per-row Python)
-and batched as tensor slices; the catalogue's item-tower inputs are encoded once as well. Epochs, optimizers,
+and batched as tensor slices; the catalogue's item-tower inputs are encoded once as well. Both live on the
+training device (``device``: ``ctrzoo.devices``), so a step on a GPU copies only its click positions there;
+training runs in fp32 (the towers are small), and recall is computed on CPU vectors (FAISS). Epochs, optimizers,
 early stopping on validation recall and progress are the shared training loop's (``ctrzoo.train.loop``).
 """
 
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 
 from ctrzoo.data.dataset import PreparedDataset
 from ctrzoo.data.loader import Batch, BatchLoader
+from ctrzoo.devices import Precision, device_name
 from ctrzoo.metadata import DataRef, Metrics, RetrievalBundleMeta
 from ctrzoo.nn import RowSparseAdam
 from ctrzoo.retrieval.bundle import save_retrieval_bundle
@@ -67,8 +70,10 @@ class RetrievalConfig:
     seed: int = 2024
     threads: int | None = 1  # small towers: one thread beats OpenMP's fork/join on every tiny matmul
     max_steps: int | None = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:N, resolved to the device that runs
 
     def __post_init__(self) -> None:
+        self.device = device_name(self.device)  # a missing GPU fails here, in one line
         if self.normalize not in NORMALIZE:
             raise RetrievalError(f"normalize must be one of {NORMALIZE}, got {self.normalize!r}")
         if self.batch_size < 2 or self.epochs < 1 or self.lr <= 0:
@@ -97,6 +102,9 @@ class Clicks:
 
     def __len__(self) -> int:
         return len(self.target)
+
+    def to(self, device: torch.device) -> Clicks:
+        return Clicks(self.batch.to(device), self.target.to(device), self.skipped)
 
 
 def load_clicks(ds: PreparedDataset, split: str, model: TwoTower, position_of: np.ndarray) -> Clicks:
@@ -130,23 +138,27 @@ class RetrievalTrainer(TrainingLoop):
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         model = TwoTower(ds.spec, split, sparse_grad=True, **cfg.hparams)
+        item_sparse, item_dense, _ = catalogue.encode(ds.spec, model, codec=ds.codec)  # CPU tensors, CPU model
+        device = torch.device(cfg.device)
         super().__init__(model, epochs=cfg.epochs, lr=cfg.lr, patience=cfg.patience, lr_decay=1.0,
                          max_steps=cfg.max_steps, threads=cfg.threads, progress=progress,
-                         sparse_optimizer=SPARSE_OPTIMIZER)
-        self.item_sparse, self.item_dense, _ = catalogue.encode(ds.spec, self.model, codec=ds.codec)
+                         sparse_optimizer=SPARSE_OPTIMIZER, precision=Precision(device, None))
+        self.item_sparse, self.item_dense = item_sparse.to(device), item_dense.to(device)
         self.model.set_history_attributes(self.item_sparse)
-        local = self.item_sparse[:, self.model.item_id_col].numpy() - self.model.item_field.offset
+        local = item_sparse[:, self.model.item_id_col].numpy() - self.model.item_field.offset
         self.position_of = np.full(self.model.item_field.size, -1, dtype=np.int64)
         self.position_of[local] = np.arange(len(local))
-        self.train = load_clicks(ds, "train", self.model, self.position_of)
-        if len(self.train) < 2:
-            raise RetrievalError(f"{ds.path}: {len(self.train)} click(s) on catalogue items in the training split; "
+        train = load_clicks(ds, "train", self.model, self.position_of)
+        if len(train) < 2:
+            raise RetrievalError(f"{ds.path}: {len(train)} click(s) on catalogue items in the training split; "
                                  "the towers need at least 2")
-        self.valid = load_clicks(ds, "valid", self.model, self.position_of)
-        self.test = load_clicks(ds, "test", self.model, self.position_of)
         n = len(catalogue)
-        self.train_counts = np.bincount(self.train.target.numpy(), minlength=n).astype(np.float64)
+        self.train_counts = np.bincount(train.target.numpy(), minlength=n).astype(np.float64)
+        self.train = train.to(device)
+        self.valid = load_clicks(ds, "valid", self.model, self.position_of).to(device)
+        self.test = load_clicks(ds, "test", self.model, self.position_of).to(device)
         self.log_q = torch.from_numpy(np.log(np.maximum(self.train_counts, 0.5) / self.train_counts.sum())).float()
+        self.log_q = self.log_q.to(device)
         self.hard: torch.Tensor | None = None
         self.batch_size = min(cfg.batch_size, len(self.train))
         # the last partial batch is dropped: in-batch negatives need a full batch
@@ -158,7 +170,7 @@ class RetrievalTrainer(TrainingLoop):
         """Hard negatives from the current vectors (from ``hard_from_epoch`` on), then a fresh click order."""
         if self.cfg.hard_negatives and epoch + 1 >= self.cfg.hard_from_epoch:
             self.mine_hard()
-        self._perm = torch.from_numpy(self.rng.permutation(len(self.train)))
+        self._perm = torch.from_numpy(self.rng.permutation(len(self.train)))  # moved by the loop, batch by batch
 
     def batches(self):
         bs = self.batch_size
@@ -191,7 +203,8 @@ class RetrievalTrainer(TrainingLoop):
         n = len(self.catalogue)
         cands = pos
         if cfg.random_negatives:
-            cands = torch.cat([pos, torch.from_numpy(self.rng.integers(0, n, cfg.random_negatives))])
+            extra = torch.from_numpy(self.rng.integers(0, n, cfg.random_negatives)).to(pos.device)
+            cands = torch.cat([pos, extra])
         v = m.item_vectors(self.item_sparse[cands], self.item_dense[cands])
         logits = u @ v.T / m.temperature
         if cfg.logq:
@@ -206,7 +219,7 @@ class RetrievalTrainer(TrainingLoop):
             vh = m.item_vectors(self.item_sparse[hp.flatten()], self.item_dense[hp.flatten()]).view(*hp.shape, -1)
             lh = (u.unsqueeze(1) * vh).sum(-1) / m.temperature  # drawn once each: no correction
             logits = torch.cat([logits, lh.masked_fill(hp == pos[:, None], float("-inf"))], dim=1)
-        return F.cross_entropy(logits, torch.arange(len(idx)))
+        return F.cross_entropy(logits, torch.arange(len(idx), device=logits.device))
 
     def mine_hard(self) -> None:
         """Hard negatives for every training click from the index of the current item vectors."""
@@ -222,7 +235,7 @@ class RetrievalTrainer(TrainingLoop):
         hard = np.take_along_axis(found, pick, axis=1)
         empty = hard < 0
         hard[empty] = self.rng.integers(0, len(items), int(empty.sum()))
-        self.hard = torch.from_numpy(hard)
+        self.hard = torch.from_numpy(hard).to(self.device)
         self.model.train()
 
     def fit(self) -> dict[str, Any]:  # type: ignore[override]
@@ -235,7 +248,7 @@ class RetrievalTrainer(TrainingLoop):
         items = encode_items(self.model, self.item_sparse, self.item_dense)
         b = clicks.batch
         users = encode_users(self.model, b.sparse, b.dense, b.seq)
-        out = click_recall(build_index(items, "flat-ip"), users, clicks.target.numpy(), self.cfg.recall_k)
+        out = click_recall(build_index(items, "flat-ip"), users, clicks.target.cpu().numpy(), self.cfg.recall_k)
         self.model.train()
         return out
 
@@ -261,7 +274,7 @@ def train_retrieval(data: str | Path, out: str | Path, split: TowerSplit | None 
         best = trainer.fit()
         test = trainer.recall(trainer.test) if len(trainer.test) else {}
     trainer.model.eval()
-    popularity = popularity_recall(trainer.train_counts, trainer.test.target.numpy(), cfg.recall_k)
+    popularity = popularity_recall(trainer.train_counts, trainer.test.target.cpu().numpy(), cfg.recall_k)
     fields = dict(
         data=DataRef(path=str(ds.path.resolve()), kind=ds.meta.kind, fingerprint=ds.fingerprint),
         train=asdict(cfg),

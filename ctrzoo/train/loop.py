@@ -15,7 +15,13 @@ The loop owns: the optimizers (dense parameters: one fused Adam; sparse-gradient
 row-sparse Adam of ``ctrzoo.nn.optim``, see ``ctrzoo.train.trainer`` for why), the epoch/step counters, early
 stopping (the best weights kept, the learning rate decayed on a plateau, stop after ``patience`` of them),
 ``max_steps``, the progress bar and the thread count (``ctrzoo.threads``: for this call only). Data-parallel
-reductions go through ``dist`` (a single process: no-ops).
+reductions go through ``dist`` (a single process: no-ops), the sparse tables' touched rows included
+(``DistContext.average_row_grads``, between the backward pass and the optimizer steps).
+
+Devices (``ctrzoo.devices``): the model is moved to ``precision.device`` before its optimizers are made, and
+every batch ``batches()`` yields is moved there too, the next one copied ahead of the current step
+(``copied_ahead``; no-ops on a CPU). ``precision``'s loss scaler (fp16 on CUDA) scales the backward pass and
+steps the optimizers; a disabled one (every other case) just steps them.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ctrzoo.devices import Precision, copied_ahead
 from ctrzoo.nn import RowSparseAdam, split_sparse_params
 from ctrzoo.threads import torch_threads
 from ctrzoo.train.distributed import DistContext
@@ -46,13 +53,18 @@ class TrainingLoop:
 
     def __init__(self, model: nn.Module, *, epochs: int, lr: float, patience: int, lr_decay: float = 1.0,
                  max_steps: int | None = None, threads: int | None = None, progress: bool | None = None,
-                 dist: DistContext | None = None, sparse_optimizer: type[torch.optim.Optimizer] | None = None):
-        self.model = model
+                 dist: DistContext | None = None, sparse_optimizer: type[torch.optim.Optimizer] | None = None,
+                 precision: Precision | None = None):
+        self.precision = precision or Precision(torch.device("cpu"), None)
+        self.device = self.precision.device
+        self.model = model.to(self.device)  # before the optimizers: their state lives where the weights do
+        self.scaler = self.precision.scaler()
         self.epochs, self.patience, self.lr_decay, self.max_steps, self.threads = (epochs, patience, lr_decay,
                                                                                    max_steps, threads)
         self.dist = dist or DistContext()
         self.progress = (sys.stderr.isatty() if progress is None else progress) and self.dist.is_main
         self.optimizers = make_optimizers(model, lr, sparse_optimizer)
+        self.sparse_params = split_sparse_params(model)[0]
         self.history: list[dict[str, Any]] = []
         # best validation score, the epoch it was reached in (0-based) and a copy of the weights then
         self.best: dict[str, Any] = {"score": -math.inf, "epoch": -1, "state": None}
@@ -125,7 +137,7 @@ class TrainingLoop:
             self._loss_sum, self._n_seen = torch.zeros((), dtype=torch.float64), 0
         bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {self.epoch + 1}/{self.epochs}",
                    disable=not self.progress, leave=False, unit="batch")
-        for i, batch in enumerate(self.batches()):
+        for i, batch in enumerate(copied_ahead(self.batches(), self.device)):
             if i >= self.steps_per_epoch:
                 break
             if i < skip:
@@ -151,9 +163,11 @@ class TrainingLoop:
         objective, reported, weight = self.loss(batch)
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        objective.backward()
+        self.scaler.scale(objective).backward()
+        self.dist.average_row_grads(self.sparse_params)  # several processes: the touched rows only
         for opt in self.optimizers:
-            opt.step()
+            self.scaler.step(opt)
+        self.scaler.update()
         return reported, weight
 
     def hit_max_steps(self) -> bool:
@@ -188,6 +202,7 @@ class TrainingLoop:
         return {
             "model": self.model.state_dict(),
             "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "scaler": self.scaler.state_dict(),  # {} unless fp16 on CUDA
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
@@ -204,6 +219,8 @@ class TrainingLoop:
         self.model.load_state_dict(state["model"])
         for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
             opt.load_state_dict(s)
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step = state["global_step"]
         self._loss_sum, self._n_seen = state["loss_sum"], state["n_seen"]

@@ -9,6 +9,7 @@ checkpoints, torchrun ranks. Speed choices (LightSeq2's training ideas, where th
 * the dense parameters step with one fused (or multi-tensor) Adam kernel (both: ``loop.make_optimizers``);
 * bf16 autocast for the matmuls where the CPU has native bf16 dot products (AVX512-BF16 or AMX), on by
   default there: weights, loss and optimizer state stay fp32, and validation and test scoring run in fp32;
+  on a GPU (``device``, ``ctrzoo.devices``) bf16 where it has it, else fp16 with a loss scaler;
 * batches are slices of tensor blocks made once; metrics are computed once per epoch on the validation
   split, never per batch over the epoch.
 """
@@ -30,9 +31,10 @@ from torch import nn
 from ctrzoo.atomic import disk_errors, replace_file
 from ctrzoo.data.dataset import PreparedDataset
 from ctrzoo.data.loader import BatchLoader
+from ctrzoo.devices import Precision, bf16_default, copied_ahead, device_name, model_device
 from ctrzoo.errors import CtrzooError
 from ctrzoo.metrics import auc, gauc, logloss
-from ctrzoo.train.distributed import DistContext
+from ctrzoo.train.distributed import DistContext, data_parallel
 from ctrzoo.train.loop import TrainingLoop
 from ctrzoo.train.regularization import mba_l2, plain_l2
 
@@ -54,17 +56,19 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between checkpoints; 0 = at the end of each epoch only
     seed: int = 2024
     threads: int | None = None
-    bf16: bool | None = None  # bf16 autocast while training; None: on where the CPU has native bf16 (bf16_native)
+    bf16: bool | None = None  # bf16 autocast while training; None: on where the device has it natively (bf16_default)
     eval_batch_size: int = 65536
     max_steps: int | None = None  # stop after this many steps in total (smoke runs)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N, resolved to the device that runs (ctrzoo.devices)
 
     def __post_init__(self) -> None:
         if self.regularization not in ("none", "l2", "mba"):
             raise CtrzooError(f"regularization must be none, l2 or mba, got {self.regularization!r}")
         if self.batch_size < 1 or self.epochs < 1 or self.lr <= 0:
             raise CtrzooError("batch_size and epochs must be >= 1 and lr > 0")
+        self.device = device_name(self.device)  # a missing GPU fails here, in one line, before any work
         if self.bf16 is None:  # resolved here, so a checkpoint records what actually ran
-            self.bf16 = bf16_native()
+            self.bf16 = bf16_default(torch.device(self.device))
 
     @property
     def uses_sparse_updates(self) -> bool:
@@ -75,21 +79,22 @@ class TrainConfig:
 def bf16_native() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 autocast is emulated and
     slower."""
-    checks = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-    return any(check() for check in checks if check is not None)
+    return bf16_default(torch.device("cpu"))
 
 
 @torch.inference_mode()
 def predict(model: nn.Module, loader: BatchLoader,
             bf16: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Labels, click probabilities and user ids (when the loader keeps them) for a whole split."""
+    """Labels, click probabilities and user ids (when the loader keeps them) for a whole split, scored on the
+    model's device (batches copied there ahead of use; results back as NumPy arrays)."""
     model.eval()
+    device = model_device(model)
     labels, probs, users = [], [], []
-    for b in loader:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    for b in copied_ahead(loader, device):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(b.sparse, b.dense, b.seq)
-        probs.append(torch.sigmoid(logits.float()).numpy())
-        labels.append(b.label.numpy())
+        probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+        labels.append(b.label.cpu().numpy())
         if b.user_id is not None:
             users.append(b.user_id)
     if not labels:  # an empty split (or this rank's empty part of one)
@@ -136,27 +141,29 @@ class Trainer(TrainingLoop):
         from ctrzoo.models import build_model
 
         hparams = dict(config.hparams)
-        # several processes: dense gradients, which DistributedDataParallel averages with one all-reduce
-        hparams["sparse_grad"] = config.uses_sparse_updates and not dist.enabled
-        model = build_model(config.model, dataset.codec.layout, **hparams)
+        # several processes too: the tables' touched rows are averaged apart from DDP (distributed.data_parallel)
+        hparams["sparse_grad"] = config.uses_sparse_updates
+        device = torch.device(config.device)
+        self.precision = Precision.training(device, config.bf16)
+        model = build_model(config.model, dataset.codec.layout, **hparams).to(device)
         self.forward_model: nn.Module = model
-        if dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.forward_model = DistributedDataParallel(model)  # broadcasts rank 0's initial weights
+        if dist.enabled:  # broadcasts rank 0's initial weights
+            self.forward_model = data_parallel(model, device)
         super().__init__(model, epochs=config.epochs, lr=config.lr, patience=config.patience,
                          lr_decay=config.lr_decay, max_steps=config.max_steps, threads=config.threads,
-                         progress=progress, dist=dist)
-        self.id_frequency = torch.from_numpy(dataset.codec.id_frequencies().astype(np.float32))
+                         progress=progress, dist=dist, precision=self.precision)
+        self.id_frequency = torch.from_numpy(dataset.codec.id_frequencies().astype(np.float32)).to(device)
         rows = dataset.rows("train")
         if rows < 2:
             raise CtrzooError(f"{dataset.path}: the training split has {rows} row(s); at least 2 are needed")
         # the last partial batch is dropped (as usual): batch statistics (Dice, batch norm) need > 1 row
         rank, world = dist.rank, dist.world_size
+        pin = device.type == "cuda"  # page-locked blocks: batches copy to the GPU while the previous step runs
         self.train_loader = BatchLoader(dataset, "train", config.batch_size, shuffle=True, seed=config.seed,
-                                        drop_last=rows > config.batch_size * world, rank=rank, world_size=world)
+                                        drop_last=rows > config.batch_size * world, rank=rank, world_size=world,
+                                        pin_memory=pin)
         self.valid_loader = BatchLoader(dataset, "valid", config.eval_batch_size, shuffle=False,
-                                        with_user=dataset.has_user_id, rank=rank, world_size=world)
+                                        with_user=dataset.has_user_id, rank=rank, world_size=world, pin_memory=pin)
         # every rank must run the same number of steps, or the gradient all-reduce waits forever
         self.steps_per_epoch = dist.all_reduce_min(len(self.train_loader))
 
@@ -183,7 +190,7 @@ class Trainer(TrainingLoop):
     def loss(self, batch) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Binary cross-entropy of the logits (bf16 autocast when configured) plus the configured penalty."""
         cfg = self.cfg
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        with self.precision.autocast():
             logits = self.forward_model(batch.sparse, batch.dense, batch.seq)
         loss = F.binary_cross_entropy_with_logits(logits.float(), batch.label)
         total = loss
@@ -271,7 +278,8 @@ class Trainer(TrainingLoop):
         state = torch.load(path, map_location="cpu", weights_only=True)
         saved = json.loads(state["config"])
         current = asdict(self.cfg)
-        diff = {k for k in current if k not in ("epochs", "max_steps") and saved.get(k) != current[k]}
+        # another device may resume (weights and optimizer states follow the model's; bf16 must still match)
+        diff = {k for k in current if k not in ("epochs", "max_steps", "device") and saved.get(k) != current[k]}
         if diff:
             raise CtrzooError(f"{path}: checkpoint was made with other settings ({', '.join(sorted(diff))})")
         if state.get("world_size", 1) != self.dist.world_size:
