@@ -131,8 +131,8 @@ def test_alias_map_names_registered_models_and_no_alias_shadows_a_model() -> Non
 
 
 def test_unknown_model_lists_known_models_and_aliases() -> None:
-    with pytest.raises(CtrzooError, match=r"unknown model 'nosuch'; known models: autoint, dcn, dcnv2, .*, xdeepfm; "
-                                          r"aliases: .*wdl \(wide_deep\)"):
+    with pytest.raises(CtrzooError, match=r"unknown model 'nosuch'; known models: autoint, bst, dcn, dcnv2, .*, "
+                                          r"xdeepfm; aliases: .*wdl \(wide_deep\)"):
         build_model("nosuch", LAYOUTS["dense+seq"])
     with pytest.raises(CtrzooError, match="unknown model 'dcn_v3'"):
         model_hparam_names("dcn_v3")
