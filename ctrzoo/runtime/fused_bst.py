@@ -40,9 +40,9 @@ class _Workspace(threading.local):
     def __init__(self) -> None:
         self.buffer = torch.zeros(0)
 
-    def take(self, rows: int, cols: int) -> Tensor:
-        if self.buffer.numel() < rows * cols:
-            self.buffer = torch.zeros(rows * cols)  # zeros: every entry finite from the first call on
+    def take(self, rows: int, cols: int, dtype: torch.dtype) -> Tensor:
+        if self.buffer.numel() < rows * cols or self.buffer.dtype != dtype:
+            self.buffer = torch.zeros(rows * cols, dtype=dtype)  # zeros: every entry finite from the first call on
         return self.buffer[: rows * cols].view(rows, cols)
 
 
@@ -73,13 +73,13 @@ class PackedEncoder(nn.Module):
         n_real = row.numel()
         width = int(lengths.max()) + 1 if batch else 1  # the rectangle: longest history + the target
         all_rows = torch.arange(batch)
-        x = torch.cat([table(ids[row, col]) + self.positions[lengths[row] - col], target + self.positions[0]])
+        x = torch.cat([table(ids[keep]) + self.positions[lengths[row] - col], target + self.positions[0]])  # [T, D]
         token_row = torch.cat([row, all_rows])
         flat = token_row * width + torch.cat([col, lengths])  # each target right after its row's last item
         key_mask = (torch.arange(width) <= lengths.unsqueeze(1))[:, None, None, :]  # [B, 1, 1, W]
         for i, layer in enumerate(self.layers):
             qkv = F.linear(x, getattr(self, f"in_weight{i}"), getattr(self, f"in_bias{i}"))  # [T, 3D]
-            rect = self.workspace.take(batch * width, 3 * dim)
+            rect = self.workspace.take(batch * width, 3 * dim, qkv.dtype)
             rect.index_copy_(0, flat, qkv)
             q, k, v = rect.view(batch, width, 3, heads, -1).permute(2, 0, 3, 1, 4)  # each [B, H, W, d]
             if self.pooling == "target" and i == len(self.layers) - 1:  # only the target's output is read
