@@ -131,8 +131,8 @@ def test_alias_map_names_registered_models_and_no_alias_shadows_a_model() -> Non
 
 
 def test_unknown_model_lists_known_models_and_aliases() -> None:
-    with pytest.raises(CtrzooError, match=r"unknown model 'nosuch'; known models: autoint, dcn, dcnv2, .*, xdeepfm; "
-                                          r"aliases: .*wdl \(wide_deep\)"):
+    with pytest.raises(CtrzooError, match=r"unknown model 'nosuch'; known models: autoint, bst, dcn, dcnv2, .*, "
+                                          r"xdeepfm; aliases: .*wdl \(wide_deep\)"):
         build_model("nosuch", LAYOUTS["dense+seq"])
     with pytest.raises(CtrzooError, match="unknown model 'dcn_v3'"):
         model_hparam_names("dcn_v3")
@@ -167,12 +167,13 @@ def test_train_cli_accepts_aliases_stores_the_registered_name_and_lists_them(cap
     assert parser.parse_args(["train", "--model", "dcn_v2", "--data", "d", "--out", "o"]).model == "dcnv2"
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--model", "dcn_v3", "--data", "d", "--out", "o"])
-    assert "invalid choice: 'dcn_v3' (choose from 'autoint', 'dcn'" in capsys.readouterr().err
+    assert "invalid choice: 'dcn_v3' (choose from 'autoint', 'bst', 'dcn'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert all(name in help_text for name in list_models())
-    assert "aliases: auto_int=autoint, dcn_v2=dcnv2," in help_text and "wdl=wide_deep" in help_text
+    assert "aliases: auto_int=autoint, behavior_sequence_transformer=bst, dcn_v2=dcnv2," in help_text
+    assert "wdl=wide_deep" in help_text
 
 
 def test_resolve_config_records_the_registered_name() -> None:

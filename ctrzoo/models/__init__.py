@@ -8,9 +8,11 @@ file plus one import line below.
 from __future__ import annotations
 
 from ctrzoo.models.autoint import AutoInt
+from ctrzoo.models.bst import BST
 from ctrzoo.models.dcn import DCN
 from ctrzoo.models.dcnv2 import DCNv2
 from ctrzoo.models.deepfm import DeepFM
+from ctrzoo.models.dien import DIEN
 from ctrzoo.models.din import DIN
 from ctrzoo.models.dlrm import DLRM
 from ctrzoo.models.fibinet import FiBiNET
@@ -32,7 +34,9 @@ from ctrzoo.models.wide_deep import WideDeep
 from ctrzoo.models.xdeepfm import XDeepFM
 
 __all__ = [
+    "BST",
     "DCN",
+    "DIEN",
     "DIN",
     "DLRM",
     "FM",

@@ -23,7 +23,8 @@ class CTRModel(nn.Module):
     * constructor ``(layout: TableLayout, **hparams)``; the first statement records
       ``self.hparams = constructor_hparams(locals())`` (JSON values) so a bundle can rebuild the model;
     * ``self.embedding``: the one ``FeatureEmbedding`` (the shared table, the only sparse parameters);
-    * ``forward(sparse [B, F] int64, dense [B, D] float32, seq [B, S, L] int64) -> logits [B]``.
+    * ``forward(sparse [B, F] int64, dense [B, D] float32, seq [B, S, L] int64) -> logits [B]``;
+    * optionally ``auxiliary_loss()``: an extra training objective made by the last forward (see there).
 
     ``model_name`` is set by ``register_model``.
     """
@@ -34,6 +35,13 @@ class CTRModel(nn.Module):
 
     def forward(self, sparse: Tensor, dense: Tensor, seq: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def auxiliary_loss(self) -> Tensor | None:
+        """The extra objective of the last forward in training mode, already weighted by the model's own
+        hyper-parameter (DIEN's next-item loss times ``aux_weight``), or None; returned once (the reference
+        is dropped). The trainer adds it to the click loss; in eval mode a model computes none, so it never
+        reaches scoring or the exported graph. The default: no auxiliary objective."""
+        return None
 
 
 ModelClass = TypeVar("ModelClass", bound=type[CTRModel])

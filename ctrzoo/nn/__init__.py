@@ -15,13 +15,18 @@ from ctrzoo.nn.interaction import (
 from ctrzoo.nn.linear import LinearLogit
 from ctrzoo.nn.mlp import MLP, Dice, LastDim, make_activation
 from ctrzoo.nn.optim import RowSparseAdam
-from ctrzoo.nn.sequence import SequencePooling, TargetAttention, padding_mask
+from ctrzoo.nn.recurrent import GRU, next_item_loss, sample_other_rows
+from ctrzoo.nn.sequence import BagPooling, BilinearTargetAttention, SequencePooling, TargetAttention, padding_mask
+from ctrzoo.nn.transformer import TransformerLayer
 
 __all__ = [
     "CIN",
+    "GRU",
     "MLP",
+    "BagPooling",
     "BilinearFusion",
     "BilinearInteraction",
+    "BilinearTargetAttention",
     "CrossNetwork",
     "CrossNetworkMix",
     "DenseEmbedding",
@@ -39,7 +44,10 @@ __all__ = [
     "SENet",
     "SequencePooling",
     "TargetAttention",
+    "TransformerLayer",
     "make_activation",
+    "next_item_loss",
     "padding_mask",
+    "sample_other_rows",
     "split_sparse_params",
 ]

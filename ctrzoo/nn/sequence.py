@@ -1,4 +1,4 @@
-"""Behaviour-sequence layers: masked pooling and DIN's target attention.
+"""Behaviour-sequence layers: masked pooling, DIN's target attention, DIEN's bilinear attention, bag pooling.
 
 Sequences arrive as ``[B, L]`` ids padded with ``PADDING_ID`` (0) on the right; layers take the boolean
 ``mask = ids != 0`` (see :func:`padding_mask`) so padded positions never contribute, whatever their
@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ctrzoo.errors import CtrzooError
-from ctrzoo.features.layout import PADDING_ID
+from ctrzoo.features.layout import PADDING_ID, SequenceLayout
 from ctrzoo.nn.mlp import MLP
 
 
@@ -115,3 +115,32 @@ class TargetAttention(nn.Module):
     def forward(self, query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
         w = self.weights(query, keys, mask)
         return torch.where(mask.unsqueeze(-1), w.unsqueeze(-1) * keys, torch.zeros_like(keys)).sum(dim=1)
+
+
+class BilinearTargetAttention(nn.Module):
+    """DIEN's attention (Zhou et al., AAAI 2019, eq. 4): ``a_t = softmax_t(h_t W e_target)`` over the real
+    positions. ``query [B, Dq]``, ``keys [B, L, Dk]``, ``mask [B, L]`` -> weights ``[B, L]``, exactly 0 at
+    padding (and all 0 for an empty history)."""
+
+    def __init__(self, query_dim: int, key_dim: int) -> None:
+        super().__init__()
+        self.bilinear = nn.Linear(query_dim, key_dim, bias=False)
+
+    def forward(self, query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+        scores = (keys * self.bilinear(query).unsqueeze(1)).sum(-1)
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        return torch.where(mask, torch.softmax(scores, dim=-1), torch.zeros_like(scores))
+
+
+class BagPooling(nn.Module):
+    """The multi-value bags among the ``seq`` slots, each pooled by its layout's pooling (bags are sets, never
+    attended): ``embedded [B, n_bags, L, D]`` and ``mask [B, n_bags, L]`` of the slots ``self.slots`` (in that
+    order) -> ``[B, n_bags * D]``."""
+
+    def __init__(self, bags: Sequence[tuple[int, SequenceLayout]]) -> None:
+        super().__init__()
+        self.slots = [k for k, _ in bags]
+        self.pools = nn.ModuleList(SequencePooling(s.pooling) for _, s in bags)
+
+    def forward(self, embedded: Tensor, mask: Tensor) -> Tensor:
+        return torch.cat([pool(embedded[:, i], mask[:, i]) for i, pool in enumerate(self.pools)], dim=1)

@@ -201,6 +201,9 @@ class Trainer(TrainingLoop):
                                    sparse=cfg.uses_sparse_updates) / len(batch)
         elif cfg.regularization == "l2" and cfg.reg_lambda > 0:
             total = total + plain_l2([self.model.embedding.weight], cfg.reg_lambda) / len(batch)
+        aux = self.model.auxiliary_loss()  # a model's own extra objective (CTRModel.auxiliary_loss), weighted
+        if aux is not None:
+            total = total + aux.float()
         return total, loss, len(batch)
 
     def validate(self) -> dict[str, Any]:
