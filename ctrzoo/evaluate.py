@@ -7,6 +7,7 @@ Avazu data) is refused up front, in one line, instead of failing on a missing co
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,10 @@ def score_split(bundle: Bundle, ds: PreparedDataset, split: str = "test", batch_
     """(labels, probabilities, user ids or None) for every row of ``split``, in file order."""
     check_bundle_fits(bundle, ds)
     model = bundle.build_model()
-    if bundle.spec.equals(ds.spec):
-        loader = BatchLoader(ds, split, batch_rows, shuffle=False, with_user=ds.has_user_id)
+    label = bundle.spec.label  # the label it learned (``ctrzoo train --label``)
+    if bundle.spec.equals(replace(ds.spec, label=label)):
+        loader = BatchLoader(ds, split, batch_rows, shuffle=False, with_user=ds.has_user_id,
+                             label=label if label in ds.labels else None)
         return predict(model, loader)
     if split != "test":
         raise CtrzooError(

@@ -24,29 +24,35 @@ from ctrzoo.data.dataset import PreparedDataset, parquet_file, read_row_group
 
 @dataclass
 class Batch:
-    """``sparse`` int64 [B,F], ``dense`` float32 [B,D], ``seq`` int64 [B,S,L], ``label`` float32 [B]."""
+    """``sparse`` int64 [B,F], ``dense`` float32 [B,D], ``seq`` int64 [B,S,L], ``label`` float32 [B] (the chosen
+    label), ``weight`` float32 [B] (sample weights, when the dataset has them and they were asked for)."""
 
     sparse: torch.Tensor
     dense: torch.Tensor
     seq: torch.Tensor
     label: torch.Tensor
     user_id: np.ndarray | None = None
+    weight: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.sparse.shape[0]
 
     def slice(self, start: int, stop: int) -> Batch:
         users = None if self.user_id is None else self.user_id[start:stop]
+        weight = None if self.weight is None else self.weight[start:stop]
         return Batch(self.sparse[start:stop], self.dense[start:stop], self.seq[start:stop], self.label[start:stop],
-                     users)
+                     users, weight)
 
     def permute(self, perm: torch.Tensor) -> Batch:
         users = None if self.user_id is None else self.user_id[perm.numpy()]
-        return Batch(self.sparse[perm], self.dense[perm], self.seq[perm], self.label[perm], users)
+        weight = None if self.weight is None else self.weight[perm]
+        return Batch(self.sparse[perm], self.dense[perm], self.seq[perm], self.label[perm], users, weight)
 
 
-def table_to_batch(table: pa.Table, with_user: bool = False) -> Batch:
-    """Convert shard columns (see ``shard_schema``) to tensors in one pass per column."""
+def table_to_batch(table: pa.Table, with_user: bool = False, label: str = "label", with_weight: bool = False
+                   ) -> Batch:
+    """Convert shard columns (see ``shard_schema``) to tensors in one pass per column; ``label``: the shard
+    column read as the label (``PreparedDataset.label_column``)."""
     names = table.column_names
     n = table.num_rows
 
@@ -70,10 +76,11 @@ def table_to_batch(table: pa.Table, with_user: bool = False) -> Batch:
             seq[:, k, :] = flat.reshape(n, L)
     else:
         seq = np.zeros((n, 0, 0), dtype=np.int64)
-    label = col("label").astype(np.float32)
+    labels = col(label).astype(np.float32)
     users = col("user_id") if with_user and "user_id" in names else None
-    return Batch(torch.from_numpy(sparse), torch.from_numpy(dense), torch.from_numpy(seq), torch.from_numpy(label),
-                 users)
+    weight = torch.from_numpy(col("weight").astype(np.float32)) if with_weight and "weight" in names else None
+    return Batch(torch.from_numpy(sparse), torch.from_numpy(dense), torch.from_numpy(seq), torch.from_numpy(labels),
+                 users, weight)
 
 
 class BatchLoader:
@@ -93,10 +100,14 @@ class BatchLoader:
         with_user: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        label: str | None = None,
+        with_weight: bool = False,
     ):
         self.dataset = dataset if isinstance(dataset, PreparedDataset) else PreparedDataset.open(dataset)
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
         self.block_rows, self.drop_last, self.with_user = block_rows, drop_last, with_user
+        self.label_column = self.dataset.label_column(label)  # None: the first label; unknown: an error
+        self.with_weight = with_weight and self.dataset.has_weight
         self.epoch = 0
         groups = []
         for path in self.dataset.shards(split):
@@ -151,7 +162,7 @@ class BatchLoader:
 
     def _read(self, groups: list[tuple[Path, int, int, int]]) -> Batch:
         tables = [_read_group(path, g, start, stop) for path, g, start, stop in groups]
-        return table_to_batch(pa.concat_tables(tables), self.with_user)
+        return table_to_batch(pa.concat_tables(tables), self.with_user, self.label_column, self.with_weight)
 
     def _blocks_cached(self, rng: np.random.Generator) -> Iterator[Batch]:
         """Row groups in (shuffled) order, each read on first use: the first batch waits for one group only."""
@@ -200,7 +211,8 @@ def _read_group(path: Path, group: int, start: int, stop: int) -> pa.Table:
 
 def _concat(a: Batch, b: Batch) -> Batch:
     users = None if a.user_id is None else np.concatenate([a.user_id, b.user_id])
+    weight = None if a.weight is None else torch.cat([a.weight, b.weight])
     return Batch(
         torch.cat([a.sparse, b.sparse]), torch.cat([a.dense, b.dense]), torch.cat([a.seq, b.seq]),
-        torch.cat([a.label, b.label]), users,
+        torch.cat([a.label, b.label]), users, weight,
     )
