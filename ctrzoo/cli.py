@@ -87,6 +87,7 @@ BACKENDS = Registry("ctrzoo.runtime", "BACKENDS")
 INDEX_KINDS = Registry("ctrzoo.retrieval.index", "KINDS")
 INDEX_KINDS_AUTO = Registry("ctrzoo.retrieval.index", "KINDS", extra=("auto",))  # ctrzoo index measures, picks
 NORMALIZE = Registry("ctrzoo.retrieval.towers", "NORMALIZE")
+DEFAULT_RATIOS = [0.8, 0.1, 0.1]  # prepare --ratios when not given (then the schema's split applies)
 
 
 class ListOf(argparse.Action):
@@ -144,10 +145,11 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
     spec = load_spec_file(args.spec) if args.spec else schema.feature_spec()
     spec = with_overrides(spec, drop=args.drop, min_count=args.min_count, max_vocab=args.max_vocab,
                           hash_overflow=args.hash_overflow)
-    split = None  # the schema's, unless the command line says otherwise
-    if args.split or args.ratios or args.seed is not None:
+    split = None  # the schema's, unless the command line says otherwise (the default list is never a given one)
+    ratios_given = args.ratios is not DEFAULT_RATIOS
+    if args.split or ratios_given or args.seed is not None:
         base = schema.split if schema.split is not None and schema.split.method != "time" else SplitConfig()
-        split = SplitConfig(args.split or base.method, tuple(args.ratios or base.ratios),
+        split = SplitConfig(args.split or base.method, tuple(args.ratios if ratios_given else base.ratios),
                             base.seed if args.seed is None else args.seed)
     opts = PrepareOptions(
         split=split,
@@ -428,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", choices=["random", "order"], default=None,
                    help="random: hashed per line with --seed; order: the last fractions (time-ordered logs); "
                    "default: the schema's split, else random (a split by time is set in the schema)")
-    s.add_argument("--ratios", action=ListOf, item=float, count=3, default=None, metavar="RATIO",
+    s.add_argument("--ratios", action=ListOf, item=float, count=3, default=DEFAULT_RATIOS, metavar="RATIO",
                    help="train, valid and test fractions (default 0.8 0.1 0.1, or 0.8,0.1,0.1)")
     s.add_argument("--seed", type=int, default=None, help="seed of the random split (default 2024)")
     s.add_argument("--strict", action="store_true", help="fail at the first bad row instead of skipping it")

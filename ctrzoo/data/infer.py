@@ -32,6 +32,7 @@ import pyarrow.csv as pcsv
 
 from ctrzoo.data.checks import parse_numbers
 from ctrzoo.data.inputs import expand_inputs, split_line
+from ctrzoo.data.jsonl_input import sample_table
 from ctrzoo.data.rawfile import open_raw
 from ctrzoo.data.schema import COMPARISONS, DatasetSchema, SchemaError
 from ctrzoo.data.splits import iso_time
@@ -254,10 +255,8 @@ def _parquet_sample(files: tuple[Path, ...], sample_rows: int) -> pa.Table:
 
 
 def _jsonl_sample(path: Path, sample_rows: int) -> pa.Table:
-    from ctrzoo.data.jsonl_input import _sample_table
-
     head, lines = sample_lines(path, sample_rows)
-    return _sample_table(b"\n".join([head, *lines]) + b"\n", str(path))
+    return sample_table(b"\n".join([head, *lines]) + b"\n", str(path))
 
 
 def _missing_tokens(table: pa.Table) -> list[str]:

@@ -7,15 +7,22 @@ object, a value of another type than its column's) is a bad row at its ``file:li
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.json as pj
 
-from ctrzoo.data.inputs import JSON_SAMPLE_BYTES, InputPlan, check_types, column_roles, null_tokens, read_columns
+from ctrzoo.data.blocks import bisect_lines, finish_block
 from ctrzoo.data.rawfile import open_raw
 from ctrzoo.data.schema import DatasetSchema
+from ctrzoo.data.typed import check_types, column_roles, null_tokens, read_columns
 from ctrzoo.errors import DataError
+
+if TYPE_CHECKING:
+    from ctrzoo.data.inputs import InputPlan
+
+JSON_SAMPLE_BYTES = 1 << 20  # the first lines of a JSON Lines file that its column types are inferred from
 
 _REJECTED = "line the JSON parser rejects (broken JSON, not an object, or a value of another type than its column's)"
 _BLOCK = 1 << 22
@@ -28,7 +35,7 @@ def jsonl_schema(schema: DatasetSchema, files: tuple[Path, ...]) -> pa.Schema:
     with open_raw(path) as fh:
         sample = fh.read(JSON_SAMPLE_BYTES)
         sample = sample[: sample.rfind(b"\n") + 1] or sample + b"\n"
-    table = _sample_table(sample, str(path))
+    table = sample_table(sample, str(path))
     where = f"{path} (its first lines)"
     schema.check_columns(table.column_names, where)
     roles = column_roles(schema)
@@ -38,7 +45,7 @@ def jsonl_schema(schema: DatasetSchema, files: tuple[Path, ...]) -> pa.Schema:
     return arrow
 
 
-def _sample_table(sample: bytes, file: str) -> pa.Table:
+def sample_table(sample: bytes, file: str) -> pa.Table:
     """The sample's lines parsed together, or, when some do not parse, those that do (types unified)."""
     try:
         return pj.read_json(pa.BufferReader(sample), read_options=pj.ReadOptions(block_size=_BLOCK))
@@ -79,8 +86,6 @@ def parse_jsonl_chunk(chunk: bytes, n_lines: int, plan: InputPlan, file: str, fi
                       max_line: int):
     """One block of lines -> a validated ``RawBlock``: one parse when it is clean, else bisected to the lines
     the parser rejects; blank lines are bad rows (``empty line``)."""
-    from ctrzoo.data.reader import bisect_lines, finish_block
-
     arr = np.frombuffer(chunk, dtype=np.uint8)
     ends = np.flatnonzero(arr == 10)
     starts = np.concatenate([[0], ends[:-1] + 1])

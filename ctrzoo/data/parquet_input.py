@@ -7,16 +7,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from ctrzoo.data.blocks import RawBlock
 from ctrzoo.data.checks import validate
-from ctrzoo.data.inputs import InputPlan, check_types, null_tokens, read_columns
 from ctrzoo.data.schema import DatasetSchema
+from ctrzoo.data.typed import check_types, null_tokens, read_columns
 from ctrzoo.errors import DataError
+
+if TYPE_CHECKING:
+    from ctrzoo.data.inputs import InputPlan
 
 _HASH_CHUNK = 1 << 24
 
@@ -43,8 +48,6 @@ def parquet_schema(schema: DatasetSchema, files: tuple[Path, ...]) -> pa.Schema:
 
 def read_parquet(plan: InputPlan, path: Path, bad, block_bytes: int, hasher, row_base: int) -> Iterator:
     """Validated blocks of one Parquet file; returns the number of rows read (the generator's value)."""
-    from ctrzoo.data.reader import RawBlock
-
     file = str(path)
     if hasher is not None:
         with open(path, "rb") as fh:

@@ -9,74 +9,25 @@ group (``ctrzoo.data.parquet_input``). What a row must hold is the schema's (``c
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 
-from ctrzoo.data.checks import validate
-from ctrzoo.data.inputs import InputPlan, TextLayout, plan_inputs
+from ctrzoo.data.blocks import BadRows, RawBlock, finish_block, is_utf8, parse_dirty
+from ctrzoo.data.inputs import InputPlan, TextLayout, plan_inputs, split_line
+from ctrzoo.data.jsonl_input import parse_jsonl_chunk
+from ctrzoo.data.parquet_input import read_parquet
 from ctrzoo.data.rawfile import GzipDataError, open_raw
 from ctrzoo.data.schema import DatasetSchema
 from ctrzoo.errors import DataError
-from ctrzoo.metadata import BadRowReason, BadRowsSummary
+
+__all__ = ["DEFAULT_BLOCK_BYTES", "DEFAULT_MAX_LINE_BYTES", "BadRows", "RawBlock", "read_blocks", "read_file"]
 
 DEFAULT_BLOCK_BYTES = 32 << 20
 DEFAULT_MAX_LINE_BYTES = 1 << 20  # a longer line is a bad row, skipped without buffering it
 _ARROW_BLOCK_BYTES = 1 << 22  # pyarrow's own block; a line must stay well under it (else "straddling")
-
-
-@dataclass
-class RawBlock:
-    """Valid rows of one block: typed raw columns, physical line numbers and global data-row indices."""
-
-    table: pa.Table
-    file: str
-    lines: np.ndarray
-    row_index: np.ndarray
-    nbytes: int
-
-
-@dataclass
-class BadRows:
-    """Bad rows counted by reason, with the first few locations of each; ``strict`` raises instead."""
-
-    strict: bool = False
-    keep_first: int = 5
-    counts: dict[str, int] = field(default_factory=dict)
-    first: dict[str, list[str]] = field(default_factory=dict)
-
-    def report(self, file: str, failures: list[tuple[np.ndarray, str]]) -> None:
-        """Record ``(line numbers, reason)`` pairs; in strict mode raise at the earliest line instead."""
-        failures = [(lines, reason) for lines, reason in failures if lines.size]
-        if self.strict and failures:
-            line, reason = min((int(lines.min()), reason) for lines, reason in failures)
-            raise DataError(reason, file, line)
-        for lines, reason in failures:
-            self.add(file, lines, reason)
-
-    def merge(self, other: BadRows) -> None:
-        """Fold in another file's (or worker's) counts; first locations stay in file order."""
-        for reason, count in other.counts.items():
-            self.counts[reason] = self.counts.get(reason, 0) + count
-            room = self.keep_first - len(self.first.setdefault(reason, []))
-            self.first[reason] += other.first[reason][: max(room, 0)]
-
-    def add(self, file: str, lines: np.ndarray, reason: str) -> None:
-        self.counts[reason] = self.counts.get(reason, 0) + int(lines.size)
-        slots = self.keep_first - len(self.first.setdefault(reason, []))
-        self.first[reason] += [f"{file}:{int(x)}" for x in np.sort(lines)[: max(slots, 0)]]
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def summary(self) -> BadRowsSummary:
-        """As ``dataset.json`` records them."""
-        return BadRowsSummary(total=self.total, by_reason={r: BadRowReason(count=c, first=list(self.first[r]))
-                                                           for r, c in self.counts.items()})
 
 
 def read_blocks(
@@ -105,12 +56,8 @@ def read_file(plan: InputPlan, bad: BadRows, block_bytes: int = DEFAULT_BLOCK_BY
     """The blocks of a one-file plan; the generator's value is its number of data rows (lines)."""
     path = plan.files[0]
     if plan.format == "parquet":
-        from ctrzoo.data.parquet_input import read_parquet
-
         return (yield from read_parquet(plan, path, bad, block_bytes, hasher, row_base))
     if plan.format == "jsonl":
-        from ctrzoo.data.jsonl_input import parse_jsonl_chunk
-
         def parse(chunk, n_lines, first_line, base):
             return parse_jsonl_chunk(chunk, n_lines, plan, str(path), first_line, base, bad, max_line_bytes)
 
@@ -163,8 +110,6 @@ def _check_header(header: bytes, layout: TextLayout, file: str, name: str) -> No
         raise DataError("empty file: no header line", file)
     if layout.delimiter.join(layout.columns) == got:
         return
-    from ctrzoo.data.inputs import split_line
-
     if tuple(split_line(got, layout.delimiter, True)) != layout.columns:  # a quoted header is the same header
         want = layout.delimiter.join(layout.columns)
         raise DataError(f"unexpected header for {name}: expected {want!r}, got {got[:200]!r}", file, 1)
@@ -244,17 +189,6 @@ def _parse_chunk(chunk: bytes, n_lines: int, layout: TextLayout, schema: Dataset
     return finish_block(table, kept, failures, schema, file, first_line, row_base, bad, len(chunk))
 
 
-def finish_block(table: pa.Table, kept: np.ndarray, failures: list, schema: DatasetSchema, file: str,
-                 first_line: int, row_base: int, bad: BadRows, nbytes: int, empty_reason: str = "empty line"
-                 ) -> RawBlock:
-    """Validate a parsed block (``kept``: its rows' line indices in the block) and report its bad rows."""
-    lines = first_line + kept
-    table, ok, type_failures = validate(table, schema, empty_reason)
-    failures = [(first_line + idx, reason) for idx, reason in failures]
-    bad.report(file, failures + [(lines[mask], reason) for mask, reason in type_failures])
-    return RawBlock(table.filter(pa.array(ok)), file, lines[ok], row_base + kept[ok], nbytes)
-
-
 def _parse_lines(data: bytes, n_lines: int, layout: TextLayout, schema: DatasetSchema, arrow_block: int):
     """``(table, kept line indices, [(line indices, reason)])``, or None if a row cannot be tied to its line.
 
@@ -297,66 +231,6 @@ def _parse_lines(data: bytes, n_lines: int, layout: TextLayout, schema: DatasetS
     if len(kept) != table.num_rows:
         return None
     return table, kept, failures
-
-
-def parse_dirty(chunk: bytes, parse, rejected: str, empty: pa.Table):
-    """The slow path, for a block with a damaged line: flag NUL bytes, bare ``\\r`` and invalid UTF-8 line by
-    line (vectorized; only lines with non-ASCII bytes are decoded in Python), drop those lines, parse the rest
-    with ``parse(data, n_lines)``, and bisect whatever still fails down to single lines (``rejected``)."""
-    arr = np.frombuffer(chunk, dtype=np.uint8)
-    ends = np.flatnonzero(arr == 10)  # the chunk ends in a newline
-    starts = np.concatenate([[0], ends[:-1] + 1])
-    flagged = np.zeros(len(ends), dtype=bool)
-    failures: list[tuple[np.ndarray, str]] = []
-
-    def flag(line_idx: np.ndarray, reason: str) -> None:
-        new = np.unique(line_idx)
-        new = new[~flagged[new]]
-        if new.size:
-            flagged[new] = True
-            failures.append((new, reason))
-
-    flag(np.searchsorted(ends, np.flatnonzero(arr == 0)), "NUL byte in the line")
-    cr = np.flatnonzero(arr == 13)
-    flag(np.searchsorted(ends, cr[arr[cr + 1] != 10]), "carriage return (\\r) inside the line")
-    suspects = np.unique(np.searchsorted(ends, np.flatnonzero(arr >= 0x80)))
-    flag(np.array([i for i in suspects[~flagged[suspects]] if not is_utf8(chunk, starts[i], ends[i])], dtype=np.int64),
-         "invalid UTF-8")
-    good = np.flatnonzero(~flagged)
-    data = chunk if not failures else arr[np.repeat(~flagged, ends - starts + 1)].tobytes()
-    line_ends = np.cumsum(ends[good] - starts[good] + 1)
-    tables: list[pa.Table] = []
-    kept: list[np.ndarray] = []
-    bisect_lines(data, good, line_ends, parse, rejected, tables, kept, failures)
-    table = pa.concat_tables(tables) if tables else empty
-    return table, np.concatenate([np.zeros(0, dtype=np.int64), *kept]), failures
-
-
-def bisect_lines(data, lines, line_ends, parse, rejected, tables, kept, failures) -> None:
-    """Parse ``data`` (its ``lines``, ending at byte offsets ``line_ends``); halve it by lines until it parses."""
-    if not len(lines):
-        return
-    parsed = parse(data, len(lines))
-    if parsed is not None:
-        table, idx, fails = parsed
-        tables.append(table)
-        kept.append(lines[idx])
-        failures += [(lines[i], reason) for i, reason in fails]
-    elif len(lines) == 1:
-        failures.append((lines, rejected))
-    else:
-        half = len(lines) // 2
-        cut = int(line_ends[half - 1])
-        bisect_lines(data[:cut], lines[:half], line_ends[:half], parse, rejected, tables, kept, failures)
-        bisect_lines(data[cut:], lines[half:], line_ends[half:] - cut, parse, rejected, tables, kept, failures)
-
-
-def is_utf8(chunk: bytes, start: int, end: int) -> bool:
-    try:
-        chunk[start:end].decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _locate_wrong_width(chunk: bytes, layout: TextLayout, quoting: bool) -> tuple[np.ndarray, list]:
