@@ -113,6 +113,16 @@ class PreparedDataset:
     def has_weight(self) -> bool:
         return bool(self.meta.weight)
 
+    @cached_property
+    def schema(self):
+        """The ``DatasetSchema`` its raw rows were read with (re-reading them reads them the same way)."""
+        from ctrzoo.data.presets import load_preset
+        from ctrzoo.data.schema import DatasetSchema
+
+        if self.meta.schema is not None:
+            return DatasetSchema.from_dict(self.meta.schema, str(self.path / META_FILE))
+        return load_preset(self.meta.kind)  # prepared before schemas were recorded: a built-in format
+
     @property
     def fingerprint(self) -> str:
         return self.meta.fingerprint

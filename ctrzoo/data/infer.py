@@ -1,13 +1,14 @@
 """``ctrzoo schema infer``: a dataset schema proposed from a bounded sample of someone's logs.
 
 The sample is spread over the file (windows at evenly spaced offsets, so a time-sorted log is not judged by
-its first hour; a .gz file and JSON read from the start), at most ``sample_rows`` rows. The input's form is
+its first hour; a .gz file is read from its start; Parquet: row groups spread over the files), at most
+``sample_rows`` rows. The input's form is
 detected (Parquet by its magic bytes or name, JSON Lines by a first ``{``, else delimited text: the delimiter
 that splits the lines into the same number of fields outside quotes, a header when the first line's fields are
 names), then each column gets a kind from what its values are:
 
-* numbers (>= 98% parse) -> ``numeric`` (``log1p`` when non-negative and heavy-tailed), unless they are codes:
-  an id-like name, leading zeros, or few distinct integers -> ``categorical``;
+* numbers (>= 98% parse) -> ``numeric`` (``log1p`` when non-negative with the 99th percentile over 20x the
+  median), unless they are codes: an id-like name, leading zeros, or few distinct integers -> ``categorical``;
 * unix times or date-times -> ``hour`` and ``weekday`` categorical features (and the split, with ``--time``);
 * ``|``/``^``/``;``-joined values, or lists -> ``multi_value``, or ``sequence`` when most items are values of
   another categorical column (a click history sharing the item table);
@@ -35,7 +36,7 @@ from ctrzoo.data.inputs import expand_inputs, split_line
 from ctrzoo.data.jsonl_input import sample_table
 from ctrzoo.data.rawfile import open_raw
 from ctrzoo.data.schema import COMPARISONS, DatasetSchema, SchemaError
-from ctrzoo.data.splits import iso_time
+from ctrzoo.data.splits import iso_time, unix_seconds
 from ctrzoo.errors import DataError, SpecError
 from ctrzoo.features.transforms import to_timestamp
 
@@ -70,19 +71,19 @@ class Inference:
 
 
 def infer_schema(inputs, label: str, positive: str | None = None, user: str | None = None, time: str | None = None,
-                 sample_rows: int = 50_000, name: str | None = None) -> Inference:
+                 sample_rows: int = 50_000, name: str | None = None, sample_bytes: int = SAMPLE_BYTES) -> Inference:
     """A schema for ``inputs`` whose label is the column ``label`` (0/1, or ``positive``: a value or a comparison
     such as ``>=4``), with ``user`` as the user id and ``time`` splitting by time."""
     files = expand_inputs(inputs)
     fmt = detect_format(files[0])
     input_section: dict[str, Any] = {"format": fmt}
     if fmt == "text":
-        table, text_input = _text_sample(files[0], sample_rows)
+        table, text_input = _text_sample(files[0], sample_rows, sample_bytes)
         input_section.update(text_input)
     elif fmt == "parquet":
         table = _parquet_sample(files, sample_rows)
     else:
-        table = _jsonl_sample(files[0], sample_rows)
+        table = _jsonl_sample(files[0], sample_rows, sample_bytes)
     for role, column in (("--label", label), ("--user", user), ("--time", time)):
         if column is not None and column not in table.column_names:
             raise SchemaError(f"{role} {column!r} is not among the columns of {files[0]} "
@@ -184,8 +185,8 @@ def sample_lines(path: Path, sample_rows: int, budget: int = SAMPLE_BYTES) -> tu
     return head.rstrip(b"\r\n"), lines
 
 
-def _text_sample(path: Path, sample_rows: int) -> tuple[pa.Table, dict[str, Any]]:
-    head, lines = sample_lines(path, sample_rows)
+def _text_sample(path: Path, sample_rows: int, sample_bytes: int) -> tuple[pa.Table, dict[str, Any]]:
+    head, lines = sample_lines(path, sample_rows, sample_bytes)
     text = [head.decode("utf-8", "replace")] + [x.decode("utf-8", "replace") for x in lines[:200]]
     quoting = any('"' in x for x in text)
     delimiter = _delimiter(text, quoting)
@@ -213,14 +214,15 @@ def _text_sample(path: Path, sample_rows: int) -> tuple[pa.Table, dict[str, Any]
 
 
 def _delimiter(lines: list[str], quoting: bool) -> str:
-    """The candidate that splits most lines into the same number (> 1) of fields (outside quotes)."""
-    best, best_score = DELIMITERS[0], 0.0
+    """The candidate that splits most lines into the same number (> 1) of fields (outside quotes); of equally
+    consistent ones, the one giving more fields (a comma inside tab-separated values splits fewer)."""
+    best, best_key = DELIMITERS[0], (0.0, 0)
     for d in DELIMITERS:  # ties: the earlier candidate
         counts = [len(split_line(x, d, quoting)) for x in lines]
         mode = max(set(counts), key=counts.count)
-        score = counts.count(mode) / len(counts) if mode > 1 else 0.0
-        if score > best_score:
-            best, best_score = d, score
+        key = (round(counts.count(mode) / len(counts), 2), mode) if mode > 1 else (0.0, 0)
+        if key > best_key:
+            best, best_key = d, key
     return best
 
 
@@ -254,8 +256,8 @@ def _parquet_sample(files: tuple[Path, ...], sample_rows: int) -> pa.Table:
     return pa.concat_tables(tables, promote_options="permissive")
 
 
-def _jsonl_sample(path: Path, sample_rows: int) -> pa.Table:
-    head, lines = sample_lines(path, sample_rows)
+def _jsonl_sample(path: Path, sample_rows: int, sample_bytes: int) -> pa.Table:
+    head, lines = sample_lines(path, sample_rows, sample_bytes)
     return sample_table(b"\n".join([head, *lines]) + b"\n", str(path))
 
 
@@ -335,7 +337,7 @@ def _column_kind(col: pa.Array, column: str, n: int, is_user: bool) -> tuple[str
             return "time", {"time_format": time_fmt}, f"{time_fmt} times: hour, weekday"
         if is_user or _ID_NAME.search(column) or leading_zero or (integral and distinct <= 50):
             return "categorical", _categorical_options(distinct, len(present), n), _cat_detail(distinct, len(present))
-        skewed = x.size and x.min() >= 0 and np.percentile(x, 99) > 100 * max(np.median(x), 1.0)
+        skewed = x.size and x.min() >= 0 and np.percentile(x, 99) > 20 * max(np.median(x), 1.0)
         opts: dict[str, Any] = {"transform": "log1p", "standardize": True} if skewed else {"standardize": True}
         return "numeric", opts, "log1p, standardized" if skewed else "standardized"
     if pa.types.is_string(t):
@@ -395,7 +397,7 @@ def _time_features(column: str, fmt: str) -> list[dict[str, Any]]:
 
 def _time_split(col: pa.Array, column: str, fmt: str) -> dict[str, Any]:
     """The last tenth of the sample's time range in test, the tenth before it in valid (by quantiles)."""
-    seconds = to_timestamp(col.drop_null(), fmt, column).cast(pa.int64()).to_numpy(zero_copy_only=False)
+    seconds = unix_seconds(col.drop_null(), fmt, column)
     valid_from, test_from = (int(v) for v in np.quantile(seconds, [0.8, 0.9], method="higher"))
     out = {"method": "time", "column": column, "valid_from": iso_time(valid_from), "test_from": iso_time(test_from)}
     if fmt != "auto":

@@ -34,10 +34,9 @@ from ctrzoo.data.presets import resolve_schema
 from ctrzoo.data.rawfile import GzipDataError, open_raw
 from ctrzoo.data.reader import DEFAULT_BLOCK_BYTES, DEFAULT_MAX_LINE_BYTES, BadRows, read_file
 from ctrzoo.data.schema import DatasetSchema
-from ctrzoo.data.splits import SPLITS, SplitConfig
+from ctrzoo.data.splits import SPLITS, SplitConfig, unix_seconds
 from ctrzoo.errors import DataError
 from ctrzoo.features import EncodedBatch, FeatureSpec, SpecFitter
-from ctrzoo.features.transforms import to_timestamp
 from ctrzoo.metadata import DatasetMeta, InputFile, LayoutSummary, SplitInfo
 
 
@@ -179,8 +178,8 @@ def _split_of(job, block) -> np.ndarray:
     splits read each row's time."""
     split = job.plan.schema.split
     if split.method == "time":
-        times = to_timestamp(block.table.column(split.column).combine_chunks(), split.time_format, split.column)
-        return split.assign_times(times.cast(pa.int64()).to_numpy(zero_copy_only=False))
+        return split.assign_times(unix_seconds(block.table.column(split.column).combine_chunks(), split.time_format,
+                                               split.column))
     if split.method == "order":
         return split.assign(job.row_base + block.row_index, job.total_rows)
     return split.assign((np.int64(job.index) << np.int64(40)) + block.row_index)

@@ -417,6 +417,9 @@ class _Reader:
                 raise self.fail(f"{key}.time_format", "only with a time derivation (derive: hour, weekday, ...)")
             fmt = self.string(options.pop("time_format"), f"{key}.time_format")
             part = options.get("derive")
+            if isinstance(part, str) and part not in TIME_PARTS and part not in DERIVATIONS:
+                raise self.fail(f"{key}.derive", f"expected one of {', '.join([*DERIVATIONS, *TIME_PARTS])}, "
+                                f"got {part!r}")
             if part not in TIME_PARTS:
                 raise self.fail(f"{key}.time_format", f"only with a time derivation (derive: one of "
                                 f"{', '.join(TIME_PARTS)}), here derive is {part!r}")

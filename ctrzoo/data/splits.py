@@ -6,8 +6,11 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ctrzoo.errors import CtrzooError
+from ctrzoo.features.transforms import to_timestamp
 
 SPLITS = ("train", "valid", "test")
 METHODS = ("random", "order", "time")
@@ -67,6 +70,12 @@ class SplitConfig:
         """Split id per row of a time split from its time ``[B]`` (int64 unix seconds)."""
         edges = np.array([self.valid_from, self.test_from], dtype=np.int64)
         return np.searchsorted(edges, seconds, side="right").astype(np.int8)
+
+
+def unix_seconds(col: pa.Array, time_format: str, column: str) -> np.ndarray:
+    """A time column as int64 unix seconds ``[B]`` (read as the features' time derivations read it)."""
+    ts = to_timestamp(col, time_format, column)
+    return pc.cast(ts, pa.timestamp("s", ts.type.tz), safe=False).cast(pa.int64()).to_numpy(zero_copy_only=False)
 
 
 def parse_time(value, what: str) -> int:
