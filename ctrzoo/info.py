@@ -188,10 +188,4 @@ def describe_retrieval(path: str | Path) -> str:
 
 
 def _features(spec) -> list[str]:
-    layout = spec.compile().layout
-    sizes = ", ".join(f"{f.name}:{f.size}" for f in layout.sparse)
-    numeric = ", ".join(f.name for f in spec.numeric)
-    seq = ", ".join(f.name for f in spec.sequence)
-    return [f"  features: {layout.n_sparse} categorical ({sizes}), {layout.n_dense} numeric"
-            + (f" ({numeric})" if numeric else "") + f", {layout.n_seq} sequence" + (f" ({seq})" if seq else ""),
-            f"  embedding rows: {layout.num_embeddings:,d}"]
+    return spec.compile().describe()

@@ -393,7 +393,7 @@ def test_prepare_cli_with_a_schema_file(shop, tmp_path, capsys):
     assert main(["prepare", "--schema", str(path), "--input", str(shop["csv"]), "--out", str(tmp_path / "ds")]) == 0
     out = capsys.readouterr().out
     assert "labels: click (0/1), liked (rating >= 4), rich (income in ['50000+.'])" in out
-    assert "1 multi-value, 1 dense vector" in out and "sample weight: w" in out
+    assert "1 multi-value (tags), 1 dense vector (emb:3)" in out and "sample weight: w" in out
     a, b = _tables(tmp_path / "ds"), _tables(shop["ds"])
     assert all(a[k].equals(b[k]) for k in a)
     # the command line's split replaces the schema's

@@ -22,13 +22,7 @@ def format_summary(path: str | Path) -> str:
         lines.append(f"  labels: {', '.join(rules)} (the first is the default; `ctrzoo train --label NAME`)")
     if m.weight:
         lines.append(f"  sample weight: {m.weight}")
-    layout = ds.codec.layout
-    sizes = ", ".join(f"{f.name}:{f.size}" for f in layout.sparse)
-    extra = (f", {len(layout.bags)} multi-value" if layout.bags else "") + \
-        (f", {len(layout.vectors)} dense vector" if layout.vectors else "")
-    lines.append(f"  features: {layout.n_sparse} categorical ({sizes}), {layout.n_scalar_dense} numeric, "
-                 f"{len(layout.sequences)} sequence{extra}")
-    lines.append(f"  embedding rows: {layout.num_embeddings:,d}")
+    lines += ds.codec.describe()
     bad = m.bad_rows
     if bad.total:
         lines.append(f"  bad rows skipped: {bad.total}")

@@ -121,6 +121,22 @@ class FeatureCodec:
                 freq[s.shares.offset: s.shares.offset + s.shares.size] = b.vocab.frequencies()
         return freq
 
+    def describe(self) -> list[str]:
+        """Lines for ``ctrzoo info``: every tensor slot by kind, and the table size."""
+        lay, spec = self.layout, self._spec
+
+        def names(features) -> str:
+            return f" ({', '.join(f.name for f in features)})" if features else ""
+
+        sizes = ", ".join(f"{f.name}:{f.size}" for f in lay.sparse)
+        vectors = ", ".join(f"{v.name}:{v.dim}" for v in lay.vectors)
+        bucketized = f" ({len(spec.bucketized)} of them bucketized numbers)" if spec.bucketized else ""
+        return [f"  features: {lay.n_sparse} categorical ({sizes}){bucketized}, {len(spec.numeric)} numeric"
+                + names(spec.numeric) + f", {len(spec.sequence)} sequence" + names(spec.sequence)
+                + f", {len(spec.multi_value)} multi-value" + names(spec.multi_value)
+                + f", {len(lay.vectors)} dense vector" + (f" ({vectors})" if vectors else ""),
+                f"  embedding rows: {lay.num_embeddings:,d}"]
+
     def __repr__(self) -> str:
         lay = self.layout
         return (f"FeatureCodec({lay.n_sparse} categorical, {lay.n_dense} numeric, {lay.n_seq} sequence; "
