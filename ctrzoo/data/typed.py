@@ -4,6 +4,7 @@ holds (a number, a list, a single value), and text values that mean missing turn
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -65,20 +66,26 @@ def check_types(schema: DatasetSchema, arrow: pa.Schema, where: str) -> None:
 
 
 def null_tokens(table: pa.Table, tokens: tuple[str, ...]) -> pa.Table:
-    """Typed inputs: text values listed as missing (``input.missing``) become nulls."""
+    """Typed inputs: text values listed as missing (``input.missing``) become nulls. Dictionary columns stay
+    dictionaries (tokens looked up in the dictionary only, the indices of those made null)."""
     if not tokens:
         return table
     value_set = pa.array(list(tokens), pa.string())
     for i, f in enumerate(table.schema):
         t = f.type
         if pa.types.is_dictionary(t) and pa.types.is_string(t.value_type):
-            col = table.column(i).combine_chunks().dictionary_decode()
+            col = table.column(i).unify_dictionaries().combine_chunks()
+            hit = np.flatnonzero(pc.is_in(col.dictionary, value_set=value_set).to_numpy(zero_copy_only=False))
+            if hit.size:
+                indices = pc.if_else(pc.is_in(col.indices, value_set=pa.array(hit, col.indices.type)),
+                                     pa.scalar(None, col.indices.type), col.indices)
+                col = pa.DictionaryArray.from_arrays(indices, col.dictionary)
         elif pa.types.is_string(t) or pa.types.is_large_string(t):
             col = table.column(i).combine_chunks().cast(pa.string())
+            hit = pc.is_in(col, value_set=value_set)
+            if pc.any(hit).as_py():
+                col = pc.if_else(hit, pa.scalar(None, pa.string()), col)
         else:
             continue
-        hit = pc.is_in(col, value_set=value_set)
-        if pc.any(hit).as_py():
-            col = pc.if_else(hit, pa.scalar(None, pa.string()), col)
         table = table.set_column(i, f.name, col)
     return table
