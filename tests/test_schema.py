@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import re
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -234,3 +235,13 @@ def test_unknown_format_and_missing_inputs_are_named(tmp_path):
     (tmp_path / "empty_dir" / "_SUCCESS").write_text("")
     with pytest.raises(DataError, match="empty_dir: no data files in the directory"):
         prepare("criteo", [tmp_path / "empty_dir"], tmp_path / "ds")
+
+
+def test_the_example_schema_in_data_readme_loads():
+    readme = (Path(__file__).resolve().parents[1] / "data" / "README.md").read_text()
+    block = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    s = DatasetSchema.from_dict(yaml.safe_load(block), "data/README.md")
+    assert {type(f) for f in s.features} == {Categorical, Numeric, Bucketized, MultiValue, SequenceFeature,
+                                             DenseVector}
+    assert [lab.name for lab in s.labels] == ["click", "liked", "rich"] and s.split.method == "time"
+    assert s.weight == "w" and s.user_id == "user" and s.input.missing == ("", "?", "NULL", "\\N")
