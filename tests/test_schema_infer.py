@@ -173,3 +173,19 @@ def test_infer_on_the_movielens_rows_prepares_without_edits(shared_data, tmp_pat
     meta = json.loads((data / "dataset.json").read_text())
     assert meta["bad_rows"]["total"] == 0 and all(v["rows"] > 0 for v in meta["splits"].values())
     assert sum(v["rows"] for v in meta["splits"].values()) == 200
+
+
+def test_row_ids_are_left_out_and_unbounded_ids_hashed(tmp_path):
+    lines = ["click,request_id,session,country"]
+    # sessions: the first 600 rows in pairs, then new ones only (unbounded); countries: two, always repeating
+    lines += [f"{int(_h('c', i) % 3 == 0)},req-{i},s{i // 2 if i < 600 else i},{['DE', 'FR'][i % 2]}"
+              for i in range(2400)]
+    path = tmp_path / "ids.csv"
+    path.write_text("\n".join(lines) + "\n")
+    result = infer_schema([path], "click")
+    report = {r.column: r for r in result.columns}
+    assert report["request_id"].kind == "skip" and "a different value in every row" in report["request_id"].detail
+    f = {x.name: x for x in result.schema.features}
+    assert "request_id" not in f and f["session"].hash_buckets == 16384  # >= 4x the 2,100 sessions seen
+    assert report["session"].detail == "hashed into 16,384 buckets"
+    assert f["country"].hash_buckets is None and f["country"].min_count == 1

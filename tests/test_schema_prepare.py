@@ -41,7 +41,7 @@ labels:
 user_id: user
 weight: w
 features:
-  - {{name: user, kind: categorical}}
+  - {{name: user, kind: categorical, hash_buckets: 64}}
   - {{name: item, kind: categorical, min_count: 2}}
   - {{name: price, kind: numeric, transform: log1p, standardize: true, clip: [0, 500]}}
   - {{name: age_bucket, kind: numeric, source: age, bucketize: 4}}
@@ -195,6 +195,11 @@ def test_every_feature_kind_is_encoded_as_the_codec_encodes_the_raw_rows(shop):
     ids = shard.sparse.numpy()[:, layout.field_index("age_bucket")]
     order = np.argsort(age, kind="stable")
     assert (np.diff(ids[order]) >= 0).all() and len(np.unique(ids)) >= 3
+    # the hashed user: ids inside its 64 buckets (after missing and OOV), no vocabulary
+    user = layout.sparse[layout.field_index("user")]
+    uid = shard.sparse.numpy()[:, layout.field_index("user")]
+    assert user.size == 64 + FIRST_ID and spec["user"].vocab is None
+    assert ((uid >= user.offset + FIRST_ID) & (uid < user.offset + user.size)).all()
     # the history looks its items up in item's table; the tags bag in its own
     item = layout.sparse[layout.field_index("item")]
     hist = shard.seq.numpy()[:, [s.name for s in layout.seq].index("hist")]

@@ -13,8 +13,8 @@ names), then each column gets a kind from what its values are:
 * ``|``/``^``/``;``-joined values, or lists -> ``multi_value``, or ``sequence`` when most items are values of
   another categorical column (a click history sharing the item table);
 * equal-length lists of numbers -> ``dense_vector``;
-* other text -> ``categorical``, hashed when its cardinality looks unbounded; constant or empty columns are
-  left out.
+* other text -> ``categorical``, hashed when its cardinality looks unbounded; constant or empty columns, and
+  columns with a different value in every row (row ids), are left out.
 
 The schema is built through ``DatasetSchema.from_dict``, so what is written always loads.
 """
@@ -336,7 +336,7 @@ def _column_kind(col: pa.Array, column: str, n: int, is_user: bool) -> tuple[str
         if time_fmt:
             return "time", {"time_format": time_fmt}, f"{time_fmt} times: hour, weekday"
         if is_user or _ID_NAME.search(column) or leading_zero or (integral and distinct <= 50):
-            return "categorical", _categorical_options(distinct, len(present), n), _cat_detail(distinct, len(present))
+            return _categorical(present, distinct, n, is_user)
         skewed = x.size and x.min() >= 0 and np.percentile(x, 99) > 20 * max(np.median(x), 1.0)
         opts: dict[str, Any] = {"transform": "log1p", "standardize": True} if skewed else {"standardize": True}
         return "numeric", opts, "log1p, standardized" if skewed else "standardized"
@@ -349,19 +349,22 @@ def _column_kind(col: pa.Array, column: str, n: int, is_user: bool) -> tuple[str
             return "list", {"sep": sep}, ""
         if _TIME_NAME.search(column) and _time_format(present) == "auto":
             return "time", {"time_format": "auto"}, "date-times: hour, weekday"
-    return "categorical", _categorical_options(distinct, len(present), n), _cat_detail(distinct, len(present))
+    return _categorical(present, distinct, n, is_user)
 
 
-def _categorical_options(distinct: int, present: int, n: int) -> dict[str, Any]:
-    if distinct >= 1000 and distinct > 0.5 * present:  # ids that keep coming: hash instead of a vocabulary
-        buckets = int(min(1 << 22, max(1 << 10, 1 << int(np.ceil(np.log2(4 * distinct))))))
-        return {"hash_buckets": buckets}
-    return {"min_count": 2} if n >= 10_000 else {}
-
-
-def _cat_detail(distinct: int, present: int) -> str:
-    opts = _categorical_options(distinct, present, present)
-    return f"hashed into {opts['hash_buckets']:,d} buckets" if "hash_buckets" in opts else ""
+def _categorical(values: pa.Array, distinct: int, n: int, is_user: bool) -> tuple[str, dict[str, Any], str]:
+    """A category: left out when every row has its own value (a row id), hashed when its values look unbounded
+    (>= 1000 distinct, and values seen once make over 30% of the rows: by Good-Turing, the chance that the next
+    row brings a value never seen), else a vocabulary (min count 2 on a large sample)."""
+    present = len(values)
+    if distinct == present and present >= 1000 and not is_user:
+        return "skip", {}, "left out: a different value in every row (a row id?)"
+    if distinct >= 1000:
+        counts = pc.value_counts(values).field("counts").to_numpy(zero_copy_only=False)
+        if (counts == 1).sum() > 0.3 * present:
+            buckets = int(min(1 << 22, max(1 << 10, 1 << int(np.ceil(np.log2(4 * distinct))))))
+            return "categorical", {"hash_buckets": buckets}, f"hashed into {buckets:,d} buckets"
+    return "categorical", ({"min_count": 2} if n >= 10_000 else {}), ""
 
 
 def _unix_format(x: np.ndarray) -> str | None:
