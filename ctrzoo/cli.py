@@ -87,6 +87,7 @@ BACKENDS = Registry("ctrzoo.runtime", "BACKENDS")
 INDEX_KINDS = Registry("ctrzoo.retrieval.index", "KINDS")
 INDEX_KINDS_AUTO = Registry("ctrzoo.retrieval.index", "KINDS", extra=("auto",))  # ctrzoo index measures, picks
 NORMALIZE = Registry("ctrzoo.retrieval.towers", "NORMALIZE")
+DEFAULT_RATIOS = [0.8, 0.1, 0.1]  # prepare --ratios when not given (then the schema's split applies)
 
 
 class ListOf(argparse.Action):
@@ -130,28 +131,70 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
-    from ctrzoo.data.formats import FORMATS
     from ctrzoo.data.prepare import PrepareOptions, prepare
+    from ctrzoo.data.presets import load_preset
+    from ctrzoo.data.schema import load_schema
     from ctrzoo.data.splits import SplitConfig
     from ctrzoo.data.summary import format_summary
     from ctrzoo.features.spec_file import load_spec_file, with_overrides
 
-    spec = load_spec_file(args.spec) if args.spec else FORMATS[args.kind].default_spec()
+    if (args.kind is None) == (args.schema is None):
+        raise CtrzooError("give a built-in format (criteo, avazu, taobao) or --schema FILE, not both"
+                          if args.kind else "give a built-in format (criteo, avazu, taobao) or --schema FILE")
+    schema = load_schema(args.schema) if args.schema else load_preset(args.kind)  # checked before any data is read
+    spec = load_spec_file(args.spec) if args.spec else schema.feature_spec()
     spec = with_overrides(spec, drop=args.drop, min_count=args.min_count, max_vocab=args.max_vocab,
                           hash_overflow=args.hash_overflow)
+    split = None  # the schema's, unless the command line says otherwise (the default list is never a given one)
+    ratios_given = args.ratios is not DEFAULT_RATIOS
+    if args.split or ratios_given or args.seed is not None:
+        base = schema.split if schema.split is not None and schema.split.method != "time" else SplitConfig()
+        split = SplitConfig(args.split or base.method, tuple(args.ratios if ratios_given else base.ratios),
+                            base.seed if args.seed is None else args.seed)
     opts = PrepareOptions(
-        split=SplitConfig(args.split, tuple(args.ratios), args.seed),
+        split=split,
         strict=args.strict,
         block_bytes=int(args.block_mb * (1 << 20)),
         max_line_bytes=int(args.max_line_mb * (1 << 20)),
         keep_raw_test=not args.no_raw,
         workers=args.workers,
     )
-    meta = prepare(args.kind, args.input, args.out, spec, opts)
+    meta = prepare(schema, args.input, args.out, spec, opts)
     print(f"prepared {args.out} in {meta.seconds:.1f}s")
     print(format_summary(args.out))
     for warning in meta.warnings:
         print(f"ctrzoo prepare: warning: {warning}", file=sys.stderr)
+
+
+def _cmd_schema(args: argparse.Namespace) -> None:
+    if args.action == "infer":
+        from ctrzoo.data.infer import format_table, infer_schema, write_schema
+
+        if not args.input or not args.label or not args.out:
+            raise CtrzooError("schema infer needs --input, --label and --out")
+        result = infer_schema(args.input, args.label, positive=args.positive, user=args.user, time=args.time,
+                              sample_rows=args.sample_rows)
+        print(format_table(result))
+        write_schema(result, args.out)
+        print(f"wrote {args.out}: check it, then `ctrzoo prepare --schema {args.out} --input ... --out DIR`")
+        return
+    from ctrzoo.data.inputs import plan_inputs
+    from ctrzoo.data.presets import load_preset
+    from ctrzoo.data.schema import load_schema
+
+    if (args.file is None) == (args.preset is None):
+        raise CtrzooError(f"schema {args.action}: give a schema FILE or --preset NAME")
+    schema = load_schema(args.file) if args.file else load_preset(args.preset)
+    if args.action == "show":
+        import yaml
+
+        print(yaml.safe_dump(schema.to_dict(), sort_keys=False, width=120, default_flow_style=None), end="")
+        return
+    if args.input:
+        plan = plan_inputs(schema, args.input)
+        print(f"{args.file or args.preset}: valid; its columns are in {len(plan.files)} input file(s)")
+    else:
+        print(f"{args.file or args.preset}: valid ({len(schema.labels)} label(s), {len(schema.features)} features)")
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
@@ -182,7 +225,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "regularization": args.reg, "reg_lambda": args.reg_lambda, "patience": args.patience,
         "checkpoint_every": args.checkpoint_every, "threads": args.threads, "max_steps": args.max_steps,
-        "bf16": args.bf16, "device": args.device,
+        "bf16": args.bf16, "device": args.device, "label": args.label,
         "sparse_updates": False if args.dense_updates else None,
         "hparams": {k: v for k, v in {"emb_dim": args.emb_dim, "mlp": args.mlp, "dropout": args.dropout}.items()
                     if v is not None},
@@ -380,15 +423,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_synth)
 
     s = sub.add_parser("prepare", help="raw logs -> prepared dataset (spec + Parquet shards)")
-    s.add_argument("kind", choices=FORMATS, metavar="FORMAT", help="raw format of the input: %(choices)s")
+    s.add_argument("kind", nargs="?", choices=FORMATS, metavar="FORMAT",
+                   help="a built-in format of the input: %(choices)s (or --schema)")
+    s.add_argument("--schema", default=None, help="a dataset schema (YAML): how to read your own logs "
+                   "(`ctrzoo schema infer` writes one)")
     s.add_argument("--input", nargs="+", required=True,
-                   help="raw file(s), space-separated (file names may hold commas); .gz is read transparently")
+                   help="raw file(s) or directories of part files, space-separated (file names may hold commas); "
+                   ".gz is read transparently")
     s.add_argument("--out", required=True, help="dataset directory (replaced atomically)")
-    s.add_argument("--split", choices=["random", "order"], default="random",
-                   help="random: hashed per line with --seed; order: the last fractions (time-ordered logs)")
-    s.add_argument("--ratios", action=ListOf, item=float, count=3, default=[0.8, 0.1, 0.1], metavar="RATIO",
+    s.add_argument("--split", choices=["random", "order"], default=None,
+                   help="random: hashed per line with --seed; order: the last fractions (time-ordered logs); "
+                   "default: the schema's split, else random (a split by time is set in the schema)")
+    s.add_argument("--ratios", action=ListOf, item=float, count=3, default=DEFAULT_RATIOS, metavar="RATIO",
                    help="train, valid and test fractions (default 0.8 0.1 0.1, or 0.8,0.1,0.1)")
-    s.add_argument("--seed", type=int, default=2024, help="seed of the random split (default %(default)s)")
+    s.add_argument("--seed", type=int, default=None, help="seed of the random split (default 2024)")
     s.add_argument("--strict", action="store_true", help="fail at the first bad row instead of skipping it")
     s.add_argument("--min-count", type=int, default=None, help="override every categorical feature's min count")
     s.add_argument("--drop", action=ListOf, default=None, metavar="FEATURE", help="leave these features out")
@@ -402,6 +450,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hash-overflow", action="store_true",
                    help="with --max-vocab: hash fields whose vocabulary would exceed it, instead of truncating")
     s.set_defaults(func=_cmd_prepare)
+
+    s = sub.add_parser("schema", help="dataset schemas: infer one from your logs, check or show one")
+    s.add_argument("action", choices=["infer", "check", "show"],
+                   help="infer: propose a schema from a sample of --input; check: load FILE (and resolve its "
+                   "columns in --input); show: print FILE or --preset NAME as the schema reads it")
+    s.add_argument("file", nargs="?", default=None, help="check, show: the schema file")
+    s.add_argument("--preset", default=None, choices=FORMATS, metavar="FORMAT",
+                   help="check, show: a built-in format's schema: %(choices)s")
+    s.add_argument("--input", nargs="+", default=None, help="raw file(s) or directories (infer reads a sample)")
+    s.add_argument("--label", default=None, help="infer: the label column")
+    s.add_argument("--positive", default=None,
+                   help="infer: the value that means a click (e.g. 'yes'), or a comparison such as '>=4'; "
+                   "default: the label column holds 0/1")
+    s.add_argument("--user", default=None, help="infer: the user id column (GAUC)")
+    s.add_argument("--time", default=None,
+                   help="infer: the time column: split by time (the last 10%% valid, then 10%% test) and derive "
+                   "hour and weekday features")
+    s.add_argument("--sample-rows", type=int, default=50_000, help="infer: rows read (default %(default)s)")
+    s.add_argument("--out", default=None, help="infer: the schema file to write")
+    s.set_defaults(func=_cmd_schema)
 
     s = sub.add_parser("info", help="summary of a prepared dataset, a model bundle or a retrieval bundle")
     s.add_argument("path", help="a prepared dataset or a (retrieval) bundle directory")
@@ -435,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: on where the CPU has AVX512-BF16 or AMX)")
     s.add_argument("--dense-updates", action="store_true", help="dense Adam on embeddings instead of row-sparse Adam")
     s.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
+    s.add_argument("--label", default=None,
+                   help="which of the dataset's labels to learn (default: the first; `ctrzoo info DATA` lists them)")
     s.add_argument("--nproc", type=int, default=1,
                    help="training processes on this machine (torchrun; gloo on CPU, nccl on GPU)")
     _add_device_arg(s, "train on")

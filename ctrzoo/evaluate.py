@@ -8,6 +8,7 @@ Avazu data) is refused up front, in one line, instead of failing on a missing co
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +28,10 @@ def score_split(bundle: Bundle, ds: PreparedDataset, split: str = "test", batch_
     check_bundle_fits(bundle, ds)
     where = resolve_device(device)
     model = bundle.build_model().to(where)
-    if bundle.spec.equals(ds.spec):
+    label = bundle.spec.label  # the label it learned (``ctrzoo train --label``)
+    if bundle.spec.equals(replace(ds.spec, label=label)):
         loader = BatchLoader(ds, split, batch_rows, shuffle=False, with_user=ds.has_user_id,
-                             pin_memory=where.type == "cuda")
+                             label=label if label in ds.labels else None, pin_memory=where.type == "cuda")
         return predict(model, loader)
     if split != "test":
         raise CtrzooError(

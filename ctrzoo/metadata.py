@@ -182,8 +182,9 @@ class InputFile(Record):
 @dataclass(kw_only=True)
 class SplitInfo(Record):
     rows: int
-    positives: int
+    positives: int  # of the first label (the shards' ``label`` column)
     shards: list[str]  # Parquet files, relative to the dataset directory
+    label_positives: dict[str, int] = field(default_factory=dict, metadata=OMIT_DEFAULT)  # the other labels'
 
 
 @dataclass(kw_only=True)
@@ -217,7 +218,7 @@ class DatasetMeta(Artefact):
     HINT = ": prepare the data again"
 
     format_version: int = 1
-    kind: str  # the raw format: criteo, avazu, taobao
+    kind: str  # the schema's name: criteo, avazu, taobao (the built-in formats) or a user's schema's
     created: str | None = None  # ISO time
     ctrzoo_version: str | None = None
     inputs: list[InputFile] = field(default_factory=list)
@@ -225,6 +226,11 @@ class DatasetMeta(Artefact):
     split: dict[str, Any] = field(default_factory=dict)  # SplitConfig.to_dict(): method, ratios, seed
     splits: dict[str, SplitInfo]  # train, valid, test
     user_id: str | None = None  # the raw column kept beside the shards for GAUC
+    # the labels in the shards: the first is ``label``, the others ``label.<name>``; how each was decided
+    labels: list[str] = field(default_factory=list, metadata=OMIT_DEFAULT)
+    label_rules: dict[str, str] = field(default_factory=dict, metadata=OMIT_DEFAULT)
+    weight: str | None = field(default=None, metadata=OMIT_DEFAULT)  # the sample weight column (``weight``)
+    schema: dict[str, Any] | None = field(default=None, metadata=OMIT_DEFAULT)  # the DatasetSchema, YAML form
     raw: dict[str, str] = field(default_factory=dict)  # split -> raw rows kept (``raw/test.parquet``)
     bad_rows: BadRowsSummary = field(default_factory=BadRowsSummary)
     warnings: list[str] = field(default_factory=list)

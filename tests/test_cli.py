@@ -86,7 +86,7 @@ def test_backends_take_commas_and_spaces(values):
 
 def test_every_list_option_uses_the_one_helper():
     """A list option (nargs + or a fixed count) is a ListOf, but for file paths (names may hold commas)."""
-    paths = {("prepare", "input"), ("compare", "bundles")}
+    paths = {("prepare", "input"), ("schema", "input"), ("compare", "bundles")}
     for name, sub in _subparsers(build_parser()).items():
         for a in sub._actions:
             if a.nargs in ("+", "*") or (isinstance(a.nargs, int) and a.nargs > 1):

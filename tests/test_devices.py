@@ -210,3 +210,14 @@ def test_a_cpu_run_through_the_device_paths_writes_a_bundle_that_loads_and_score
         assert torch.equal(moved(batch.sparse, batch.dense, batch.seq), model(batch.sparse, batch.dense, batch.seq))
     m = evaluate_bundle(bundle, ds, device="cpu")
     assert m["rows"] == ds.rows("test") and m["auc"] == pytest.approx(meta.metrics.test["auc"], abs=1e-6)
+
+
+def test_a_batch_keeps_its_sample_weights_when_moved():
+    import torch
+
+    from ctrzoo.data.loader import Batch
+
+    b = Batch(torch.zeros(3, 2, dtype=torch.long), torch.zeros(3, 1), torch.zeros(3, 0, 0, dtype=torch.long),
+              torch.ones(3), None, torch.tensor([1.0, 2.0, 3.0]))
+    moved = b.to("cpu")
+    assert moved.weight is not None and moved.weight.tolist() == [1.0, 2.0, 3.0]

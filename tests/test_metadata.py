@@ -21,7 +21,8 @@ from ctrzoo.retrieval.errors import RetrievalError
 
 # the keys of the files as ctrzoo wrote them before the metadata was typed (issue 15 keeps them)
 DATASET_KEYS = ["format_version", "kind", "created", "ctrzoo_version", "inputs", "fingerprint", "split", "splits",
-                "user_id", "raw", "bad_rows", "warnings", "layout", "workers", "seconds"]
+                "user_id", "labels", "label_rules", "schema", "raw", "bad_rows", "warnings", "layout", "workers",
+                "seconds"]
 BUNDLE_KEYS = ["version", "format_version", "ctrzoo_version", "model", "data", "train", "metrics", "history",
                "train_seconds", "files"]
 SMALL = {"emb_dim": 4, "mlp": [8]}

@@ -3,11 +3,13 @@
 Layout on disk::
 
     DIR/dataset.json        ``DatasetMeta`` (``ctrzoo.metadata``): format version, kind, inputs + fingerprint,
-                            split config, splits (rows, positives, shards), bad rows, warnings
+                            split config, splits (rows, positives, shards), labels, the schema, bad rows,
+                            warnings
     DIR/spec.json, vocab/   the fitted FeatureSpec
     DIR/{train,valid,test}/part-NNNNN.parquet
-                            columns: label int8, [user_id string], s.<field> int32 (global ids),
-                            d.<field> float32, q.<field> fixed_size_list<int32>[L]
+                            columns: label int8, [label.<name> int8 per other label], [weight float32],
+                            [user_id string], s.<field> int32 (global ids), d.<field> float32,
+                            q.<field> fixed_size_list<int32>[L]
     DIR/raw/test.parquet    the raw test rows, so bundles with other specs can score the same rows
 
 ``dataset.json`` is written last and the directory is published by rename, so a directory that has it
@@ -32,15 +34,25 @@ DATASET_FORMAT_VERSION = DatasetMeta.FORMATS[-1]
 META_FILE = "dataset.json"
 
 
-def shard_schema(layout: TableLayout, with_user: bool) -> pa.Schema:
-    """Columns of an encoded shard: the label, the user id (for GAUC), then one column per tensor slot."""
+def shard_schema(layout: TableLayout, with_user: bool, extra_labels: list[str] | tuple[str, ...] = (),
+                 with_weight: bool = False) -> pa.Schema:
+    """Columns of an encoded shard: the label (the first label), the other labels, the sample weight, the user
+    id (for GAUC), then one column per tensor slot."""
     fields = [pa.field("label", pa.int8())]
+    fields += [pa.field(extra_label_column(name), pa.int8()) for name in extra_labels]
+    if with_weight:
+        fields.append(pa.field("weight", pa.float32()))
     if with_user:
         fields.append(pa.field("user_id", pa.string()))
     fields += [pa.field(f"s.{f.name}", pa.int32()) for f in layout.sparse]
     fields += [pa.field(f"d.{name}", pa.float32()) for name in layout.dense]
     fields += [pa.field(f"q.{s.name}", pa.list_(pa.int32(), layout.seq_len)) for s in layout.seq]
     return pa.schema(fields)
+
+
+def extra_label_column(name: str) -> str:
+    """The shard column of a label other than the first (which is ``label``)."""
+    return f"label.{name}"
 
 
 @dataclass
@@ -82,6 +94,34 @@ class PreparedDataset:
     @property
     def has_user_id(self) -> bool:
         return bool(self.meta.user_id)
+
+    @property
+    def labels(self) -> list[str]:
+        """The labels in the shards, the default (column ``label``) first."""
+        return list(self.meta.labels) or [self.spec.label or "label"]
+
+    def label_column(self, name: str | None = None) -> str:
+        """The shard column of label ``name`` (None: the first); an unknown name is a DatasetError listing them."""
+        labels = self.labels
+        if name is None or name == labels[0]:
+            return "label"
+        if name not in labels:
+            raise DatasetError(f"{self.path}: no label {name!r}; its labels are {', '.join(labels)}")
+        return extra_label_column(name)
+
+    @property
+    def has_weight(self) -> bool:
+        return bool(self.meta.weight)
+
+    @cached_property
+    def schema(self):
+        """The ``DatasetSchema`` its raw rows were read with (re-reading them reads them the same way)."""
+        from ctrzoo.data.presets import load_preset
+        from ctrzoo.data.schema import DatasetSchema
+
+        if self.meta.schema is not None:
+            return DatasetSchema.from_dict(self.meta.schema, str(self.path / META_FILE))
+        return load_preset(self.meta.kind)  # prepared before schemas were recorded: a built-in format
 
     @property
     def fingerprint(self) -> str:
@@ -165,7 +205,8 @@ def verify(path: str | Path) -> list[str]:
     except Exception as exc:
         return [str(exc)]
     problems: list[str] = []
-    expected = shard_schema(spec.compile().layout, with_user=bool(meta.user_id))
+    expected = shard_schema(spec.compile().layout, with_user=bool(meta.user_id), extra_labels=meta.labels[1:],
+                            with_weight=bool(meta.weight))
     for name, split in meta.splits.items():
         rows = 0
         for rel in split.shards:

@@ -24,38 +24,47 @@ from ctrzoo.data.dataset import PreparedDataset, parquet_file, read_row_group
 
 @dataclass
 class Batch:
-    """``sparse`` int64 [B,F], ``dense`` float32 [B,D], ``seq`` int64 [B,S,L], ``label`` float32 [B]."""
+    """``sparse`` int64 [B,F], ``dense`` float32 [B,D], ``seq`` int64 [B,S,L], ``label`` float32 [B] (the chosen
+    label), ``weight`` float32 [B] (sample weights, when the dataset has them and they were asked for)."""
 
     sparse: torch.Tensor
     dense: torch.Tensor
     seq: torch.Tensor
     label: torch.Tensor
     user_id: np.ndarray | None = None
+    weight: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.sparse.shape[0]
 
     def slice(self, start: int, stop: int) -> Batch:
         users = None if self.user_id is None else self.user_id[start:stop]
+        weight = None if self.weight is None else self.weight[start:stop]
         return Batch(self.sparse[start:stop], self.dense[start:stop], self.seq[start:stop], self.label[start:stop],
-                     users)
+                     users, weight)
 
     def permute(self, perm: torch.Tensor) -> Batch:
         users = None if self.user_id is None else self.user_id[perm.numpy()]
-        return Batch(self.sparse[perm], self.dense[perm], self.seq[perm], self.label[perm], users)
+        weight = None if self.weight is None else self.weight[perm]
+        return Batch(self.sparse[perm], self.dense[perm], self.seq[perm], self.label[perm], users, weight)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """The tensors on ``device`` (user ids stay a NumPy array); the same tensors where they are already."""
         tensors = (self.sparse, self.dense, self.seq, self.label)
-        return Batch(*(t.to(device, non_blocking=non_blocking) for t in tensors), self.user_id)
+        weight = None if self.weight is None else self.weight.to(device, non_blocking=non_blocking)
+        return Batch(*(t.to(device, non_blocking=non_blocking) for t in tensors), self.user_id, weight)
 
     def pin_memory(self) -> Batch:
         """The tensors in page-locked memory, so that ``to(cuda, non_blocking=True)`` copies asynchronously."""
-        return Batch(*(t.pin_memory() for t in (self.sparse, self.dense, self.seq, self.label)), self.user_id)
+        weight = None if self.weight is None else self.weight.pin_memory()
+        return Batch(*(t.pin_memory() for t in (self.sparse, self.dense, self.seq, self.label)), self.user_id,
+                     weight)
 
 
-def table_to_batch(table: pa.Table, with_user: bool = False) -> Batch:
-    """Convert shard columns (see ``shard_schema``) to tensors in one pass per column."""
+def table_to_batch(table: pa.Table, with_user: bool = False, label: str = "label", with_weight: bool = False
+                   ) -> Batch:
+    """Convert shard columns (see ``shard_schema``) to tensors in one pass per column; ``label``: the shard
+    column read as the label (``PreparedDataset.label_column``)."""
     names = table.column_names
     n = table.num_rows
 
@@ -79,10 +88,11 @@ def table_to_batch(table: pa.Table, with_user: bool = False) -> Batch:
             seq[:, k, :] = flat.reshape(n, L)
     else:
         seq = np.zeros((n, 0, 0), dtype=np.int64)
-    label = col("label").astype(np.float32)
+    labels = col(label).astype(np.float32)
     users = col("user_id") if with_user and "user_id" in names else None
-    return Batch(torch.from_numpy(sparse), torch.from_numpy(dense), torch.from_numpy(seq), torch.from_numpy(label),
-                 users)
+    weight = torch.from_numpy(col("weight").astype(np.float32)) if with_weight and "weight" in names else None
+    return Batch(torch.from_numpy(sparse), torch.from_numpy(dense), torch.from_numpy(seq), torch.from_numpy(labels),
+                 users, weight)
 
 
 class BatchLoader:
@@ -103,6 +113,8 @@ class BatchLoader:
         rank: int = 0,
         world_size: int = 1,
         pin_memory: bool = False,
+        label: str | None = None,
+        with_weight: bool = False,
     ):
         self.dataset = dataset if isinstance(dataset, PreparedDataset) else PreparedDataset.open(dataset)
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
@@ -110,6 +122,8 @@ class BatchLoader:
         # page-locked blocks (for a CUDA consumer): each block is pinned once, after its shuffle, and every
         # batch sliced from it is pinned with it
         self.pin_memory = pin_memory
+        self.label_column = self.dataset.label_column(label)  # None: the first label; unknown: an error
+        self.with_weight = with_weight and self.dataset.has_weight
         self.epoch = 0
         groups = []
         for path in self.dataset.shards(split):
@@ -166,7 +180,7 @@ class BatchLoader:
 
     def _read(self, groups: list[tuple[Path, int, int, int]]) -> Batch:
         tables = [_read_group(path, g, start, stop) for path, g, start, stop in groups]
-        return table_to_batch(pa.concat_tables(tables), self.with_user)
+        return table_to_batch(pa.concat_tables(tables), self.with_user, self.label_column, self.with_weight)
 
     def _blocks_cached(self, rng: np.random.Generator) -> Iterator[Batch]:
         """Row groups in (shuffled) order, each read on first use: the first batch waits for one group only."""
@@ -215,7 +229,8 @@ def _read_group(path: Path, group: int, start: int, stop: int) -> pa.Table:
 
 def _concat(a: Batch, b: Batch) -> Batch:
     users = None if a.user_id is None else np.concatenate([a.user_id, b.user_id])
+    weight = None if a.weight is None else torch.cat([a.weight, b.weight])
     return Batch(
         torch.cat([a.sparse, b.sparse]), torch.cat([a.dense, b.dense]), torch.cat([a.seq, b.seq]),
-        torch.cat([a.label, b.label]), users,
+        torch.cat([a.label, b.label]), users, weight,
     )

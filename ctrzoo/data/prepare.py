@@ -1,8 +1,10 @@
 """``ctrzoo prepare``: raw logs -> a prepared dataset, in two streaming passes, published atomically.
 
-Pass 1 reads every block, assigns splits and counts vocabulary values and numeric moments on the
-training rows only; pass 2 encodes every block with the fitted spec into Parquet shards. Memory holds
-one block and the vocabularies, never the file.
+What the logs hold and how to read them is a ``DatasetSchema`` (a built-in format's, or a user's YAML); its
+inputs are resolved and its columns checked before any row is read (``ctrzoo.data.inputs``). Pass 1 reads
+every block, assigns splits and counts vocabulary values and numeric moments on the training rows only;
+pass 2 encodes every block with the fitted spec into Parquet shards. Memory holds one block and the
+vocabularies, never the file.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,10 +28,13 @@ from tqdm import tqdm
 
 import ctrzoo
 from ctrzoo.atomic import building, disk_errors, write_json
-from ctrzoo.data.dataset import META_FILE, shard_schema
-from ctrzoo.data.formats import FORMATS, GzipDataError, open_raw
-from ctrzoo.data.reader import DEFAULT_BLOCK_BYTES, DEFAULT_MAX_LINE_BYTES, BadRows, check_inputs, read_blocks
-from ctrzoo.data.splits import SPLITS, SplitConfig
+from ctrzoo.data.dataset import META_FILE, extra_label_column, shard_schema
+from ctrzoo.data.inputs import InputPlan, plan_inputs
+from ctrzoo.data.presets import resolve_schema
+from ctrzoo.data.rawfile import GzipDataError, open_raw
+from ctrzoo.data.reader import DEFAULT_BLOCK_BYTES, DEFAULT_MAX_LINE_BYTES, BadRows, read_file
+from ctrzoo.data.schema import DatasetSchema
+from ctrzoo.data.splits import SPLITS, SplitConfig, unix_seconds
 from ctrzoo.errors import DataError
 from ctrzoo.features import EncodedBatch, FeatureSpec, SpecFitter
 from ctrzoo.metadata import DatasetMeta, InputFile, LayoutSummary, SplitInfo
@@ -37,7 +42,7 @@ from ctrzoo.metadata import DatasetMeta, InputFile, LayoutSummary, SplitInfo
 
 @dataclass
 class PrepareOptions:
-    split: SplitConfig = field(default_factory=SplitConfig)
+    split: SplitConfig | None = None  # None: the schema's split, else random 8:1:1
     strict: bool = False
     block_bytes: int = DEFAULT_BLOCK_BYTES
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES  # a longer line is a counted bad row ("line longer than ...")
@@ -47,25 +52,31 @@ class PrepareOptions:
     workers: int = 1  # processes, one input file each at a time
 
 
-def prepare(kind: str, inputs: list[str | Path], out: str | Path, spec: FeatureSpec | None = None,
+def prepare(source: str | DatasetSchema, inputs: list[str | Path], out: str | Path, spec: FeatureSpec | None = None,
             options: PrepareOptions | None = None) -> DatasetMeta:
-    """Prepare ``inputs`` of dataset ``kind`` into ``out``; returns the dataset metadata (``dataset.json``).
+    """Prepare ``inputs`` read by the schema ``source`` (or a built-in format's name: ``criteo``, ``avazu``,
+    ``taobao``) into ``out``; ``spec``: other features than the schema's. Returns ``dataset.json``'s metadata.
 
-    Each input file is one unit of work (pass 1: count; pass 2: encode), run in ``options.workers``
-    processes; per-file counts are merged in file order, so any number of workers gives the same dataset.
+    Each input file (a directory: each of its part files) is one unit of work (pass 1: count; pass 2: encode),
+    run in ``options.workers`` processes; per-file counts are merged in file order, so any number of workers
+    gives the same dataset.
     """
     opts = options or PrepareOptions()
-    if kind not in FORMATS:
-        raise DataError(f"unknown dataset kind {kind!r}; known: {sorted(FORMATS)}")
-    paths = check_inputs(inputs)
-    spec = (spec or FORMATS[kind].default_spec()).unfitted()
+    schema = resolve_schema(source)
+    if spec is not None:
+        schema = schema.with_spec(spec)
+    schema = replace(schema, split=opts.split or schema.split or SplitConfig())
+    plan = plan_inputs(schema, inputs)  # every column checked before any row is read
+    paths = plan.files
+    spec = schema.feature_spec().unfitted()
     started = time.perf_counter()
     with building(out, META_FILE, "prepared dataset", DataError) as tmp:
-        line_counts = [_count_lines([p], kind) for p in paths] if opts.split.method == "order" else None
+        line_counts = [_count_rows(plan.only(i)) for i in range(len(paths))] if schema.split.method == "order" \
+            else None
         total_rows = sum(line_counts) if line_counts else None
         bases = np.cumsum([0, *line_counts[:-1]]).tolist() if line_counts else [0] * len(paths)
         spill = _should_spill(paths, tmp, opts)
-        jobs = [_Pass1Job(i, p, kind, spec, opts, tmp, spill, bases[i], total_rows) for i, p in enumerate(paths)]
+        jobs = [_Pass1Job(i, plan.only(i), spec, opts, tmp, spill, bases[i], total_rows) for i in range(len(paths))]
         with _pool(opts.workers, len(paths)) as run, _bar(paths, opts, "pass 1/2: count") as bar:
             results = run(_pass1, jobs, bar)
         fitter, bad, rows = results[0].fitter, BadRows(strict=opts.strict), np.zeros(3, dtype=np.int64)
@@ -77,30 +88,39 @@ def prepare(kind: str, inputs: list[str | Path], out: str | Path, spec: FeatureS
         if rows.sum() == 0:
             raise DataError("no valid data rows in the input" + _bad_hint(bad))
         if rows[0] == 0:
-            raise DataError("the training split is empty: more rows or other split ratios are needed")
+            raise DataError("the training split is empty: more rows or other split ratios are needed"
+                            if schema.split.method != "time" else
+                            "the training split is empty: every row is at or after split.valid_from")
         fitted = fitter.finalize()
         with disk_errors("the feature spec", tmp / "spec.json"):
             fitted.save(tmp)
         if opts.keep_raw_test:
             _concat_parquet([r.raw_test for r in results], tmp / "raw" / "test.parquet")
-        jobs2 = [_Pass2Job(r.index, paths[r.index], kind, fitted, opts, tmp, r.spill_dir, bases[r.index], total_rows)
+        jobs2 = [_Pass2Job(r.index, plan.only(r.index), fitted, opts, tmp, r.spill_dir, bases[r.index], total_rows)
                  for r in results]
         with _pool(opts.workers, len(paths)) as run, _bar(paths, opts, "pass 2/2: encode") as bar:
             parts = run(_pass2, jobs2, bar)
         shutil.rmtree(tmp / "spill", ignore_errors=True)
         splits = {name: SplitInfo(rows=sum(p[name]["rows"] for p in parts),
                                   positives=sum(p[name]["positives"] for p in parts),
-                                  shards=[s for p in parts for s in p[name]["shards"]]) for name in SPLITS}
+                                  shards=[s for p in parts for s in p[name]["shards"]],
+                                  label_positives={lab: sum(p[name]["label_positives"][lab] for p in parts)
+                                                   for lab in _extra_labels(schema)})
+                  for name in SPLITS}
         fingerprint = hashlib.blake2b(b"".join(r.digest for r in results), digest_size=16).hexdigest()
         meta = DatasetMeta(
-            kind=kind,
+            kind=schema.name,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
             ctrzoo_version=ctrzoo.__version__,
             inputs=[InputFile(path=str(p.resolve()), bytes=p.stat().st_size) for p in paths],
             fingerprint=f"blake2b:{fingerprint}",
-            split=opts.split.to_dict(),
+            split=schema.split.to_dict(),
             splits=splits,
-            user_id=spec.user_id,
+            user_id=schema.user_id,
+            labels=[lab.name for lab in schema.labels],
+            label_rules={lab.name: lab.describe() for lab in schema.labels},
+            weight=schema.weight,
+            schema=schema.to_dict(),
             raw={"test": "raw/test.parquet"} if opts.keep_raw_test else {},
             bad_rows=bad.summary(),
             warnings=split_warnings(splits),
@@ -132,8 +152,7 @@ def split_warnings(splits: dict[str, SplitInfo]) -> list[str]:
 @dataclass
 class _Pass1Job:
     index: int
-    path: Path
-    kind: str
+    plan: InputPlan  # of this one file
     spec: FeatureSpec
     opts: PrepareOptions
     tmp: Path
@@ -154,11 +173,16 @@ class _Pass1Result:
     nbytes: int
 
 
-def _split_of(job, row_in_file: np.ndarray) -> np.ndarray:
-    """Random splits hash (file ordinal, line): independent of block size and of which worker reads it."""
-    if job.opts.split.method == "order":
-        return job.opts.split.assign(job.row_base + row_in_file, job.total_rows)
-    return job.opts.split.assign((np.int64(job.index) << np.int64(40)) + row_in_file)
+def _split_of(job, block) -> np.ndarray:
+    """Random splits hash (file ordinal, line): independent of block size and of which worker reads it; time
+    splits read each row's time."""
+    split = job.plan.schema.split
+    if split.method == "time":
+        return split.assign_times(unix_seconds(block.table.column(split.column).combine_chunks(), split.time_format,
+                                               split.column))
+    if split.method == "order":
+        return split.assign(job.row_base + block.row_index, job.total_rows)
+    return split.assign((np.int64(job.index) << np.int64(40)) + block.row_index)
 
 
 def _pass1(job: _Pass1Job) -> _Pass1Result:
@@ -171,10 +195,9 @@ def _pass1(job: _Pass1Job) -> _Pass1Result:
     raw_test = _RawTestWriter(job.tmp / "raw" / f"test-{job.index:05d}.parquet") if job.opts.keep_raw_test else None
     rows = np.zeros(3, dtype=np.int64)
     nbytes = 0
-    for block in read_blocks([job.path], job.kind, bad, job.opts.block_bytes, hasher,
-                             max_line_bytes=job.opts.max_line_bytes):
+    for block in read_file(job.plan, bad, job.opts.block_bytes, hasher, job.opts.max_line_bytes):
         table = _dictionary_encode(block.table, dict_columns)
-        split = _split_of(job, block.row_index)
+        split = _split_of(job, block)
         rows += np.bincount(split, minlength=3)
         fitter.update(table.filter(pa.array(split == 0)))
         if raw_test is not None:
@@ -191,8 +214,7 @@ def _pass1(job: _Pass1Job) -> _Pass1Result:
 @dataclass
 class _Pass2Job:
     index: int
-    path: Path
-    kind: str
+    plan: InputPlan  # of this one file
     spec: FeatureSpec
     opts: PrepareOptions
     tmp: Path
@@ -207,10 +229,10 @@ def _pass2(job: _Pass2Job) -> dict:
         blocks = _Spill.read_dir(job.spill_dir)
     else:
         dict_columns = {c.column for c in job.spec.categorical}
-        blocks = ((_dictionary_encode(b.table, dict_columns), _split_of(job, b.row_index), b.nbytes)
-                  for b in read_blocks([job.path], job.kind, BadRows(), job.opts.block_bytes,
-                                  max_line_bytes=job.opts.max_line_bytes))
-    return _encode_pass(blocks, job.spec, job.spec.user_id, job.tmp, prefix=f"part-{job.index:05d}")
+        blocks = ((_dictionary_encode(b.table, dict_columns), _split_of(job, b), b.nbytes)
+                  for b in read_file(job.plan, BadRows(), job.opts.block_bytes,
+                                     max_line_bytes=job.opts.max_line_bytes))
+    return _encode_pass(blocks, job.spec, job.plan.schema, job.tmp, prefix=f"part-{job.index:05d}")
 
 
 def _dictionary_encode(table: pa.Table, columns: set[str]) -> pa.Table:
@@ -221,15 +243,22 @@ def _dictionary_encode(table: pa.Table, columns: set[str]) -> pa.Table:
     return table
 
 
-def _encode_pass(blocks, spec: FeatureSpec, user_col, tmp: Path, prefix: str) -> dict:
+def _encode_pass(blocks, spec: FeatureSpec, schema: DatasetSchema, tmp: Path, prefix: str) -> dict:
     codec = spec.compile()
-    schema = shard_schema(codec.layout, with_user=bool(user_col))
-    writers = {name: _ShardWriter(tmp, name, schema, prefix) for name in SPLITS}
+    extra = _extra_labels(schema)
+    shard = shard_schema(codec.layout, with_user=bool(schema.user_id), extra_labels=extra,
+                         with_weight=bool(schema.weight))
+    writers = {name: _ShardWriter(tmp, name, shard, prefix, extra_labels=extra) for name in SPLITS}
     for table, split, _ in blocks:
-        shard_table = _to_shard_table(codec.encode(table), table, spec.label, user_col, schema)
+        shard_table = _to_shard_table(codec.encode(table), table, schema, shard)
         for i, name in enumerate(SPLITS):
             writers[name].write(shard_table.filter(pa.array(split == i)))
     return {name: w.close() for name, w in writers.items()}
+
+
+def _extra_labels(schema: DatasetSchema) -> list[str]:
+    """The labels after the first, stored beside it as ``label.<name>``."""
+    return [lab.name for lab in schema.labels[1:]]
 
 
 class _pool:
@@ -252,13 +281,13 @@ class _pool:
             out = []
             for job in jobs:
                 out.append(fn(job))
-                bar.update(job.path.stat().st_size)
+                bar.update(job.plan.files[0].stat().st_size)
             return out
         futures = [self.executor.submit(fn, job) for job in jobs]
         out = []
         for job, fut in zip(jobs, futures):
             out.append(fut.result())
-            bar.update(job.path.stat().st_size)
+            bar.update(job.plan.files[0].stat().st_size)
         return out
 
     def __exit__(self, *exc):
@@ -348,12 +377,14 @@ def _should_spill(paths: list[Path], tmp: Path, opts: PrepareOptions) -> bool:
     return shutil.disk_usage(tmp).free > 2 * raw
 
 
-def _to_shard_table(batch: EncodedBatch, raw: pa.Table, label: str, user_col: str | None,
-                    schema: pa.Schema) -> pa.Table:
-    cols: list[pa.Array] = [raw.column(label).combine_chunks().cast(pa.int8())]
-    names = schema.names
-    if user_col:
-        cols.append(raw.column(user_col).combine_chunks().cast(pa.string()))
+def _to_shard_table(batch: EncodedBatch, raw: pa.Table, schema: DatasetSchema, shard: pa.Schema) -> pa.Table:
+    """The shard columns of a block (``shard_schema``): labels, weight and user id from the raw rows, then the
+    encoded tensors column by column."""
+    cols: list[pa.Array] = [raw.column(lab.name).combine_chunks().cast(pa.int8()) for lab in schema.labels]
+    if schema.weight:
+        cols.append(raw.column(schema.weight).combine_chunks().cast(pa.float32()))
+    if schema.user_id:
+        cols.append(raw.column(schema.user_id).combine_chunks().cast(pa.string()))
     cols += [pa.array(batch.sparse[:, i].astype(np.int32)) for i in range(batch.sparse.shape[1])]
     cols += [pa.array(np.ascontiguousarray(batch.dense[:, j])) for j in range(batch.dense.shape[1])]
     L = batch.seq.shape[2] if batch.seq.ndim == 3 else 0
@@ -361,14 +392,16 @@ def _to_shard_table(batch: EncodedBatch, raw: pa.Table, label: str, user_col: st
         pa.FixedSizeListArray.from_arrays(pa.array(batch.seq[:, k, :].astype(np.int32).ravel()), L)
         for k in range(batch.seq.shape[1])
     ]
-    return pa.Table.from_arrays(cols, names=names)
+    return pa.Table.from_arrays(cols, schema=shard)
 
 
 class _ShardWriter:
     """Parquet files of at most ``shard_rows`` rows; one row group per written block."""
 
-    def __init__(self, root: Path, split: str, schema: pa.Schema, prefix: str = "part", shard_rows: int = 2_000_000):
+    def __init__(self, root: Path, split: str, schema: pa.Schema, prefix: str = "part", shard_rows: int = 2_000_000,
+                 extra_labels: list[str] | None = None):
         self.dir = root / split
+        self.label_positives = dict.fromkeys(extra_labels or [], 0)
         with disk_errors("the shard directory", self.dir):
             self.dir.mkdir(exist_ok=True)
         self.prefix = prefix
@@ -387,6 +420,8 @@ class _ShardWriter:
         self._in_shard += table.num_rows
         self.rows += table.num_rows
         self.positives += int(np.count_nonzero(table.column("label").to_numpy()))
+        for name in self.label_positives:
+            self.label_positives[name] += int(np.count_nonzero(table.column(extra_label_column(name)).to_numpy()))
 
     @property
     def _path(self) -> Path:
@@ -407,7 +442,8 @@ class _ShardWriter:
 
     def close(self) -> dict:
         self._close()
-        return {"rows": self.rows, "positives": self.positives, "shards": self.shards}
+        return {"rows": self.rows, "positives": self.positives, "shards": self.shards,
+                "label_positives": self.label_positives}
 
 
 def _layout_summary(spec: FeatureSpec) -> LayoutSummary:
@@ -417,27 +453,24 @@ def _layout_summary(spec: FeatureSpec) -> LayoutSummary:
                          seq={s.name: {"shares": s.shares, "max_len": s.max_len} for s in layout.seq})
 
 
-def _count_lines(paths: list[Path], kind: str) -> int:
-    """Data lines across files (for time-ordered splits): a fast newline count, header excluded."""
-    total = 0
-    for p in paths:
-        with open_raw(p) as fh:
-            n, last = 0, b"\n"
-            try:
-                while buf := fh.read(1 << 24):
-                    n += buf.count(b"\n")
-                    last = buf[-1:]
-            except GzipDataError as exc:  # name the line, as the block reader does
-                raise DataError(f"{exc.detail} after line {n} (the last whole line read)", str(p), n or None) from None
-            n += last != b"\n"
-        total += n - (1 if FORMATS[kind].has_header or _has_header(p, kind) else 0)
-    return total
+def _count_rows(plan: InputPlan) -> int:
+    """Data rows of a one-file plan (for time-ordered splits): Parquet's footer; else a fast newline count,
+    the header excluded."""
+    p = plan.files[0]
+    if plan.format == "parquet":
+        import pyarrow.parquet as pq
 
-
-def _has_header(path: Path, kind: str) -> bool:
-    from ctrzoo.data.formats import resolve_format
-
-    return resolve_format(kind, path).has_header
+        return pq.ParquetFile(p).metadata.num_rows
+    with open_raw(p) as fh:
+        n, last = 0, b"\n"
+        try:
+            while buf := fh.read(1 << 24):
+                n += buf.count(b"\n")
+                last = buf[-1:]
+        except GzipDataError as exc:  # name the line, as the block reader does
+            raise DataError(f"{exc.detail} after line {n} (the last whole line read)", str(p), n or None) from None
+        n += last != b"\n"
+    return n - (1 if plan.text and plan.text[0].header else 0)
 
 
 def _bar(paths: list[Path], opts: PrepareOptions, desc: str) -> tqdm:

@@ -1,150 +1,118 @@
 """Streaming reader for raw CTR logs: fixed-size byte blocks, parsed by pyarrow, validated vectorized.
 
 Each block knows the physical line number of every row, so a bad row is reported as ``file:line: reason``
-while the common (clean) path does no per-line work in Python at all.
+while the common (clean) path does no per-line work in Python at all. Text files are split here; JSON Lines
+share the line handling (``ctrzoo.data.jsonl_input`` parses their blocks), Parquet files are read by row
+group (``ctrzoo.data.parquet_input``). What a row must hold is the schema's (``ctrzoo.data.checks``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-from ctrzoo.data.formats import GzipDataError, RawFormat, open_raw, resolve_format
+from ctrzoo.data.blocks import BadRows, RawBlock, finish_block, is_utf8, parse_dirty
+from ctrzoo.data.inputs import InputPlan, TextLayout, plan_inputs, split_line
+from ctrzoo.data.jsonl_input import parse_jsonl_chunk
+from ctrzoo.data.parquet_input import read_parquet
+from ctrzoo.data.rawfile import GzipDataError, open_raw
+from ctrzoo.data.schema import DatasetSchema
 from ctrzoo.errors import DataError
-from ctrzoo.metadata import BadRowReason, BadRowsSummary
+
+__all__ = ["DEFAULT_BLOCK_BYTES", "DEFAULT_MAX_LINE_BYTES", "BadRows", "RawBlock", "read_blocks", "read_file"]
 
 DEFAULT_BLOCK_BYTES = 32 << 20
 DEFAULT_MAX_LINE_BYTES = 1 << 20  # a longer line is a bad row, skipped without buffering it
 _ARROW_BLOCK_BYTES = 1 << 22  # pyarrow's own block; a line must stay well under it (else "straddling")
-_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
-
-
-@dataclass
-class RawBlock:
-    """Valid rows of one block: typed raw columns, physical line numbers and global data-row indices."""
-
-    table: pa.Table
-    file: str
-    lines: np.ndarray
-    row_index: np.ndarray
-    nbytes: int
-
-
-@dataclass
-class BadRows:
-    """Bad rows counted by reason, with the first few locations of each; ``strict`` raises instead."""
-
-    strict: bool = False
-    keep_first: int = 5
-    counts: dict[str, int] = field(default_factory=dict)
-    first: dict[str, list[str]] = field(default_factory=dict)
-
-    def report(self, file: str, failures: list[tuple[np.ndarray, str]]) -> None:
-        """Record ``(line numbers, reason)`` pairs; in strict mode raise at the earliest line instead."""
-        failures = [(lines, reason) for lines, reason in failures if lines.size]
-        if self.strict and failures:
-            line, reason = min((int(lines.min()), reason) for lines, reason in failures)
-            raise DataError(reason, file, line)
-        for lines, reason in failures:
-            self.add(file, lines, reason)
-
-    def merge(self, other: BadRows) -> None:
-        """Fold in another file's (or worker's) counts; first locations stay in file order."""
-        for reason, count in other.counts.items():
-            self.counts[reason] = self.counts.get(reason, 0) + count
-            room = self.keep_first - len(self.first.setdefault(reason, []))
-            self.first[reason] += other.first[reason][: max(room, 0)]
-
-    def add(self, file: str, lines: np.ndarray, reason: str) -> None:
-        self.counts[reason] = self.counts.get(reason, 0) + int(lines.size)
-        slots = self.keep_first - len(self.first.setdefault(reason, []))
-        self.first[reason] += [f"{file}:{int(x)}" for x in np.sort(lines)[: max(slots, 0)]]
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def summary(self) -> BadRowsSummary:
-        """As ``dataset.json`` records them."""
-        return BadRowsSummary(total=self.total, by_reason={r: BadRowReason(count=c, first=list(self.first[r]))
-                                                           for r, c in self.counts.items()})
-
-
-def check_inputs(paths: Iterable[str | Path]) -> list[Path]:
-    """Resolve input paths, failing early and clearly on missing or empty files."""
-    out = []
-    for p in map(Path, paths):
-        if not p.exists():
-            raise DataError("no such file", str(p))
-        if not p.is_file():
-            raise DataError("not a regular file", str(p))
-        if p.stat().st_size == 0:
-            raise DataError("empty file: no data rows", str(p))
-        out.append(p)
-    if not out:
-        raise DataError("no input files given")
-    return out
 
 
 def read_blocks(
     paths: Iterable[Path],
-    kind: str,
+    source: str | DatasetSchema | InputPlan,
     bad: BadRows,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
     hasher=None,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> Iterator[RawBlock]:
-    """Yield validated blocks of every file in order; ``row_index`` counts data lines across files.
+    """Yield validated blocks of every file in order; ``row_index`` counts data rows (lines) across files.
 
-    No line can abort the read: a line that is too long, not UTF-8, holds a NUL or a bare ``\\r``, or that
-    the CSV parser rejects is a bad row of ``bad`` (in strict mode: a DataError at its ``file:line``).
-    A truncated or corrupt .gz file is a DataError naming the last whole line read.
+    ``source``: a schema, a built-in format's name, or an ``InputPlan`` already made for ``paths`` (whose
+    files are read then). No line can abort the read: a line that is too long, not UTF-8, holds a NUL or a
+    bare ``\\r``, or that the parser rejects is a bad row of ``bad`` (in strict mode: a DataError at its
+    ``file:line``). A truncated or corrupt .gz file is a DataError naming the last whole line read.
     """
+    plan = source if isinstance(source, InputPlan) else plan_inputs(source, paths)
     row_base = 0
-    for path in paths:
-        fmt = resolve_format(kind, path)
-        file = str(path)
-        with open_raw(path) as fh:
-            first_line = 1
-            try:
-                if fmt.has_header:
-                    header = fh.readline(max_line_bytes + 2)
-                    if hasher is not None:
-                        hasher.update(header)
-                    _check_header(header, fmt, file)
-                    first_line = 2
-                rows_in_file = 0
-                for chunk in _chunks(fh, block_bytes, max_line_bytes, hasher):
-                    if isinstance(chunk, int):
-                        bad.report(file, [(np.array([first_line]), f"line longer than {max_line_bytes} bytes")])
-                        n_lines = 1
-                    else:
-                        n_lines = chunk.count(b"\n")  # no temporary array: peak RSS stays as it was
-                        yield _parse_chunk(chunk, n_lines, fmt, file, first_line, row_base, bad, max_line_bytes)
-                    first_line += n_lines
-                    row_base += n_lines
-                    rows_in_file += n_lines
-            except GzipDataError as exc:
-                last = first_line - 1
-                where = f"after line {last} (the last whole line read)" if last else "before the first whole line"
-                raise DataError(f"{exc.detail} {where}", file, last or None) from None
-            if rows_in_file == 0:
-                raise DataError("empty file: no data rows", file)
+    for i in range(len(plan.files)):
+        row_base += yield from read_file(plan.only(i), bad, block_bytes, hasher, max_line_bytes, row_base)
 
 
-def _check_header(header: bytes, fmt: RawFormat, file: str) -> None:
+def read_file(plan: InputPlan, bad: BadRows, block_bytes: int = DEFAULT_BLOCK_BYTES, hasher=None,
+              max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, row_base: int = 0) -> Iterator[RawBlock]:
+    """The blocks of a one-file plan; the generator's value is its number of data rows (lines)."""
+    path = plan.files[0]
+    if plan.format == "parquet":
+        return (yield from read_parquet(plan, path, bad, block_bytes, hasher, row_base))
+    if plan.format == "jsonl":
+        def parse(chunk, n_lines, first_line, base):
+            return parse_jsonl_chunk(chunk, n_lines, plan, str(path), first_line, base, bad, max_line_bytes)
+
+        return (yield from _read_lines(path, None, parse, bad, block_bytes, hasher, max_line_bytes, row_base))
+    layout = plan.text[0]
+
+    def parse_text(chunk, n_lines, first_line, base):
+        return _parse_chunk(chunk, n_lines, layout, plan.schema, str(path), first_line, base, bad, max_line_bytes)
+
+    return (yield from _read_lines(path, layout, parse_text, bad, block_bytes, hasher, max_line_bytes, row_base,
+                                   plan.schema.name))
+
+
+def _read_lines(path: Path, layout: TextLayout | None, parse, bad: BadRows, block_bytes: int, hasher,
+                max_line_bytes: int, row_base: int, name: str = "") -> Iterator[RawBlock]:
+    """A line-based file (text or JSON Lines) in blocks of whole lines: its header checked (and hashed), each
+    block handed to ``parse``; an over-long line is a bad row. Returns the number of data lines."""
+    file = str(path)
+    with open_raw(path) as fh:
+        first_line = 1
+        rows_in_file = 0
+        try:
+            if layout is not None and layout.header:
+                header = fh.readline(max_line_bytes + 2)
+                if hasher is not None:
+                    hasher.update(header)
+                _check_header(header, layout, file, name)
+                first_line = 2
+            for chunk in _chunks(fh, block_bytes, max_line_bytes, hasher):
+                if isinstance(chunk, int):
+                    bad.report(file, [(np.array([first_line]), f"line longer than {max_line_bytes} bytes")])
+                    n_lines = 1
+                else:
+                    n_lines = chunk.count(b"\n")  # no temporary array: peak RSS stays as it was
+                    yield parse(chunk, n_lines, first_line, row_base + rows_in_file)
+                first_line += n_lines
+                rows_in_file += n_lines
+        except GzipDataError as exc:
+            last = first_line - 1
+            where = f"after line {last} (the last whole line read)" if last else "before the first whole line"
+            raise DataError(f"{exc.detail} {where}", file, last or None) from None
+        if rows_in_file == 0:
+            raise DataError("empty file: no data rows", file)
+    return rows_in_file
+
+
+def _check_header(header: bytes, layout: TextLayout, file: str, name: str) -> None:
     got = header.rstrip(b"\r\n").decode("utf-8", "replace")
-    want = fmt.delimiter.join(fmt.columns)
     if not got:
         raise DataError("empty file: no header line", file)
-    if got != want:
-        raise DataError(f"unexpected header for {fmt.name}: expected {want!r}, got {got[:200]!r}", file, 1)
+    if layout.delimiter.join(layout.columns) == got:
+        return
+    if tuple(split_line(got, layout.delimiter, True)) != layout.columns:  # a quoted header is the same header
+        want = layout.delimiter.join(layout.columns)
+        raise DataError(f"unexpected header for {name}: expected {want!r}, got {got[:200]!r}", file, 1)
 
 
 def _chunks(fh, block_bytes: int, max_line: int, hasher=None) -> Iterator[bytes | int]:
@@ -201,24 +169,27 @@ def _chunks(fh, block_bytes: int, max_line: int, hasher=None) -> Iterator[bytes 
         yield carry + b"\n"
 
 
-def _parse_chunk(chunk: bytes, n_lines: int, fmt: RawFormat, file: str, first_line: int, row_base: int,
-                 bad: BadRows, max_line: int) -> RawBlock:
+def _parse_chunk(chunk: bytes, n_lines: int, layout: TextLayout, schema: DatasetSchema, file: str, first_line: int,
+                 row_base: int, bad: BadRows, max_line: int) -> RawBlock:
     """One pyarrow parse on a clean block; a block it cannot account for line by line is taken apart."""
     arrow_block = max(_ARROW_BLOCK_BYTES, 2 * max_line)
     # ~3 ms per 32 MB: pyarrow keeps NULs silently, and on invalid UTF-8 in a wrong-width row it prints an
     # "unraisable" decode error before failing, so such blocks go straight to the slow path.
-    clean = b"\0" not in chunk and (chunk.isascii() or _is_utf8(chunk, 0, len(chunk)))
-    parsed = _parse_lines(chunk, n_lines, fmt, arrow_block) if clean else None
-    table, kept, failures = parsed if parsed is not None else _parse_dirty(chunk, fmt, arrow_block)
-    del parsed  # the text table is freed once _validate has typed it (peak memory)
-    lines = first_line + kept
-    table, ok, type_failures = _validate(table, fmt)
-    failures = [(first_line + idx, reason) for idx, reason in failures]
-    bad.report(file, failures + [(lines[mask], reason) for mask, reason in type_failures])
-    return RawBlock(table.filter(pa.array(ok)), file, lines[ok], row_base + kept[ok], len(chunk))
+    clean = b"\0" not in chunk and (chunk.isascii() or is_utf8(chunk, 0, len(chunk)))
+
+    def parse(data: bytes, n: int):
+        return _parse_lines(data, n, layout, schema, arrow_block)
+
+    parsed = parse(chunk, n_lines) if clean else None
+    if parsed is None:
+        empty = pa.table({c: pa.array([], pa.string()) for c in layout.columns})
+        parsed = parse_dirty(chunk, parse, "line the CSV parser rejects", empty)
+    table, kept, failures = parsed
+    del parsed  # the text table is freed once it is validated (peak memory)
+    return finish_block(table, kept, failures, schema, file, first_line, row_base, bad, len(chunk))
 
 
-def _parse_lines(data: bytes, n_lines: int, fmt: RawFormat, arrow_block: int):
+def _parse_lines(data: bytes, n_lines: int, layout: TextLayout, schema: DatasetSchema, arrow_block: int):
     """``(table, kept line indices, [(line indices, reason)])``, or None if a row cannot be tied to its line.
 
     pyarrow sees one row per line unless a bare ``\\r`` splits one (it is a line end there), so rows plus
@@ -230,21 +201,24 @@ def _parse_lines(data: bytes, n_lines: int, fmt: RawFormat, arrow_block: int):
         skipped[0] += 1
         return "skip"
 
+    quoting = schema.input.quoting
     try:
         table = pcsv.read_csv(
             pa.py_buffer(data),
-            read_options=pcsv.ReadOptions(column_names=list(fmt.columns), use_threads=True, block_size=arrow_block),
+            read_options=pcsv.ReadOptions(column_names=list(layout.columns), use_threads=True,
+                                          block_size=arrow_block),
             parse_options=pcsv.ParseOptions(
-                delimiter=fmt.delimiter,
-                quote_char=False,
-                double_quote=False,
+                delimiter=layout.delimiter,
+                quote_char='"' if quoting else False,
+                double_quote=quoting,
                 escape_char=False,
                 newlines_in_values=False,
                 ignore_empty_lines=False,
                 invalid_row_handler=on_invalid,
             ),
             convert_options=pcsv.ConvertOptions(
-                column_types={c: pa.string() for c in fmt.columns}, strings_can_be_null=True, null_values=[""]
+                column_types={c: pa.string() for c in layout.columns}, strings_can_be_null=True,
+                null_values=list(schema.input.missing), quoted_strings_can_be_null=True,
             ),
         )
     except pa.ArrowInvalid:
@@ -253,143 +227,31 @@ def _parse_lines(data: bytes, n_lines: int, fmt: RawFormat, arrow_block: int):
         return None
     kept, failures = np.arange(n_lines, dtype=np.int64), []
     if skipped[0]:
-        kept, failures = _locate_wrong_width(data, fmt)
+        kept, failures = _locate_wrong_width(data, layout, quoting)
     if len(kept) != table.num_rows:
         return None
     return table, kept, failures
 
 
-def _parse_dirty(chunk: bytes, fmt: RawFormat, arrow_block: int):
-    """The slow path, for a block with a damaged line: flag NUL bytes, bare ``\\r`` and invalid UTF-8 line by
-    line (vectorized; only lines with non-ASCII bytes are decoded in Python), drop those lines, parse the rest,
-    and bisect whatever still fails down to single lines the parser rejects."""
-    arr = np.frombuffer(chunk, dtype=np.uint8)
-    ends = np.flatnonzero(arr == 10)  # the chunk ends in a newline
-    starts = np.concatenate([[0], ends[:-1] + 1])
-    flagged = np.zeros(len(ends), dtype=bool)
-    failures: list[tuple[np.ndarray, str]] = []
-
-    def flag(line_idx: np.ndarray, reason: str) -> None:
-        new = np.unique(line_idx)
-        new = new[~flagged[new]]
-        if new.size:
-            flagged[new] = True
-            failures.append((new, reason))
-
-    flag(np.searchsorted(ends, np.flatnonzero(arr == 0)), "NUL byte in the line")
-    cr = np.flatnonzero(arr == 13)
-    flag(np.searchsorted(ends, cr[arr[cr + 1] != 10]), "carriage return (\\r) inside the line")
-    suspects = np.unique(np.searchsorted(ends, np.flatnonzero(arr >= 0x80)))
-    flag(np.array([i for i in suspects[~flagged[suspects]] if not _is_utf8(chunk, starts[i], ends[i])], dtype=np.int64),
-         "invalid UTF-8")
-    good = np.flatnonzero(~flagged)
-    data = chunk if not failures else arr[np.repeat(~flagged, ends - starts + 1)].tobytes()
-    line_ends = np.cumsum(ends[good] - starts[good] + 1)
-    tables: list[pa.Table] = []
-    kept: list[np.ndarray] = []
-    _bisect(data, good, line_ends, fmt, arrow_block, tables, kept, failures)
-    table = pa.concat_tables(tables) if tables else pa.table({c: pa.array([], pa.string()) for c in fmt.columns})
-    return table, np.concatenate([np.zeros(0, dtype=np.int64), *kept]), failures
-
-
-def _bisect(data, lines, line_ends, fmt, arrow_block, tables, kept, failures) -> None:
-    """Parse ``data`` (its ``lines``, ending at byte offsets ``line_ends``); halve it by lines until it parses."""
-    if not len(lines):
-        return
-    parsed = _parse_lines(data, len(lines), fmt, arrow_block)
-    if parsed is not None:
-        table, idx, fails = parsed
-        tables.append(table)
-        kept.append(lines[idx])
-        failures += [(lines[i], reason) for i, reason in fails]
-    elif len(lines) == 1:
-        failures.append((lines, "line the CSV parser rejects"))
-    else:
-        half = len(lines) // 2
-        cut = int(line_ends[half - 1])
-        _bisect(data[:cut], lines[:half], line_ends[:half], fmt, arrow_block, tables, kept, failures)
-        _bisect(data[cut:], lines[half:], line_ends[half:] - cut, fmt, arrow_block, tables, kept, failures)
-
-
-def _is_utf8(chunk: bytes, start: int, end: int) -> bool:
-    try:
-        chunk[start:end].decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def _locate_wrong_width(chunk: bytes, fmt: RawFormat) -> tuple[np.ndarray, list]:
-    """Only on blocks with wrong-width rows: per-line field counts from byte positions, vectorized."""
+def _locate_wrong_width(chunk: bytes, layout: TextLayout, quoting: bool) -> tuple[np.ndarray, list]:
+    """Only on blocks with wrong-width rows: per-line field counts from byte positions, vectorized (with
+    quoting, delimiters between an odd and an even quote of their line are inside a value and not counted)."""
     arr = np.frombuffer(chunk, dtype=np.uint8)
     newlines = np.flatnonzero(arr == 10)
-    delims = np.flatnonzero(arr == ord(fmt.delimiter))
+    delims = np.flatnonzero(arr == ord(layout.delimiter))
+    if quoting:
+        parity = np.cumsum(arr == ord('"'), dtype=np.uint8) & 1  # one byte per byte; wrapping keeps the parity
+        at_line_start = np.concatenate([[0], parity[newlines]])[np.searchsorted(newlines, delims)]
+        delims = delims[(parity[delims] ^ at_line_start) == 0]
     per_line = np.diff(np.concatenate([[0], np.searchsorted(delims, newlines)])) + 1
     starts = np.concatenate([[0], newlines[:-1] + 1])
     lengths = newlines - starts
     empty = (lengths == 0) | ((lengths == 1) & (arr[np.minimum(starts, len(arr) - 1)] == 13))
-    wrong = (per_line != len(fmt.columns)) & ~empty
+    n_columns = len(layout.columns)
+    wrong = (per_line != n_columns) & ~empty
     idx = np.flatnonzero(wrong)
     failures = [
-        (idx[per_line[idx] == got], f"wrong column count: expected {len(fmt.columns)}, got {int(got)}")
+        (idx[per_line[idx] == got], f"wrong column count: expected {n_columns}, got {int(got)}")
         for got in np.unique(per_line[idx])
     ]
     return np.flatnonzero(~wrong).astype(np.int64), failures
-
-
-def _validate(table: pa.Table, fmt: RawFormat) -> tuple[pa.Table, np.ndarray, list[tuple[np.ndarray, str]]]:
-    """Type-check label, numeric and pattern fields: the typed table, the ok mask, (row mask, reason)s."""
-    n = table.num_rows
-    reject = np.zeros(n, dtype=bool)
-    failures: list[tuple[np.ndarray, str]] = []
-
-    def fail(mask: np.ndarray, reason: str) -> None:
-        new = mask & ~reject
-        if new.any():
-            failures.append((new, reason))
-            reject[:] |= new
-
-    columns = {name: table.column(name).combine_chunks() for name in table.column_names}
-    label, not_number = _parse_numbers(columns[fmt.label])
-    lab = label.to_numpy(zero_copy_only=False)
-    missing = np.isnan(lab) & ~not_number
-    if missing.any():
-        empty = np.logical_and.reduce([_is_null(c) for c in columns.values()])
-        fail(missing & empty, "empty line")
-    fail(missing, f"missing label ({fmt.label})")
-    fail(not_number | ~(np.isnan(lab) | (lab == 0) | (lab == 1)), f"label ({fmt.label}) is not 0 or 1")
-    columns[fmt.label] = pa.array(np.nan_to_num(lab).astype(np.int8))
-    for name in fmt.integer_fields + fmt.float_fields:
-        values, not_number = _parse_numbers(columns[name])
-        v = values.to_numpy(zero_copy_only=False)
-        fail(not_number, f"{name} is not {'an integer' if name in fmt.integer_fields else 'a number'}")
-        if name in fmt.integer_fields:
-            with np.errstate(invalid="ignore"):
-                fail(np.isfinite(v) & (np.floor(v) != v), f"{name} is not an integer")
-        columns[name] = values
-    for name, (pattern, reason) in fmt.patterns.items():
-        col = columns[name]
-        matches = pc.match_substring_regex(col, pattern).fill_null(True).to_numpy(zero_copy_only=False)
-        fail(~matches, reason)
-    return pa.table(columns), ~reject, failures
-
-
-def _is_null(arr: pa.Array) -> np.ndarray:
-    return arr.is_null().to_numpy(zero_copy_only=False)
-
-
-def _parse_numbers(col: pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """Float64 values (null -> NaN) and a mask of texts that are not numbers; fast path is one cast."""
-    try:
-        values = pc.cast(col, pa.float64())
-        not_number = np.zeros(len(col), dtype=bool)
-        if pc.any(pc.is_nan(values)).as_py() or pc.any(pc.is_inf(values)).as_py():
-            not_number = pc.invert(pc.is_finite(values)).fill_null(False).to_numpy(zero_copy_only=False)
-    except pa.ArrowInvalid:
-        looks = pc.match_substring_regex(col, _NUMBER).fill_null(True)
-        not_number = pc.invert(looks).to_numpy(zero_copy_only=False)
-        values = pc.cast(pc.if_else(looks, col, pa.scalar(None, pa.string())), pa.float64())
-        not_number &= ~_is_null(col)
-    return values, not_number
-
-

@@ -17,6 +17,11 @@ def format_summary(path: str | Path) -> str:
     for name, s in m.splits.items():
         ctr = s.positives / s.rows if s.rows else float("nan")
         lines.append(f"  {name:<5} {s.rows:>10,d} rows  CTR {ctr:.4f}  {len(s.shards)} shard(s)")
+    if len(m.labels) > 1 or any(rule != "0/1" for rule in m.label_rules.values()):
+        rules = [f"{name} ({m.label_rules[name]})" if name in m.label_rules else name for name in m.labels]
+        lines.append(f"  labels: {', '.join(rules)} (the first is the default; `ctrzoo train --label NAME`)")
+    if m.weight:
+        lines.append(f"  sample weight: {m.weight}")
     lines += ds.codec.describe()
     bad = m.bad_rows
     if bad.total:

@@ -172,7 +172,7 @@ def catalogue_from_dataset(dataset, split: TowerSplit, block_bytes: int = 32 << 
         raise RetrievalError(f"{dataset.path}: the raw input file(s) {gone or '(none recorded)'} are needed to build "
                              "the item catalogue: restore them, or pass a catalogue file (--items)")
     parts = []
-    for block in read_blocks(paths, dataset.meta.kind, BadRows(), block_bytes):
+    for block in read_blocks(paths, dataset.schema, BadRows(), block_bytes):
         parts.append(Catalogue.from_rows(block.table, id_col, cols, str(paths[0])).table)
     if not parts:
         raise RetrievalError(f"{paths[0]}: no rows to build the catalogue from")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ def train_bundle(model: str, data: str | Path, out: str | Path, config_file: str
     cfg = resolve_config(model, ds.meta.kind, config_file, dict(overrides or {}))
     out = Path(out)
     workdir = out.parent / f"{out.name}.work"
-    notes = _preflight(ds, out)
+    notes = _preflight(ds, out, cfg.label)
     dist = init_from_env()
     if verbose and dist.is_main:
         for note in notes:
@@ -53,7 +53,7 @@ def train_bundle(model: str, data: str | Path, out: str | Path, config_file: str
             best = trainer.fit(resume=resume, on_step=on_step)
             if ds.rows("test"):
                 test_loader = BatchLoader(ds, "test", cfg.eval_batch_size, shuffle=False, with_user=ds.has_user_id,
-                                          rank=dist.rank, world_size=dist.world_size)
+                                          rank=dist.rank, world_size=dist.world_size, label=cfg.label)
                 test = trainer.evaluate(test_loader)  # fp32, like every later consumer
             else:
                 test = {"rows": 0}
@@ -66,8 +66,10 @@ def train_bundle(model: str, data: str | Path, out: str | Path, config_file: str
                 train_seconds=round(time.perf_counter() - t0, 2),
             )
             if dist.is_main:
+                # the bundle's spec names the label it learned (its column in the raw rows it is scored on)
+                spec = replace(ds.spec, label=cfg.label) if cfg.label else ds.spec
                 with disk_errors("the model bundle", out):
-                    meta = save_bundle(out, trainer.model, ds.spec, meta).meta
+                    meta = save_bundle(out, trainer.model, spec, meta).meta
                 trainer.clean_workdir()
             dist.barrier()
         except BaseException as exc:
@@ -122,10 +124,11 @@ def format_valid(h: dict[str, Any]) -> str:
     return f"valid AUC {h['valid_auc']:.4f}  valid logloss {h['valid_logloss']:.4f}"
 
 
-def _preflight(ds: PreparedDataset, out: Path) -> list[str]:
+def _preflight(ds: PreparedDataset, out: Path, label: str | None = None) -> list[str]:
     """Refuse what would fail only after training (an output path the bundle may not replace, too few
     training rows); return notes on what training will do differently (no validation or test rows)."""
     rows = {split: ds.rows(split) for split in ("train", "valid", "test")}
+    ds.label_column(label)  # an unknown label fails here, naming the dataset's labels
     if rows["train"] < 2:
         raise CtrzooError(f"{ds.path}: the training split has {rows['train']} row(s); at least 2 are needed "
                           "(prepare more rows, or other --ratios)")

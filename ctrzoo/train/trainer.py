@@ -60,6 +60,7 @@ class TrainConfig:
     eval_batch_size: int = 65536
     max_steps: int | None = None  # stop after this many steps in total (smoke runs)
     device: str = "auto"  # auto | cpu | cuda | cuda:N, resolved to the device that runs (ctrzoo.devices)
+    label: str | None = None  # which of the dataset's labels to learn (None: the first)
 
     def __post_init__(self) -> None:
         if self.regularization not in ("none", "l2", "mba"):
@@ -159,11 +160,13 @@ class Trainer(TrainingLoop):
         # the last partial batch is dropped (as usual): batch statistics (Dice, batch norm) need > 1 row
         rank, world = dist.rank, dist.world_size
         pin = device.type == "cuda"  # page-locked blocks: batches copy to the GPU while the previous step runs
+        # sample weights (when the dataset has them) weigh each row's loss; metrics stay unweighted
         self.train_loader = BatchLoader(dataset, "train", config.batch_size, shuffle=True, seed=config.seed,
                                         drop_last=rows > config.batch_size * world, rank=rank, world_size=world,
-                                        pin_memory=pin)
+                                        label=config.label, with_weight=True, pin_memory=pin)
         self.valid_loader = BatchLoader(dataset, "valid", config.eval_batch_size, shuffle=False,
-                                        with_user=dataset.has_user_id, rank=rank, world_size=world, pin_memory=pin)
+                                        with_user=dataset.has_user_id, rank=rank, world_size=world,
+                                        label=config.label, pin_memory=pin)
         # every rank must run the same number of steps, or the gradient all-reduce waits forever
         self.steps_per_epoch = dist.all_reduce_min(len(self.train_loader))
 
@@ -188,11 +191,12 @@ class Trainer(TrainingLoop):
         return self.train_loader
 
     def loss(self, batch) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Binary cross-entropy of the logits (bf16 autocast when configured) plus the configured penalty."""
+        """Binary cross-entropy of the logits (bf16 autocast when configured; each row's term times its sample
+        weight when the dataset has weights, averaged over the batch) plus the configured penalty."""
         cfg = self.cfg
         with self.precision.autocast():
             logits = self.forward_model(batch.sparse, batch.dense, batch.seq)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), batch.label)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), batch.label, weight=batch.weight)
         total = loss
         if cfg.regularization == "mba" and cfg.reg_lambda > 0:
             ids = [batch.sparse, batch.seq] if batch.seq.numel() else [batch.sparse]
