@@ -131,3 +131,26 @@ def child_bench(argv: list[str]) -> None:
     bundle, backend, seconds, threads, *sizes = argv
     rows = bench_inference(bundle, [backend], [int(x) for x in sizes], float(seconds), threads=int(threads))
     print(json.dumps({"rows": rows}))
+
+
+def cpu_name() -> str:
+    """The host CPU's model name (every benchmark states it: hosts vary between sessions)."""
+    import platform
+
+    return next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")), platform.processor())
+
+
+def median_latency_ms(predictor, batches: list, iters: int) -> float:
+    """Median milliseconds of ``predictor.predict`` over ``iters`` calls cycling through ``batches``."""
+    import time
+
+    import numpy as np
+
+    times = []
+    for i in range(iters):
+        x = batches[i % len(batches)]
+        t0 = time.perf_counter()
+        predictor.predict(x)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)

@@ -16,21 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 BACKENDS = ("onnxruntime", "fused", "torch")
-
-
-def _cpu() -> str:
-    return next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")), platform.processor())
 
 
 def _bundle(rows: int, pooling: str) -> tuple[Path, Path]:
@@ -67,20 +60,11 @@ def _inputs(bundle: Path, data: Path) -> dict[str, list[dict[str, np.ndarray]]]:
     return {"synthetic taobao test rows": real, "random_batch (uniform lengths)": uniform}
 
 
-def _time(predictor, batches: list[dict[str, np.ndarray]], iters: int) -> float:
-    times = []
-    for i in range(iters):
-        x = batches[i % len(batches)]
-        t0 = time.perf_counter()
-        predictor.predict(x)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
-
-
 def main() -> None:
     sys.path.insert(0, str(HERE))
     import onnxruntime
     import torch
+    from _common import cpu_name, median_latency_ms
 
     from ctrzoo import runtime
 
@@ -93,7 +77,7 @@ def main() -> None:
     bundle, data = _bundle(a.rows, a.pooling)
     predictors = {b: runtime.load(bundle, b, threads=1) for b in BACKENDS}
     inputs = _inputs(bundle, data)
-    report = {"cpu": _cpu(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "threads": 1,
+    report = {"cpu": cpu_name(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "threads": 1,
               "batch": 100, "pooling": a.pooling, "results": {}}
     print(f"CPU: {report['cpu']}; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; one thread; "
           f"BST pooling={a.pooling}, batch 100")
@@ -102,11 +86,11 @@ def main() -> None:
         diff = max(float(np.abs(predictors[b].predict(x) - predictors["torch"].predict(x)).max())
                    for b in ("onnxruntime", "fused") for x in batches)
         for p in predictors.values():  # warm up
-            _time(p, batches, 20)
+            median_latency_ms(p, batches, 20)
         per_round: dict[str, list[float]] = {b: [] for b in BACKENDS}
         for r in range(a.rounds):
             for b in (BACKENDS if r % 2 == 0 else BACKENDS[::-1]):
-                per_round[b].append(_time(predictors[b], batches, a.iters))
+                per_round[b].append(median_latency_ms(predictors[b], batches, a.iters))
         p50 = {b: statistics.median(v) for b, v in per_round.items()}
         ratio = p50["onnxruntime"] / p50["fused"]
         report["results"][name] = {"history_len_mean": float(lengths.mean()), "history_len_max": int(lengths.max()),

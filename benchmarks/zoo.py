@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +24,6 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 SEQUENCE_MODELS = ("din", "dien", "bst")
 REFERENCE = "deepfm"
-
-
-def _cpu() -> str:
-    return next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")), platform.processor())
 
 
 def _latency_ms(bundle: Path, batch: int = 100, runs: int = 200) -> float:
@@ -42,14 +35,10 @@ def _latency_ms(bundle: Path, batch: int = 100, runs: int = 200) -> float:
     b = load_bundle(bundle)
     predictor = runtime.load(b, "onnxruntime", threads=1)
     x = b.codec.random_batch(batch, seed=1)
-    for _ in range(20):
-        predictor.predict(x)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        predictor.predict(x)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
+    from _common import median_latency_ms
+
+    median_latency_ms(predictor, [x], 20)  # warm up
+    return median_latency_ms(predictor, [x], runs)
 
 
 def main() -> None:
@@ -111,7 +100,9 @@ def main() -> None:
 
 
 def _table(results: dict, a) -> str:
-    lines = [f"{_cpu()}; {a.rows:,d} synthetic rows per dataset (8:1:1), {a.epochs} epoch(s), seeds {a.seeds}, "
+    from _common import cpu_name
+
+    lines = [f"{cpu_name()}; {a.rows:,d} synthetic rows per dataset (8:1:1), {a.epochs} epoch(s), seeds {a.seeds}, "
              "each dataset's package config; speed ratios to DeepFM in the same run (training samples/s: higher "
              "is faster; onnxruntime latency at batch 100, one thread: lower is faster)."]
     for kind, res in results.items():
