@@ -163,3 +163,33 @@ def test_model_endpoint_says_how_to_send_every_kind(fitted, tmp_path):
     assert docs["emb"]["dim"] == 4 and "list of 4 numbers" in docs["emb"]["type"]
     assert "bag" in docs["tags"]["type"] and docs["clicks"]["max_len"] == 5
     assert "clipped to [0, 50]" in docs["price"]["type"]
+
+
+@pytest.mark.parametrize("name", ["din", "deepfm"])
+def test_fused_and_tvm_backends_score_every_kind_like_torch(name, fitted, tmp_path):
+    """The fused path (DIN: padding removed, bags pooled as padded) and TVM take the new inputs too."""
+    from ctrzoo import runtime
+    from ctrzoo.bundle import save_bundle
+    from ctrzoo.export import export_onnx
+    from ctrzoo.features import random_batch
+    from ctrzoo.metadata import ModelBundleMeta, ModelInfo
+
+    model = _build(name, fitted.compile().layout).eval()
+    save_bundle(tmp_path / name, model, fitted, ModelBundleMeta(model=ModelInfo(name=name, hparams=model.hparams)))
+    ref = runtime.load(tmp_path / name, "torch", threads=1)
+    backends = ["fused"]
+    if name == "deepfm":
+        export_onnx(tmp_path / name)
+        try:
+            import tvm  # noqa: F401
+
+            backends.append("tvm")
+        except ImportError:
+            print("apache-tvm not installed: the tvm backend is not checked here")
+    for backend in backends:
+        options = {"buckets": (8, 64)} if backend == "tvm" else {}
+        got = runtime.load(tmp_path / name, backend, threads=1, **options)
+        for n in (1, 7, 40):
+            x = random_batch(ref.layout, n, seed=n).as_dict()
+            np.testing.assert_allclose(got.predict(x), ref.predict(x), rtol=0, atol=runtime.PARITY_TOLERANCE,
+                                       err_msg=f"{name} {backend} batch {n}")

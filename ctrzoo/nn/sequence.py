@@ -45,7 +45,9 @@ class SequencePooling(nn.Module):
             return torch.where(m.sum(dim=-2) > 0, pooled, torch.zeros_like(pooled))
         pooled = (keys * m).sum(dim=-2)
         if self.mode == "mean":
-            pooled = pooled / m.sum(dim=-2).clamp(min=1.0)
+            count = m.sum(dim=-2)
+            # count, or 1 when empty: arithmetic instead of clamp, whose elementwise Max TVM's build lacked
+            pooled = pooled / (count + (count == 0).to(count.dtype))
         return pooled
 
 
