@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ctrzoo.bundle import GOLDEN_TOLERANCE, GOLDEN_TOLERANCE_INT8, Bundle, check_golden, load_bundle
+from ctrzoo.bundle import Bundle, check_golden, golden_tolerance, load_bundle
 from ctrzoo.errors import CtrzooError
 from ctrzoo.features import EncodedBatch, FeatureCodec
 from ctrzoo.features.columns import check_columns
@@ -49,8 +49,8 @@ class Model:
         self.backend = backend
         self.codec: FeatureCodec = bundle.codec.warm()
         self._predictor = runtime.load(bundle, backend, threads)
-        tolerance = GOLDEN_TOLERANCE_INT8 if backend.endswith("int8") else GOLDEN_TOLERANCE
-        check_golden(bundle, self.codec, self._predictor.predict, tolerance, f" with the {backend} backend")
+        check_golden(bundle, self.codec, self._predictor.predict, golden_tolerance(backend),
+                     f" with the {backend} backend")
 
     @property
     def name(self) -> str:

@@ -63,6 +63,11 @@ GOLDEN_ROWS = 8
 GOLDEN_TOLERANCE = 1e-4  # fp32 backends: torch, onnxruntime, fused, tvm (parity with torch is 1e-5)
 GOLDEN_TOLERANCE_INT8 = 0.05  # int8 weights: the bound test_int8 checks against fp32
 
+
+def golden_tolerance(backend: str) -> float:
+    """How closely ``backend`` must reproduce the golden scores (int8 backends within their looser bound)."""
+    return GOLDEN_TOLERANCE_INT8 if backend.endswith("int8") else GOLDEN_TOLERANCE
+
 log = logging.getLogger("ctrzoo.bundle")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ctrzoo import runtime
-from ctrzoo.bundle import GOLDEN_TOLERANCE, GOLDEN_TOLERANCE_INT8, Bundle, check_golden, load_bundle
+from ctrzoo.bundle import Bundle, check_golden, golden_tolerance, load_bundle
 from ctrzoo.errors import BundleError, CtrzooError
 from ctrzoo.features import FeatureCodec
 
@@ -51,6 +51,5 @@ def load_model(path: str | Path | Bundle, backend: str, threads: int | None = No
     if smoke.shape != (8,) or not np.all(np.isfinite(smoke)) or smoke.min() < 0 or smoke.max() > 1:
         raise BundleError(f"{bundle.path}: smoke prediction failed (got {smoke!r})")
     codec = bundle.codec.warm()  # every lookup table built now, not on the first request
-    tolerance = GOLDEN_TOLERANCE_INT8 if backend.endswith("int8") else GOLDEN_TOLERANCE
-    check_golden(bundle, codec, predictor.predict, tolerance, f" with the {backend} backend")
+    check_golden(bundle, codec, predictor.predict, golden_tolerance(backend), f" with the {backend} backend")
     return LoadedModel(bundle, codec, predictor, frozenset(codec.raw_columns))
