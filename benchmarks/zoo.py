@@ -62,7 +62,7 @@ def main() -> None:
     a = ap.parse_args()
     from ctrzoo.models.registry import _get
 
-    models = a.models or [m for m in list_models() if not _get(m).tasks]
+    models = a.models or [m for m in list_models() if not _get(m).tasks]  # multi-task: --multitask
     root = WORK / f"zoo_{a.rows}"
     results: dict[str, dict[str, dict]] = {}
     for kind in a.kinds:
@@ -79,7 +79,7 @@ def main() -> None:
             for seed in a.seeds:
                 out = root / f"{kind}_{model}_{seed}"
                 meta = train_bundle(model, data, out, progress=False, verbose=False,
-                                    overrides={"epochs": a.epochs, "seed": seed})
+                                    overrides={"epochs": a.epochs, "seed": seed, "threads": 1})
                 speed = np.mean([h["samples_per_s"] for h in meta.history if h.get("samples_per_s")])
                 runs.append({"auc": meta.metrics.test["auc"], "logloss": meta.metrics.test["logloss"],
                              "samples_per_s": float(speed), "bundle": str(out)})
@@ -103,7 +103,7 @@ def _table(results: dict, a) -> str:
     from _common import cpu_name
 
     lines = [f"{cpu_name()}; {a.rows:,d} synthetic rows per dataset (8:1:1), {a.epochs} epoch(s), seeds {a.seeds}, "
-             "each dataset's package config; speed ratios to DeepFM in the same run (training samples/s: higher "
+             "each dataset's package config, one torch thread, pinned to one core; speed ratios to DeepFM in the same run (training samples/s: higher "
              "is faster; onnxruntime latency at batch 100, one thread: lower is faster)."]
     for kind, res in results.items():
         ref = res.get(REFERENCE)

@@ -24,12 +24,15 @@ class CTRModel(nn.Module):
       ``self.hparams = constructor_hparams(locals())`` (JSON values) so a bundle can rebuild the model;
     * ``self.embedding``: the one ``FeatureEmbedding`` (the shared table, the only sparse parameters);
     * ``forward(sparse [B, F] int64, dense [B, D] float32, seq [B, S, L] int64) -> logits [B]``;
-    * optionally ``auxiliary_loss()``: an extra training objective made by the last forward (see there).
+    * optionally ``auxiliary_loss()``: an extra training objective made by the last forward (see there);
+    * ``tasks``: () for a single-task model (logits ``[B]``, learned from one label); a multi-task model
+      (``mmoe``, ``ple``, ``esmm``) names the dataset labels it learns, one logit column each: ``[B, T]``.
 
     ``model_name`` is set by ``register_model``.
     """
 
     model_name: ClassVar[str] = ""
+    tasks: tuple[str, ...] = ()
     embedding: FeatureEmbedding
     hparams: dict[str, Any]
 
