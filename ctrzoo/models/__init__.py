@@ -15,11 +15,14 @@ from ctrzoo.models.deepfm import DeepFM
 from ctrzoo.models.dien import DIEN
 from ctrzoo.models.din import DIN
 from ctrzoo.models.dlrm import DLRM
+from ctrzoo.models.esmm import ESMM
 from ctrzoo.models.fibinet import FiBiNET
 from ctrzoo.models.finalmlp import FinalMLP
 from ctrzoo.models.fm import FM
 from ctrzoo.models.lr import LogisticRegression
 from ctrzoo.models.masknet import MaskNet
+from ctrzoo.models.mmoe import MMoE
+from ctrzoo.models.ple import PLE
 from ctrzoo.models.registry import (
     CTRModel,
     build_model,
@@ -39,7 +42,9 @@ __all__ = [
     "DIEN",
     "DIN",
     "DLRM",
+    "ESMM",
     "FM",
+    "PLE",
     "AutoInt",
     "CTRModel",
     "DCNv2",
@@ -47,6 +52,7 @@ __all__ = [
     "FiBiNET",
     "FinalMLP",
     "LogisticRegression",
+    "MMoE",
     "MaskNet",
     "WideDeep",
     "XDeepFM",

@@ -14,6 +14,7 @@ from ctrzoo.nn.interaction import (
 )
 from ctrzoo.nn.linear import LinearLogit
 from ctrzoo.nn.mlp import MLP, Dice, LastDim, make_activation
+from ctrzoo.nn.multitask import CustomizedGateControl, MixtureOfExperts, TaskTowers, product_logit
 from ctrzoo.nn.optim import RowSparseAdam
 from ctrzoo.nn.recurrent import GRU, next_item_loss, sample_other_rows
 from ctrzoo.nn.sequence import BagPooling, BilinearTargetAttention, SequencePooling, TargetAttention, padding_mask
@@ -29,6 +30,7 @@ __all__ = [
     "BilinearTargetAttention",
     "CrossNetwork",
     "CrossNetworkMix",
+    "CustomizedGateControl",
     "DenseEmbedding",
     "Dice",
     "DotInteraction",
@@ -40,14 +42,17 @@ __all__ = [
     "LastDim",
     "LinearLogit",
     "MaskBlock",
+    "MixtureOfExperts",
     "RowSparseAdam",
     "SENet",
     "SequencePooling",
     "TargetAttention",
+    "TaskTowers",
     "TransformerLayer",
     "make_activation",
     "next_item_loss",
     "padding_mask",
+    "product_logit",
     "sample_other_rows",
     "split_sparse_params",
 ]
