@@ -103,7 +103,8 @@ def _table(results: dict, a) -> str:
     from _common import cpu_name
 
     lines = [f"{cpu_name()}; {a.rows:,d} synthetic rows per dataset (8:1:1), {a.epochs} epoch(s), seeds {a.seeds}, "
-             "each dataset's package config, one torch thread, pinned to one core; speed ratios to DeepFM in the same run (training samples/s: higher "
+             "each dataset's package config, one torch thread; speed ratios to DeepFM in the same run "
+             "(training samples/s: higher "
              "is faster; onnxruntime latency at batch 100, one thread: lower is faster)."]
     for kind, res in results.items():
         ref = res.get(REFERENCE)

@@ -421,7 +421,7 @@ def write_golden(bundle: Bundle, data_path: str | None = None) -> dict[str, Any]
     model = ProbabilityModel(bundle.build_model()).eval()
     with torch.inference_mode():
         scores = model(*(torch.from_numpy(a) for a in (batch.sparse, batch.dense, batch.seq))).numpy()
-    data = {"rows": rows, "scores": [float(s) for s in scores]}
+    data = {"rows": rows, "scores": scores.astype(float).tolist()}  # [N], or [N, T] for a multi-task model
     (bundle.path / GOLDEN_FILE).write_text(json.dumps(data, indent=1))
     return data
 
@@ -439,7 +439,7 @@ def check_golden(bundle: Bundle, codec: FeatureCodec, predict, tolerance: float 
     except Exception as exc:  # an encoder's CtrzooError, or a runtime's own error type
         raise BundleError(f"{bundle.path}: cannot score its golden rows{what}: {exc.__class__.__name__}: "
                           f"{str(exc)[:200]}") from None
-    want = np.asarray(golden["scores"], dtype=np.float64)
+    want = np.asarray(golden["scores"], dtype=np.float64).reshape(-1)  # a multi-task model's [N, T] too
     if got.shape != want.shape:
         raise BundleError(f"{bundle.path}: scored {got.size} golden rows{what}, expected {want.size}")
     diff = float(np.abs(got - want).max()) if want.size else 0.0

@@ -247,6 +247,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
             f"logloss {m['logloss']:.4f}")
     if "gauc" in m:
         line += f"  GAUC {m['gauc']:.4f} ({m['gauc_users']} users, {m['gauc_users_skipped']} one-class users skipped)"
+    for task, t in m.get("tasks", {}).items():  # a multi-task bundle: each task's own line
+        line += f"\n  task {task}: {format_auc(t, args.split)}  logloss {t['logloss']:.4f}"
     print(line)
     if args.json:
         print(json.dumps(m))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,14 +25,18 @@ from ctrzoo.train.trainer import evaluate_arrays, predict
 
 def score_split(bundle: Bundle, ds: PreparedDataset, split: str = "test", batch_rows: int = 65536,
                 device: str = "cpu"):
-    """(labels, probabilities, user ids or None) for every row of ``split``, in file order."""
+    """(labels, probabilities, user ids or None) for every row of ``split``, in file order; a multi-task
+    bundle's labels and probabilities are ``[N, T]`` (its tasks, ``model_tasks``), else ``[N]``."""
     check_bundle_fits(bundle, ds)
     where = resolve_device(device)
     model = bundle.build_model().to(where)
     label = bundle.spec.label  # the label it learned (``ctrzoo train --label``)
+    tasks = model_tasks(bundle)
     if bundle.spec.equals(replace(ds.spec, label=label)):
+        # a multi-task bundle reads its tasks' labels (one this dataset lacks: DatasetError listing its labels)
+        chosen = list(tasks) if tasks else (label if label in ds.labels else None)
         loader = BatchLoader(ds, split, batch_rows, shuffle=False, with_user=ds.has_user_id,
-                             label=label if label in ds.labels else None, pin_memory=where.type == "cuda")
+                             label=chosen, pin_memory=where.type == "cuda")
         return predict(model, loader)
     if split != "test":
         raise CtrzooError(
@@ -62,22 +67,37 @@ def check_bundle_fits(bundle: Bundle, ds: PreparedDataset) -> None:
 
 @torch.inference_mode()
 def score_raw_file(bundle: Bundle, model, path: str | Path, user_col: str | None, batch_rows: int = 65536):
-    """Encode the raw rows of ``path`` with the bundle's codec and score them on the model's device."""
+    """Encode the raw rows of ``path`` with the bundle's codec and score them on the model's device. The raw
+    rows hold each label decided, under its name; a multi-task bundle gets ``[N, T]`` labels and scores."""
     codec = bundle.codec
     device = model_device(model)
-    label_col = bundle.spec.label
+    tasks = model_tasks(bundle)
+    label_cols = list(tasks) or [bundle.spec.label]
+    names = set(parquet_file(path).schema_arrow.names)
+    missing = [c for c in label_cols if c not in names]
+    if missing:
+        raise CtrzooError(f"bundle {bundle.path} learned label(s) {', '.join(missing)} that the raw rows {path} "
+                          f"do not have (their columns: {', '.join(sorted(names))})")
     labels, probs, users = [], [], []
     for batch in iter_batches(path, batch_rows):
         enc = codec.encode(batch)
         logits = model(*(torch.from_numpy(a).to(device) for a in (enc.sparse, enc.dense, enc.seq)))
         probs.append(torch.sigmoid(logits).cpu().numpy())
-        labels.append(batch.column(label_col).to_numpy(zero_copy_only=False).astype(np.float32))
+        y = np.stack([batch.column(c).to_numpy(zero_copy_only=False).astype(np.float32) for c in label_cols], 1)
+        labels.append(y if tasks else y[:, 0])
         if user_col:
             users.append(batch.column(user_col).cast("string").to_numpy(zero_copy_only=False))
     if not labels:  # an empty split: no rows, not an error here
-        return np.zeros(0, np.float32), np.zeros(0, np.float32), (np.zeros(0, object) if user_col else None)
+        shape = (0, len(tasks)) if tasks else (0,)
+        return np.zeros(shape, np.float32), np.zeros(shape, np.float32), (np.zeros(0, object) if user_col else None)
     return np.concatenate(labels), np.concatenate(probs), (np.concatenate(users) if users else None)
 
 
-def evaluate_bundle(bundle: Bundle, ds: PreparedDataset, split: str = "test", device: str = "cpu") -> dict[str, float]:
-    return evaluate_arrays(*score_split(bundle, ds, split, device=device))
+def model_tasks(bundle: Bundle) -> tuple[str, ...]:
+    """The labels a multi-task bundle scores, one column each (``CTRModel.tasks``); () for one label."""
+    return tuple(bundle.hparams.get("tasks") or ())
+
+
+def evaluate_bundle(bundle: Bundle, ds: PreparedDataset, split: str = "test", device: str = "cpu") -> dict[str, Any]:
+    """AUC, logloss (GAUC with users) of ``split``; a multi-task bundle's per task too (``evaluate_arrays``)."""
+    return evaluate_arrays(*score_split(bundle, ds, split, device=device), model_tasks(bundle))

@@ -92,6 +92,8 @@ def test_every_model_trains_and_exports_with_every_feature_kind(name, fitted, tm
     sparse, dense, seq = (torch.from_numpy(a) for a in (batch.sparse, batch.dense, batch.seq))
     label = torch.from_numpy(_raw().column("label").to_numpy().astype(np.float32))
     model = _build(name, codec.layout)
+    if model.tasks:  # a multi-task model: the one label stands in for each task here
+        label = label.unsqueeze(1).expand(-1, len(model.tasks))
     optim = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
     for _ in range(3):

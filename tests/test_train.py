@@ -37,10 +37,13 @@ def test_every_model_learns_on_synthetic_data(synth_prepared, tmp_path, model, k
 
 
 @pytest.mark.parametrize("model", list_models())
-def test_every_model_trains_on_sample_rows(sample_rows, tmp_path, model):
-    kind, file = ("taobao", "taobao_ad_sample.csv") if model == "din" else ("criteo", "criteo_sample.tsv")
-    prepare(kind, [sample_rows / file], tmp_path / "ds")
-    ds = PreparedDataset.open(tmp_path / "ds")
+def test_every_model_trains_on_sample_rows(sample_rows, two_label_prepared, tmp_path, model):
+    if "tasks" in model_hparam_names(model):  # a multi-task model needs two labels: the two-label log
+        ds = PreparedDataset.open(two_label_prepared)
+    else:
+        kind, file = ("taobao", "taobao_ad_sample.csv") if model == "din" else ("criteo", "criteo_sample.tsv")
+        prepare(kind, [sample_rows / file], tmp_path / "ds")
+        ds = PreparedDataset.open(tmp_path / "ds")
     hparams = {k: v for k, v in SMALL.items() if k in model_hparam_names(model)}  # lr has no emb_dim, fm no mlp
     cfg = TrainConfig(model=model, hparams=hparams, epochs=4, batch_size=32, lr=3e-3, patience=10)
     trainer = Trainer(cfg, ds, tmp_path / "work", progress=False)

@@ -79,7 +79,17 @@ def to_markdown(report: dict) -> str:
         rows = [[x["slice"], f"{x['rows']:,d}", _fmt(x["ctr"]), *[_fmt(x["auc"][n]) for n in names]]
                 for x in s["slices"]]
         parts += ["", f"## AUC by `{s['field']}`", _md_table([s["field"], "rows", "CTR", *names], rows)]
+    for task, t in other_tasks(report).items():
+        parts += ["", f"## Task `{task}` ({t['rows']:,d} rows, positive rate {t['ctr']:.4f}; baseline "
+                      f"**{t['baseline']}**)", "", *[f"- {v}" for v in t["verdicts"]], "",
+                  _md_table(*model_rows(t)), "", _md_table(*comparison_rows(t))]
     return "\n".join(parts) + "\n"
+
+
+def other_tasks(report: dict) -> dict[str, dict]:
+    """With multi-task bundles: the comparisons of every task but the report's own (``data.label``)."""
+    primary = report["data"].get("label")
+    return {task: t for task, t in report.get("tasks", {}).items() if task != primary}
 
 
 def _png(fig) -> str:
@@ -145,6 +155,12 @@ def to_html(report: dict) -> str:
     d = report["data"]
     imgs = "".join(f'<figure><img alt="{k} plot" src="data:image/png;base64,{v}"></figure>' for k, v in images.items())
     verdicts = "".join(f"<li>{html.escape(v)}</li>" for v in report["verdicts"])
+    tasks = "".join(
+        f"<h2>Task <code>{html.escape(task)}</code></h2><p>{t['rows']:,d} rows, positive rate {t['ctr']:.4f}; "
+        f"baseline <b>{html.escape(t['baseline'])}</b>.</p><ul>"
+        + "".join(f"<li>{html.escape(v)}</li>" for v in t["verdicts"])
+        + f"</ul>{table(*model_rows(t))}{table(*comparison_rows(t))}"
+        for task, t in other_tasks(report).items())
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>ctrzoo A/B comparison</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}\
@@ -159,6 +175,7 @@ Baseline: <b>{html.escape(report['baseline'])}</b>.</p>
 <h2>Differences against the baseline</h2>{table(*comparison_rows(report))}
 <p>{html.escape(report['multiple_comparisons'])}.</p>
 <h2>Plots</h2>{imgs}
+{tasks}
 </body></html>
 """
 

@@ -14,7 +14,7 @@ from ctrzoo.compare.stats import delong_test, holm, paired_bootstrap_mean, paire
 from ctrzoo.data.dataset import PreparedDataset, parquet_file, read_table
 from ctrzoo.devices import resolve_device
 from ctrzoo.errors import CtrzooError
-from ctrzoo.evaluate import score_raw_file, score_split
+from ctrzoo.evaluate import model_tasks, score_raw_file, score_split
 from ctrzoo.metrics import auc, gauc, logloss, per_user_auc, rela_impr
 
 MAX_SLICES = 10
@@ -44,22 +44,28 @@ def _check_same_data(bundles: list[Bundle], ds: PreparedDataset) -> None:
 
 def score_all(paths: list[Path], ds: PreparedDataset, split: str, device: str = "cpu"):
     """Every bundle's scores of the same rows (its own encoder over the raw rows where there are some), on
-    ``device`` (fp32)."""
+    ``device`` (fp32): (labels per task, users, [(name, bundle, probabilities per task)], raw path). A
+    single-task bundle scores one task, the label it learned; a multi-task bundle each of its tasks."""
     where = resolve_device(device)
     bundles = [load_bundle(p) for p in paths]
     _check_same_data(bundles, ds)
     raw_path = ds.meta.raw.get(split)
-    labels = users = None
+    labels: dict[str, np.ndarray] = {}
+    users = None
     scored = []
     for name, b in zip(_names(paths), bundles):
         if raw_path:
             y, p, u = score_raw_file(b, b.build_model().to(where), str(ds.path / raw_path), ds.meta.user_id)
         else:
             y, p, u = score_split(b, ds, split, device=str(where))
-        if labels is not None and not np.array_equal(labels, y):
-            raise CtrzooError("internal: bundles scored different rows")
-        labels, users = y, u
-        scored.append(Scored(name, b, p))
+        tasks = model_tasks(b) or (b.spec.label,)
+        y, p = (y, p) if y.ndim == 2 else (y[:, None], p[:, None])
+        for i, task in enumerate(tasks):
+            if task in labels and not np.array_equal(labels[task], y[:, i]):
+                raise CtrzooError("internal: bundles scored different rows")
+            labels[task] = y[:, i]
+        users = u
+        scored.append((name, b, {task: p[:, i] for i, task in enumerate(tasks)}))
     return labels, users, scored, (ds.path / raw_path if raw_path else None)
 
 
@@ -93,22 +99,58 @@ def _slices(raw_path: Path | None, field: str | None, labels, scored: list[Score
 
 def compare(paths: list[str | Path], data: str | Path, split: str = "test", baseline: str | None = None,
             slice_by: str | None = None, n_boot: int = 1000, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+    """Compare bundles on the same rows. The report's top level is the baseline's task (its label; a
+    multi-task baseline's first task); with multi-task bundles, ``tasks`` holds the same comparison for
+    every task that two or more bundles score (a single-task model takes part in its own label's)."""
     resolve_device(device)  # a missing GPU: one line, before anything is read
     paths = [Path(p) for p in paths]
     if len(paths) < 2:
         raise CtrzooError("compare needs at least two bundles")
     ds = PreparedDataset.open(data)
-    labels, users, scored, raw_path = score_all(paths, ds, split, device)
-    if labels.min() == labels.max():
-        raise CtrzooError(f"the {split} split has one class only: AUC is undefined")
-    names = [s.name for s in scored]
+    labels, users, scored_all, raw_path = score_all(paths, ds, split, device)
+    names = [name for name, _, _ in scored_all]
     base_name = baseline or names[0]
     if base_name not in names:
-        matches = [s.name for s in scored
-                   if str(s.bundle.path) == str(Path(base_name)) or s.name == Path(base_name).name]
+        matches = [name for name, b, _ in scored_all
+                   if str(b.path) == str(Path(base_name)) or name == Path(base_name).name]
         if not matches:
             raise CtrzooError(f"--baseline {baseline!r} is none of the compared bundles: {names}")
         base_name = matches[0]
+    primary = next(iter(next(p for name, _, p in scored_all if name == base_name)))
+    per_task = {}
+    for task in labels:
+        scored = [Scored(name, b, probs[task]) for name, b, probs in scored_all if task in probs]
+        if len(scored) < 2:
+            if task == primary:
+                raise CtrzooError(f"the baseline {base_name} learned label {task!r}, which no other bundle scores: "
+                                  f"the bundles score {', '.join(sorted({t for _, _, p in scored_all for t in p}))}")
+            continue
+        base = base_name if any(s.name == base_name for s in scored) else scored[0].name
+        per_task[task] = _compare_task(labels[task], users, scored, base, split, n_boot, seed)
+    report = {
+        "data": {"path": str(ds.path), "split": split, "rows": int(labels[primary].size),
+                 "ctr": float(labels[primary].mean()), "fingerprint": ds.fingerprint, "label": primary},
+        **per_task[primary],
+        "multiple_comparisons": (
+            "each model is compared with the baseline; p-values are Holm-Bonferroni adjusted per metric "
+            f"over {len(per_task[primary]['comparisons'])} comparison(s) (p_holm), which controls the "
+            "family-wise error rate" + (" (per task)" if len(per_task) > 1 else "")
+        ),
+        "bootstrap": {"replicates": n_boot, "seed": seed, "gauc_unit": "user"},
+        "slices": _slices(raw_path, slice_by, labels[primary],
+                          [Scored(n, b, p[primary]) for n, b, p in scored_all if primary in p]),
+    }
+    if len(per_task) > 1 or any(len(p) > 1 for _, _, p in scored_all):
+        report["tasks"] = per_task
+    return report
+
+
+def _compare_task(labels: np.ndarray, users: np.ndarray | None, scored: list[Scored], base_name: str, split: str,
+                  n_boot: int, seed: int) -> dict[str, Any]:
+    """One label's comparison: every model's metrics, each against the baseline (DeLong for AUC, paired
+    bootstrap for logloss and GAUC, Holm-adjusted), verdicts and ROC curves."""
+    if labels.min() == labels.max():
+        raise CtrzooError(f"the {split} split has one class only: AUC is undefined")
     base = next(s for s in scored if s.name == base_name)
     base_auc = auc(labels, base.probs)
     pu = {s.name: per_user_auc(labels, s.probs, users) for s in scored} if users is not None else {}
@@ -135,22 +177,10 @@ def compare(paths: list[str | Path], data: str | Path, split: str = "test", base
         present = [c for c in comparisons if metric in c]
         for c, adj in zip(present, holm([c[metric]["p_value"] for c in present])):
             c[metric]["p_holm"] = adj
-    report = {
-        "data": {"path": str(ds.path), "split": split, "rows": int(labels.size), "ctr": float(labels.mean()),
-                 "fingerprint": ds.fingerprint},
-        "baseline": base.name,
-        "models": models,
-        "comparisons": comparisons,
-        "multiple_comparisons": (
-            "each model is compared with the baseline; p-values are Holm-Bonferroni adjusted per metric "
-            f"over {len(comparisons)} comparison(s) (p_holm), which controls the family-wise error rate"
-        ),
-        "bootstrap": {"replicates": n_boot, "seed": seed, "gauc_unit": "user"},
-        "slices": _slices(raw_path, slice_by, labels, scored),
-        "curves": {s.name: _roc_points(labels, s.probs) for s in scored},
-    }
-    report["verdicts"] = [verdict(c) for c in comparisons]
-    return report
+    return {"baseline": base.name, "models": models, "comparisons": comparisons,
+            "verdicts": [verdict(c) for c in comparisons],
+            "curves": {s.name: _roc_points(labels, s.probs) for s in scored},
+            "rows": int(labels.size), "ctr": float(labels.mean())}
 
 
 def verdict(c: dict) -> str:

@@ -25,7 +25,8 @@ from ctrzoo.data.dataset import PreparedDataset, parquet_file, read_row_group
 @dataclass
 class Batch:
     """``sparse`` int64 [B,F], ``dense`` float32 [B,D], ``seq`` int64 [B,S,L], ``label`` float32 [B] (the chosen
-    label), ``weight`` float32 [B] (sample weights, when the dataset has them and they were asked for)."""
+    label; [B, T] when several labels were asked for, a multi-task model's), ``weight`` float32 [B] (sample
+    weights, when the dataset has them and they were asked for)."""
 
     sparse: torch.Tensor
     dense: torch.Tensor
@@ -61,10 +62,10 @@ class Batch:
                      weight)
 
 
-def table_to_batch(table: pa.Table, with_user: bool = False, label: str = "label", with_weight: bool = False
-                   ) -> Batch:
+def table_to_batch(table: pa.Table, with_user: bool = False, label: str | list[str] = "label",
+                   with_weight: bool = False) -> Batch:
     """Convert shard columns (see ``shard_schema``) to tensors in one pass per column; ``label``: the shard
-    column read as the label (``PreparedDataset.label_column``)."""
+    column read as the label (``PreparedDataset.label_column``), or a list of them (labels ``[B, T]``)."""
     names = table.column_names
     n = table.num_rows
 
@@ -88,7 +89,10 @@ def table_to_batch(table: pa.Table, with_user: bool = False, label: str = "label
             seq[:, k, :] = flat.reshape(n, L)
     else:
         seq = np.zeros((n, 0, 0), dtype=np.int64)
-    labels = col(label).astype(np.float32)
+    if isinstance(label, list):
+        labels = np.stack([col(c).astype(np.float32) for c in label], axis=1) if label else np.zeros((n, 0), np.float32)
+    else:
+        labels = col(label).astype(np.float32)
     users = col("user_id") if with_user and "user_id" in names else None
     weight = torch.from_numpy(col("weight").astype(np.float32)) if with_weight and "weight" in names else None
     return Batch(torch.from_numpy(sparse), torch.from_numpy(dense), torch.from_numpy(seq), torch.from_numpy(labels),
@@ -113,7 +117,7 @@ class BatchLoader:
         rank: int = 0,
         world_size: int = 1,
         pin_memory: bool = False,
-        label: str | None = None,
+        label: str | list[str] | tuple[str, ...] | None = None,
         with_weight: bool = False,
     ):
         self.dataset = dataset if isinstance(dataset, PreparedDataset) else PreparedDataset.open(dataset)
@@ -122,7 +126,10 @@ class BatchLoader:
         # page-locked blocks (for a CUDA consumer): each block is pinned once, after its shuffle, and every
         # batch sliced from it is pinned with it
         self.pin_memory = pin_memory
-        self.label_column = self.dataset.label_column(label)  # None: the first label; unknown: an error
+        # None: the first label; several (a multi-task model's): labels [B, T]; an unknown one: an error
+        self.label_column: str | list[str] = (
+            [self.dataset.label_column(name) for name in label] if isinstance(label, list | tuple)
+            else self.dataset.label_column(label))
         self.with_weight = with_weight and self.dataset.has_weight
         self.epoch = 0
         groups = []
@@ -132,7 +139,8 @@ class BatchLoader:
         self._groups = _shard(groups, rank, world_size)
         self.rows = sum(stop - start for _, _, start, stop in self._groups)
         layout = self.dataset.codec.layout
-        row_bytes = 8 * (layout.n_sparse + 1 + layout.n_seq * max(1, layout.seq_len)) + 4 * layout.n_dense
+        n_labels = len(self.label_column) if isinstance(self.label_column, list) else 1
+        row_bytes = 8 * (layout.n_sparse + n_labels + layout.n_seq * max(1, layout.seq_len)) + 4 * layout.n_dense
         self.cache = (self.rows * row_bytes <= cache_bytes) if cache is None else cache
         self._cached: list[Batch | None] | None = None
 

@@ -53,7 +53,8 @@ def train_bundle(model: str, data: str | Path, out: str | Path, config_file: str
             best = trainer.fit(resume=resume, on_step=on_step)
             if ds.rows("test"):
                 test_loader = BatchLoader(ds, "test", cfg.eval_batch_size, shuffle=False, with_user=ds.has_user_id,
-                                          rank=dist.rank, world_size=dist.world_size, label=cfg.label)
+                                          rank=dist.rank, world_size=dist.world_size,
+                                          label=list(trainer.tasks) or cfg.label)
                 test = trainer.evaluate(test_loader)  # fp32, like every later consumer
             else:
                 test = {"rows": 0}
@@ -89,6 +90,8 @@ def train_bundle(model: str, data: str | Path, out: str | Path, config_file: str
             line = f"{cfg.model} -> {out}: test {format_auc(test)}  logloss {test['logloss']:.4f}"
             if "gauc" in test:
                 line += f"  GAUC {test['gauc']:.4f}"
+            for task, m in test.get("tasks", {}).items():  # a multi-task model: every task's own line
+                line += f"\n  task {task}: test {format_auc(m)}  logloss {m['logloss']:.4f}"
         else:
             line = f"{cfg.model} -> {out}: no test rows, no test metrics"
         print(line)
@@ -108,7 +111,8 @@ def early_stopping_note(history: list[dict[str, Any]], best: dict[str, Any], epo
     if not history or best.get("epoch", history[-1]["epoch"]) >= history[-1]["epoch"]:
         return None
     kept, last = best["epoch"], history[-1]["epoch"]
-    score = (f"valid AUC {best['valid_auc']:.4f}" if "valid_auc_undefined" not in best and "valid_auc" in best
+    score = (f"valid mean AUC over tasks {best['valid_mean_auc']:.4f}" if "valid_mean_auc" in best
+             else f"valid AUC {best['valid_auc']:.4f}" if "valid_auc_undefined" not in best and "valid_auc" in best
              else f"valid logloss {best.get('valid_logloss', float('nan')):.4f}")
     worse = f"epoch {last} did" if last == kept + 1 else f"epochs {kept + 1}-{last} did"
     stopped = f" (stopped after {last} of {epochs} epochs)" if last < epochs else ""
@@ -121,6 +125,9 @@ def format_valid(h: dict[str, Any]) -> str:
     if "valid_auc_undefined" in h:
         auc = f"valid AUC undefined: {h['valid_auc_undefined'].replace('the split', 'the validation split')}"
         return f"{auc} (epochs ranked by valid logloss)  valid logloss {h['valid_logloss']:.4f}"
+    if "valid_tasks" in h:  # a multi-task model: every task's AUC and logloss
+        return "  ".join(f"valid {t}: AUC {m['auc']:.4f} logloss {m['logloss']:.4f}"
+                         for t, m in h["valid_tasks"].items())
     return f"valid AUC {h['valid_auc']:.4f}  valid logloss {h['valid_logloss']:.4f}"
 
 

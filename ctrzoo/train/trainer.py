@@ -87,7 +87,8 @@ def bf16_native() -> bool:
 def predict(model: nn.Module, loader: BatchLoader,
             bf16: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Labels, click probabilities and user ids (when the loader keeps them) for a whole split, scored on the
-    model's device (batches copied there ahead of use; results back as NumPy arrays)."""
+    model's device (batches copied there ahead of use; results back as NumPy arrays). A multi-task model
+    (loader asked for its labels) gives labels and probabilities ``[N, T]``, else ``[N]``."""
     model.eval()
     device = model_device(model)
     labels, probs, users = [], [], []
@@ -99,7 +100,9 @@ def predict(model: nn.Module, loader: BatchLoader,
         if b.user_id is not None:
             users.append(b.user_id)
     if not labels:  # an empty split (or this rank's empty part of one)
-        return np.zeros(0, np.float32), np.zeros(0, np.float32), (np.zeros(0, object) if loader.with_user else None)
+        shape = (0, len(loader.label_column)) if isinstance(loader.label_column, list) else (0,)
+        return (np.zeros(shape, np.float32), np.zeros(shape, np.float32),
+                (np.zeros(0, object) if loader.with_user else None))
     u = np.concatenate(users) if users else None
     return np.concatenate(labels), np.concatenate(probs), u
 
@@ -116,8 +119,20 @@ def auc_undefined_reason(labels: np.ndarray) -> str | None:
     return None
 
 
-def evaluate_arrays(labels: np.ndarray, probs: np.ndarray, users: np.ndarray | None) -> dict[str, float]:
-    """AUC, logloss, rows (and GAUC with users); ``auc_undefined`` says why AUC is NaN when it is."""
+def evaluate_arrays(labels: np.ndarray, probs: np.ndarray, users: np.ndarray | None,
+                    tasks: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+    """AUC, logloss, rows (and GAUC with users); ``auc_undefined`` says why AUC is NaN when it is.
+
+    Several tasks (labels and probabilities ``[N, T]``, ``tasks`` their names): the same metrics per task
+    under ``tasks``, the first task's also at the top level (the primary label, as a single-task model's),
+    and ``mean_auc`` over the tasks whose AUC is defined (what early stopping ranks epochs by)."""
+    if tasks:
+        if labels.ndim != 2 or labels.shape[1] != len(tasks):
+            raise CtrzooError(f"internal: {len(tasks)} task(s) {list(tasks)} but labels of shape {labels.shape}")
+        per_task = {t: evaluate_arrays(labels[:, i], probs[:, i], users) for i, t in enumerate(tasks)}
+        aucs = [m["auc"] for m in per_task.values() if not np.isnan(m["auc"])]
+        return {**per_task[tasks[0]], "mean_auc": float(np.mean(aucs)) if aucs else float("nan"),
+                "tasks": per_task}
     out = {"auc": auc(labels, probs), "logloss": logloss(labels, probs) if labels.size else float("nan"),
            "rows": int(labels.size)}
     reason = auc_undefined_reason(labels)
@@ -127,6 +142,14 @@ def evaluate_arrays(labels: np.ndarray, probs: np.ndarray, users: np.ndarray | N
         out["gauc"], info = gauc(labels, probs, users)
         out["gauc_users"], out["gauc_users_skipped"] = info["users"], info["users_skipped"]
     return out
+
+
+def is_multitask(model: str) -> bool:
+    """Whether the registered model ``model`` (or alias) learns several labels: it takes a ``tasks``
+    hyper-parameter (``CTRModel.tasks``)."""
+    from ctrzoo.models import model_hparam_names
+
+    return "tasks" in model_hparam_names(model)
 
 
 class Trainer(TrainingLoop):
@@ -142,12 +165,21 @@ class Trainer(TrainingLoop):
         from ctrzoo.models import build_model
 
         hparams = dict(config.hparams)
+        if is_multitask(config.model):  # it learns several labels: the dataset's, unless its hparams name them
+            if config.label is not None:
+                raise CtrzooError(f"--label {config.label!r}: {config.model} is a multi-task model and learns "
+                                  "every label in its 'tasks' hyper-parameter (default: all of the dataset's "
+                                  f"labels, {', '.join(dataset.labels)}); --label is for single-task models")
+            hparams.setdefault("tasks", list(dataset.labels))
         # several processes too: the tables' touched rows are averaged apart from DDP (distributed.data_parallel)
         hparams["sparse_grad"] = config.uses_sparse_updates
         device = torch.device(config.device)
         self.precision = Precision.training(device, config.bf16)
         model = build_model(config.model, dataset.codec.layout, **hparams).to(device)
         self.forward_model: nn.Module = model
+        self.tasks: tuple[str, ...] = tuple(model.tasks)
+        # a multi-task model reads its tasks' labels ([B, T]); an unknown task name fails here, listing the labels
+        label = list(self.tasks) if self.tasks else config.label
         if dist.enabled:  # broadcasts rank 0's initial weights
             self.forward_model = data_parallel(model, device)
         super().__init__(model, epochs=config.epochs, lr=config.lr, patience=config.patience,
@@ -163,10 +195,10 @@ class Trainer(TrainingLoop):
         # sample weights (when the dataset has them) weigh each row's loss; metrics stay unweighted
         self.train_loader = BatchLoader(dataset, "train", config.batch_size, shuffle=True, seed=config.seed,
                                         drop_last=rows > config.batch_size * world, rank=rank, world_size=world,
-                                        label=config.label, with_weight=True, pin_memory=pin)
+                                        label=label, with_weight=True, pin_memory=pin)
         self.valid_loader = BatchLoader(dataset, "valid", config.eval_batch_size, shuffle=False,
                                         with_user=dataset.has_user_id, rank=rank, world_size=world,
-                                        label=config.label, pin_memory=pin)
+                                        label=label, pin_memory=pin)
         # every rank must run the same number of steps, or the gradient all-reduce waits forever
         self.steps_per_epoch = dist.all_reduce_min(len(self.train_loader))
 
@@ -192,11 +224,18 @@ class Trainer(TrainingLoop):
 
     def loss(self, batch) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Binary cross-entropy of the logits (bf16 autocast when configured; each row's term times its sample
-        weight when the dataset has weights, averaged over the batch) plus the configured penalty."""
+        weight when the dataset has weights, averaged over the batch) plus the configured penalty. A
+        multi-task model's loss is the sum over its tasks of each task's mean (logits and labels ``[B, T]``),
+        as MMoE, PLE and ESMM train."""
         cfg = self.cfg
         with self.precision.autocast():
             logits = self.forward_model(batch.sparse, batch.dense, batch.seq)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), batch.label, weight=batch.weight)
+        weight = batch.weight
+        if self.tasks and weight is not None:
+            weight = weight.unsqueeze(1)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), batch.label, weight=weight)
+        if self.tasks:
+            loss = loss * len(self.tasks)
         total = loss
         if cfg.regularization == "mba" and cfg.reg_lambda > 0:
             ids = [batch.sparse, batch.seq] if batch.seq.numel() else [batch.sparse]
@@ -215,10 +254,15 @@ class Trainer(TrainingLoop):
         return self.evaluate(self.valid_loader) if self.dist.all_reduce_sum(self.valid_loader.rows) else {}
 
     def score(self, metrics: dict[str, Any]) -> float | None:
-        """Validation AUC, or -logloss where AUC is undefined (a one-class validation split, the same split
-        every epoch: logloss still measures fit, so early stopping still works); None without validation."""
+        """Validation AUC (a multi-task model's: the mean over its tasks), or -logloss where AUC is undefined
+        (a one-class validation split, the same split every epoch: logloss still measures fit, so early
+        stopping still works); None without validation."""
         if not metrics:
             return None
+        if "tasks" in metrics:
+            if not np.isnan(metrics["mean_auc"]):
+                return metrics["mean_auc"]
+            return -float(np.mean([m["logloss"] for m in metrics["tasks"].values()]))
         return metrics["auc"] if not np.isnan(metrics["auc"]) else -metrics["logloss"]
 
     def record(self, epoch: int, loss_sum: float, n_seen: int, steps: int, seconds: float,
@@ -250,7 +294,7 @@ class Trainer(TrainingLoop):
     def evaluate(self, loader: BatchLoader) -> dict[str, float]:
         """Metrics over the whole split: each rank scores its part, the parts are gathered."""
         labels, probs, users = self.dist.gather_concat(list(predict(self.model, loader)))
-        return evaluate_arrays(labels, probs, users)
+        return evaluate_arrays(labels, probs, users, self.tasks)
 
     def _check_ranks_in_sync(self) -> list[float]:
         """A weight checksum per rank; data parallel training must keep them identical."""
