@@ -125,9 +125,16 @@ class ListOf(argparse.Action):
 def _cmd_synth(args: argparse.Namespace) -> None:
     from ctrzoo.synth import generate
 
-    summary = generate(args.kind, args.rows, args.seed, args.out, progress=sys.stderr.isatty())
+    summary = generate(args.kind, args.rows, args.seed, args.out, progress=sys.stderr.isatty(),
+                       conversions=args.conversions)
     print(f"wrote {summary['rows']} {args.kind} rows to {args.out}: base CTR {summary['base_ctr']:.4f}, "
           f"oracle AUC {summary['oracle_auc']:.4f}, oracle logloss {summary['oracle_logloss']:.4f}")
+    if args.conversions:
+        conv = summary["conversion"]
+        print(f"conversions: rate {conv['rate']:.4f} ({conv['rate_among_clicks'] or 0.0:.4f} of clicks), "
+              f"oracle AUC {conv['oracle_auc'] or float('nan'):.4f}, oracle logloss {conv['oracle_logloss']:.4f}; "
+              f"schema {args.out}.schema.yaml (ctrzoo prepare --schema {args.out}.schema.yaml --input {args.out} "
+              "--out DIR)")
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
@@ -422,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rows", type=int, default=100_000, help="rows to write (default %(default)s)")
     s.add_argument("--seed", type=int, default=0, help="random seed (same seed, same rows)")
     s.add_argument("--out", required=True, help="raw file to write (.gz to compress)")
+    s.add_argument("--conversions", action="store_true",
+                   help="add a conversion label (only after a click) as the last column, and OUT.schema.yaml "
+                   "that prepares it as a second label")
     s.set_defaults(func=_cmd_synth)
 
     s = sub.add_parser("prepare", help="raw logs -> prepared dataset (spec + Parquet shards)")

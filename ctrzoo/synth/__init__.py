@@ -2,6 +2,12 @@
 
 Each row's true click probability goes to ``<out>.truth.parquet``, so a trained model's AUC can be
 compared with the oracle AUC (``<out>.synth.json``): the gap says how much signal a model leaves behind.
+
+With ``conversions=True`` (``ctrzoo synth KIND --conversions``) each row also gets ``converted``, a conversion
+that can only follow a click (``ctrzoo.synth.conversion``): the raw file's last column, ``p_cvr``,
+``p_conversion`` and ``converted`` in the truth, the conversion oracle in the summary, and
+``<out>.schema.yaml``, the kind's schema with ``converted`` as a second label, for multi-task models
+(``ctrzoo prepare --schema <out>.schema.yaml --input <out> --out DIR``). Without it the files are unchanged.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from pathlib import Path
 
 from ctrzoo.errors import CtrzooError
 from ctrzoo.synth.common import load_defaults, merge_config, run
+from ctrzoo.synth.conversion import conversion_config
 
 KINDS = ("criteo", "avazu", "taobao")
 
@@ -37,11 +44,13 @@ def generate(
     out: str | Path,
     config: dict | None = None,
     progress: bool = False,
+    conversions: bool = False,
 ) -> dict:
     """Write ``rows`` synthetic rows of ``kind`` to ``out`` (gzipped if it ends in ``.gz``) plus truth and summary.
 
     ``config`` overrides keys of ``load_defaults(kind)`` (nested mappings merge; unknown keys are errors).
     The same ``seed`` gives byte-identical files. Returns the summary also written to ``<out>.synth.json``.
+    ``conversions``: also write the ``converted`` label (conversion after a click) and ``<out>.schema.yaml``.
     """
     if kind not in KINDS:
         raise CtrzooError(f"unknown synthetic data kind {kind!r}; expected one of {', '.join(KINDS)}")
@@ -52,5 +61,6 @@ def generate(
     if config is not None and not isinstance(config, dict):
         raise CtrzooError(f"config must be a mapping of overrides, got {type(config).__name__}")
     cfg = merge_config(load_defaults(kind), config)
+    conversion_config(cfg)  # a bad conversion section fails even when unused, like any other bad key
     synth = _synth_class(kind)(cfg, seed)
-    return run(synth, kind, rows, out, progress=progress)
+    return run(synth, kind, rows, out, progress=progress, conversions=bool(conversions))

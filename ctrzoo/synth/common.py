@@ -12,7 +12,7 @@ import gzip
 import hashlib
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -264,15 +264,27 @@ class Synth:
     def logit(self, feats: dict[str, Any]) -> np.ndarray:
         return self.model.logit(feats["ids"], feats.get("num")) + self.extra_logit(feats)
 
-    def calibrate(self) -> float:
-        """Global bias putting the mean click probability at ``target_ctr``, solved on a fixed sample."""
+    def calibration_sample(self) -> tuple[dict[str, Any], np.ndarray]:
+        """The fixed sample the biases are solved on: its features and click logits (no global bias), (R,)."""
         rng = rng_for(self.seed, "calibration")
-        z = self.logit(self.features(np.sort(rng.random(CALIBRATION_ROWS)), rng))
-        target, lo, hi = float(self.cfg["target_ctr"]), -30.0, 30.0
-        for _ in range(60):
-            mid = 0.5 * (lo + hi)
-            lo, hi = (mid, hi) if sigmoid(mid + z).mean() < target else (lo, mid)
-        return round(0.5 * (lo + hi), 12)
+        feats = self.features(np.sort(rng.random(CALIBRATION_ROWS)), rng)
+        return feats, self.logit(feats)
+
+    def calibrate(self, z: np.ndarray | None = None) -> float:
+        """Global bias putting the mean click probability at ``target_ctr``, solved on a fixed sample (its
+        logits ``z`` when already computed)."""
+        if z is None:
+            z = self.calibration_sample()[1]
+        return solve_bias(lambda b: float(sigmoid(b + z).mean()), float(self.cfg["target_ctr"]))
+
+
+def solve_bias(mean_at: Callable[[float], float], target: float) -> float:
+    """The bias ``b`` in [-30, 30] where the increasing ``mean_at(b)`` reaches ``target``, by 60 bisections."""
+    lo, hi = -30.0, 30.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if mean_at(mid) < target else (lo, mid)
+    return round(0.5 * (lo + hi), 12)
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -295,17 +307,33 @@ def _blocks(rows: int, size: int) -> Iterator[tuple[int, int, int]]:
         yield b, start, min(size, rows - start)
 
 
-def run(synth: Synth, kind: str, rows: int, out: str | Path, progress: bool = False) -> dict:
-    """Generate ``rows`` rows block by block, write data, truth and summary, and return the summary."""
+def run(synth: Synth, kind: str, rows: int, out: str | Path, progress: bool = False,
+        conversions: bool = False) -> dict:
+    """Generate ``rows`` rows block by block, write data, truth and summary, and return the summary.
+
+    ``conversions``: also draw the ``converted`` label (``ctrzoo.synth.conversion``), written as the raw file's
+    last column and to the truth, and write ``<out>.schema.yaml``. Its uniforms are drawn from each block's
+    stream after the clicks, so every other byte is the same as without it.
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     truth_path, summary_path = Path(f"{out}.truth.parquet"), Path(f"{out}.synth.json")
-    bias = synth.calibrate()
+    calibration = synth.calibration_sample()
+    bias = synth.calibrate(calibration[1])
+    conv = None
+    if conversions:
+        from ctrzoo.synth.conversion import COLUMN, Conversion
+
+        conv = Conversion(synth, calibration, bias)
+    del calibration
     options = pacsv.WriteOptions(
         include_header=False, delimiter=synth.delimiter, quoting_style="none", batch_size=1 << 16
     )
     schema = pa.schema([("p_click", pa.float64()), ("label", pa.int8())])
-    clicks, logloss = 0, 0.0
+    if conv is not None:
+        schema = schema.append(pa.field("p_cvr", pa.float64())).append(pa.field("p_conversion", pa.float64()))
+        schema = schema.append(pa.field(COLUMN, pa.int8()))
+    clicks, logloss, converted_total, conv_logloss = 0, 0.0, 0, 0.0
     bar = None
     if progress:
         from tqdm import tqdm
@@ -313,19 +341,28 @@ def run(synth: Synth, kind: str, rows: int, out: str | Path, progress: bool = Fa
         bar = tqdm(total=rows, unit="rows", desc=f"synth {kind}")
     with _open_out(out) as fh, pq.ParquetWriter(truth_path, schema) as truth:
         if synth.header:
-            fh.write((synth.header + "\n").encode())
+            fh.write((synth.header + ("" if conv is None else f"{synth.delimiter}{COLUMN}") + "\n").encode())
         for b, start, n in _blocks(rows, int(synth.cfg["block_rows"])):
             rng = rng_for(synth.seed, "block", b)
             feats = synth.features((start + np.arange(n)) / rows, rng)
-            p = sigmoid(bias + synth.logit(feats))
+            z = synth.logit(feats)
+            p = sigmoid(bias + z)
             label = (rng.random(n) < p).astype(np.int8)
+            table = synth.table(feats, label)
+            cols = {"p_click": p, "label": label}
+            if conv is not None:
+                p_cvr = conv.p_cvr(feats, z)
+                converted = ((label == 1) & (rng.random(n) < p_cvr)).astype(np.int8)
+                table = table.append_column(COLUMN, pa.array(converted))
+                cols.update({"p_cvr": p_cvr, "p_conversion": p * p_cvr, COLUMN: converted})
+                converted_total += int(converted.sum())
+                conv_logloss += _logloss_sum(p * p_cvr, converted)
             sink = pa.BufferOutputStream()
-            pacsv.write_csv(synth.table(feats, label), sink, options)
+            pacsv.write_csv(table, sink, options)
             fh.write(sink.getvalue())
-            truth.write_table(pa.table({"p_click": p, "label": label}, schema=schema))
+            truth.write_table(pa.table(cols, schema=schema))
             clicks += int(label.sum())
-            q = np.clip(np.where(label == 1, p, 1.0 - p), 1e-15, 1.0)
-            logloss -= float(np.log(q).sum())
+            logloss += _logloss_sum(p, label)
             if bar is not None:
                 bar.update(n)
     if bar is not None:
@@ -337,12 +374,35 @@ def run(synth: Synth, kind: str, rows: int, out: str | Path, progress: bool = Fa
         "files": {"data": out.name, "truth": truth_path.name},
         "global_bias": bias,
         "base_ctr": clicks / rows,
-        "oracle_auc": None if math.isnan(auc_value := oracle_auc(truth_path)) else auc_value,
+        "oracle_auc": _or_none(oracle_auc(truth_path)),
         "oracle_logloss": logloss / rows,
-        "config": synth.cfg,
+        "config": synth.cfg if conv is not None else {k: v for k, v in synth.cfg.items() if k != "conversion"},
     }
+    if conv is not None:
+        from ctrzoo.synth.conversion import write_schema
+
+        schema_path = Path(f"{out}.schema.yaml")
+        write_schema(kind, schema_path)
+        summary["files"]["schema"] = schema_path.name
+        summary["conversion"] = {
+            "rate": converted_total / rows,
+            "rate_among_clicks": converted_total / clicks if clicks else None,
+            "oracle_auc": _or_none(oracle_auc(truth_path, "p_conversion", COLUMN)),
+            "oracle_logloss": conv_logloss / rows,
+            **conv.summary(),
+        }
     summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
+
+
+def _logloss_sum(p: np.ndarray, label: np.ndarray) -> float:
+    """Summed log loss of probabilities ``p`` (R,) against 0/1 ``label`` (R,), clipped at 1e-15."""
+    q = np.clip(np.where(label == 1, p, 1.0 - p), 1e-15, 1.0)
+    return -float(np.log(q).sum())
+
+
+def _or_none(x: float) -> float | None:
+    return None if math.isnan(x) else x
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -362,7 +422,7 @@ def auc(score: np.ndarray, label: np.ndarray) -> float:
     return float((pos * (neg_below + 0.5 * neg)).sum() / (n_pos * n_neg))
 
 
-def oracle_auc(truth_path: str | Path) -> float:
+def oracle_auc(truth_path: str | Path, score: str = "p_click", label: str = "label") -> float:
     """AUC of the true probabilities: the ceiling any model can reach on these labels (9 bytes/row reloaded)."""
-    t = pq.read_table(truth_path, columns=["p_click", "label"])
-    return auc(t["p_click"].to_numpy(), t["label"].to_numpy())
+    t = pq.read_table(truth_path, columns=[score, label])
+    return auc(t[score].to_numpy(), t[label].to_numpy())
