@@ -56,6 +56,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=1024,
+                    help="training batch (the package configs' 4096 gives only ~40 steps per epoch at 200k rows)")
     ap.add_argument("--models", nargs="*", default=None, help="default: every registered single-task model")
     ap.add_argument("--kinds", nargs="*", default=["criteo", "avazu", "taobao"])
     ap.add_argument("--out", default=str(HERE / "results" / "zoo.md"))
@@ -79,7 +81,8 @@ def main() -> None:
             for seed in a.seeds:
                 out = root / f"{kind}_{model}_{seed}"
                 meta = train_bundle(model, data, out, progress=False, verbose=False,
-                                    overrides={"epochs": a.epochs, "seed": seed, "threads": 1})
+                                    overrides={"epochs": a.epochs, "seed": seed, "threads": 1,
+                                               "batch_size": a.batch_size})
                 speed = np.mean([h["samples_per_s"] for h in meta.history if h.get("samples_per_s")])
                 runs.append({"auc": meta.metrics.test["auc"], "logloss": meta.metrics.test["logloss"],
                              "samples_per_s": float(speed), "bundle": str(out)})
@@ -102,10 +105,10 @@ def main() -> None:
 def _table(results: dict, a) -> str:
     from _common import cpu_name
 
-    lines = [f"{cpu_name()}; {a.rows:,d} synthetic rows per dataset (8:1:1), {a.epochs} epoch(s), seeds {a.seeds}, "
-             "each dataset's package config, one torch thread; speed ratios to DeepFM in the same run "
-             "(training samples/s: higher "
-             "is faster; onnxruntime latency at batch 100, one thread: lower is faster)."]
+    lines = [f"{cpu_name()}; {a.rows:,d} synthetic rows per dataset (8:1:1), {a.epochs} epoch(s) of batch "
+             f"{a.batch_size}, seeds {a.seeds}, each dataset's package config otherwise, one torch thread; speed "
+             "ratios to DeepFM in the same run (training samples/s: higher is faster; onnxruntime latency at "
+             "batch 100, one thread: lower is faster)."]
     for kind, res in results.items():
         ref = res.get(REFERENCE)
         lines += ["", f"#### synth {kind} (oracle AUC {res['oracle']['auc']:.4f}, logloss "
