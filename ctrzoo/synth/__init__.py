@@ -15,8 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ctrzoo.errors import CtrzooError
-from ctrzoo.synth.common import load_defaults, merge_config, run
+from ctrzoo.synth.common import load_defaults, merge_config
 from ctrzoo.synth.conversion import conversion_config
+from ctrzoo.synth.writer import run
 
 KINDS = ("criteo", "avazu", "taobao")
 
