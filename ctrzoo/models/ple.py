@@ -15,7 +15,7 @@ from ctrzoo.nn import FeatureEmbedding
 from ctrzoo.nn.multitask import CustomizedGateControl, TaskTowers, check_tasks
 
 
-@register_model("ple", aliases=("cgc",))
+@register_model("ple")
 class PLE(CTRModel):
     """``x = [flatten(fields), dense]``; ``num_levels`` CGC levels, each ``[B, T + 1, D] -> [B, T + 1, H]``
     (the last drops the shared slot); ``logit_t = tower_t(level_out[:, t])``, ``[B, T]``. ``num_levels=1``
