@@ -71,3 +71,12 @@ def serving_bundles(synth_prepared, tmp_path_factory):
         export_onnx(root / name)
         out[name] = root / name
     return out
+
+
+@pytest.fixture(scope="session")
+def multitask_bundles(tmp_path_factory):
+    """Exported untrained bundles: mmoe, ple, esmm (tasks click, converted), ple_other_tasks, a single-task
+    deepfm (tests/multitask_rows.py)."""
+    from multitask_rows import write_bundles
+
+    return write_bundles(tmp_path_factory.mktemp("multitask"))
