@@ -62,9 +62,10 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="*", default=["criteo", "avazu", "taobao"])
     ap.add_argument("--out", default=str(HERE / "results" / "zoo.md"))
     a = ap.parse_args()
-    from ctrzoo.models.registry import _get
+    from ctrzoo.bundle import load_bundle
+    from ctrzoo.train.trainer import is_multitask
 
-    models = a.models or [m for m in list_models() if not _get(m).tasks]  # multi-task: --multitask
+    models = a.models or [m for m in list_models() if not is_multitask(m)]  # multi-task: zoo_multitask.py
     root = WORK / f"zoo_{a.rows}"
     results: dict[str, dict[str, dict]] = {}
     for kind in a.kinds:
@@ -80,9 +81,12 @@ def main() -> None:
             runs = []
             for seed in a.seeds:
                 out = root / f"{kind}_{model}_{seed}"
-                meta = train_bundle(model, data, out, progress=False, verbose=False,
-                                    overrides={"epochs": a.epochs, "seed": seed, "threads": 1,
-                                               "batch_size": a.batch_size})
+                if (out / "bundle.json").exists():  # a finished run of an interrupted invocation: reused
+                    meta = load_bundle(out).meta
+                else:
+                    meta = train_bundle(model, data, out, progress=False, verbose=False,
+                                        overrides={"epochs": a.epochs, "seed": seed, "threads": 1,
+                                                   "batch_size": a.batch_size})
                 speed = np.mean([h["samples_per_s"] for h in meta.history if h.get("samples_per_s")])
                 runs.append({"auc": meta.metrics.test["auc"], "logloss": meta.metrics.test["logloss"],
                              "samples_per_s": float(speed), "bundle": str(out)})

@@ -6,6 +6,13 @@ Example::
     model = ctrzoo.load("bundles/deepfm")            # checks the manifest and the golden rows
     probs = model.predict(df)                        # pandas DataFrame, pyarrow Table or list of dicts -> [N]
 
+A multi-task bundle (``mmoe``, ``ple``, ``esmm``; ``model.tasks`` names its labels) predicts a pandas DataFrame
+with one float32 column per task, in ``model.tasks`` order, indexed like the input frame (a RangeIndex for a
+table or a list), so ``df.join(model.predict(df))`` lines rows up::
+
+    model = ctrzoo.load("bundles/mmoe")              # model.tasks == ("click", "converted")
+    probs = model.predict(df)                        # DataFrame [N rows x 2]: probs["converted"], ...
+
 Rows are encoded by the bundle's own codec (the one the service uses) and scored by the chosen runtime, so
 the numbers equal ``/rank``'s for the same raw values. A table or frame must carry every raw column the
 model reads: a missing column is an error naming it (``allow_missing=True`` encodes it as missing on
@@ -20,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from ctrzoo.bundle import Bundle, check_golden, golden_tolerance, load_bundle
@@ -61,6 +69,11 @@ class Model:
         return self.bundle.version
 
     @property
+    def tasks(self) -> tuple[str, ...]:
+        """The labels a multi-task model predicts (``predict``'s columns); ``()`` for a single-task model."""
+        return self.bundle.tasks
+
+    @property
     def features(self) -> list[FeatureInfo]:
         """What each row must provide (extra columns are ignored)."""
         return [FeatureInfo(f.name, f.kind, f.column) for f in self.bundle.spec.features]
@@ -69,15 +82,23 @@ class Model:
         """Raw rows -> the tensor layout, exactly as the service encodes them."""
         return self.codec.encode(data, allow_missing=allow_missing)
 
-    def predict(self, data: Any, allow_missing: bool = False, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> np.ndarray:
+    def predict(self, data: Any, allow_missing: bool = False,
+                chunk_rows: int = DEFAULT_CHUNK_ROWS) -> np.ndarray | pd.DataFrame:
         """Click probabilities ``[N]`` (float32) of raw rows: a pandas DataFrame, a pyarrow Table or RecordBatch,
-        or a list of dicts (a dict without a key is a missing value there)."""
+        or a list of dicts (a dict without a key is a missing value there). A multi-task model gives a
+        DataFrame instead: one float32 column per task (``self.tasks``), indexed like a DataFrame input."""
         if chunk_rows < 1:
             raise CtrzooError(f"chunk_rows must be >= 1, got {chunk_rows}")
         check_columns(data, self.codec.raw_columns, allow_missing)
         parts = [self._predictor.predict(self.codec.encode(chunk, allow_missing=True))
                  for chunk in _chunks(data, chunk_rows)]
-        return np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros(0, dtype=np.float32)
+        width = (len(self.tasks),) if self.tasks else ()
+        probs = np.concatenate(parts) if parts else np.zeros((0, *width))
+        probs = probs.astype(np.float32, copy=False)
+        if not self.tasks:
+            return probs
+        index = data.index if isinstance(data, pd.DataFrame) else None
+        return pd.DataFrame(probs, columns=list(self.tasks), index=index)
 
     def __repr__(self) -> str:
         return f"ctrzoo.Model({self.name!r}, version {self.version}, backend {self.backend!r}, {self.codec!r})"

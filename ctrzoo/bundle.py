@@ -9,8 +9,9 @@ Every bundle is a directory of one shape, whatever its kind (``BaseBundle`` owns
     BUNDLE/weights.pt    a state dict, loaded with ``weights_only=True`` (no pickle)
 
 A ranking model bundle (``Bundle``, kind ``model``) adds ``golden.json`` (a few raw rows with the scores the
-saved model gives them, ``check_golden``) and, after ``ctrzoo export``, ``model.onnx`` (which export adds to
-the manifest). A retrieval bundle (``ctrzoo.retrieval.bundle``) adds its catalogue and index.
+saved model gives them, ``check_golden``; one score per task for a multi-task model, see ``Bundle.tasks``) and,
+after ``ctrzoo export``, ``model.onnx`` (which export adds to the manifest). A retrieval bundle
+(``ctrzoo.retrieval.bundle``) adds its catalogue and index.
 
 Writing builds the directory beside the target and swaps it in (``ctrzoo.atomic``); a bundle of another kind is
 never replaced. Loading opens regular files only, checks the kind, the format version and every file against
@@ -253,13 +254,21 @@ class Bundle(BaseBundle):
     def hparams(self) -> dict[str, Any]:
         return self.meta.model.hparams
 
+    @cached_property
+    def tasks(self) -> tuple[str, ...]:
+        """The labels a multi-task model learns, in the order of its output columns (probabilities ``[B, T]``);
+        ``()`` for a single-task model (``[B]``). Read from the hyper-parameters, or the constructor's default
+        when they do not record it: the value ``build_model`` used."""
+        return model_tasks(self.model_name, self.hparams)
+
     @property
     def feature_set(self) -> tuple[tuple[str, str], ...]:
         """(name, kind) of every feature, in order: what a request must provide."""
         return tuple((f.name, f.kind) for f in self.spec.features)
 
     def golden(self) -> dict[str, Any] | None:
-        """``{"rows": [...], "scores": [...]}`` or None for a format-1 bundle."""
+        """``{"rows": [...], "scores": [...]}`` or None for a format-1 bundle; a multi-task bundle's scores are
+        one list per row, ordered as ``tasks`` (which the file records as ``"tasks"``)."""
         path = self.path / GOLDEN_FILE
         if self.meta.format_version == 1 and not path.exists():
             return None
@@ -280,6 +289,9 @@ class Bundle(BaseBundle):
         if "pool_lists" in model_hparam_names(self.model_name) and "pool_lists" not in hparams:
             hparams["pool_lists"] = False  # trained before sequences reached this model (issue 16): as trained
         model = build_model(self.model_name, self.codec.layout, **hparams)
+        if tuple(getattr(model, "tasks", ())) != self.tasks:  # the protocol's promise, checked once here
+            raise BundleError(f"{self.path}: model {self.model_name!r} learns tasks {list(model.tasks)}, the "
+                              f"bundle's hyper-parameters say {list(self.tasks)}")
         return self.load_weights(model, f"model {self.model_name!r}")
 
     @classmethod
@@ -292,6 +304,21 @@ class Bundle(BaseBundle):
     def legacy_note(cls, path: Path) -> str:
         return (f"{path}: bundle format 1 has no integrity manifest and no golden rows, so neither is checked; "
                 f"`ctrzoo export --bundle {path}` adds them")
+
+
+def model_tasks(name: str, hparams: dict[str, Any]) -> tuple[str, ...]:
+    """The tasks ``build_model(name, layout, **hparams)`` learns: ``hparams["tasks"]``, else the constructor's
+    default; ``()`` for a model without a ``tasks`` hyper-parameter (single-task)."""
+    import inspect
+
+    from ctrzoo.models.registry import _get  # the registered class (aliases resolved; unknown: CtrzooError)
+
+    if "tasks" in hparams:
+        return tuple(str(t) for t in hparams["tasks"])
+    param = inspect.signature(_get(name).__init__).parameters.get("tasks")
+    if param is None or param.default is inspect.Parameter.empty:
+        return ()
+    return tuple(str(t) for t in param.default)
 
 
 def save_bundle(out: str | Path, model: nn.Module, spec: FeatureSpec, meta: ModelBundleMeta) -> Bundle:
@@ -411,7 +438,8 @@ def write_golden(bundle: Bundle, data_path: str | None = None) -> dict[str, Any]
 
     Rows: the first raw test rows of the training dataset when it is still there, plus rows built from the
     spec's vocabularies (common, rare and unknown values, one row with every feature missing), so a
-    bundle can always get them. Scores are of the saved weights, in eval mode.
+    bundle can always get them. Scores are of the saved weights, in eval mode: one per row, or for a
+    multi-task model one list per row in the order of ``bundle.tasks`` (recorded as ``"tasks"``).
     """
     from ctrzoo.models.probability import ProbabilityModel
 
@@ -421,7 +449,9 @@ def write_golden(bundle: Bundle, data_path: str | None = None) -> dict[str, Any]
     model = ProbabilityModel(bundle.build_model()).eval()
     with torch.inference_mode():
         scores = model(*(torch.from_numpy(a) for a in (batch.sparse, batch.dense, batch.seq))).numpy()
-    data = {"rows": rows, "scores": scores.astype(float).tolist()}  # [N], or [N, T] for a multi-task model
+    data: dict[str, Any] = {"rows": rows, "scores": scores.astype(np.float64).tolist()}
+    if bundle.tasks:
+        data["tasks"] = list(bundle.tasks)
     (bundle.path / GOLDEN_FILE).write_text(json.dumps(data, indent=1))
     return data
 
@@ -430,23 +460,39 @@ def check_golden(bundle: Bundle, codec: FeatureCodec, predict, tolerance: float 
                  what: str = "") -> float | None:
     """Score the golden rows with ``predict(encoded_batch)``; BundleError when they are not reproduced.
 
-    Returns the largest difference (None for a bundle without golden rows)."""
+    A multi-task bundle's rows are checked task by task (``predict`` must give ``[N, T]``; the error names
+    the task that differs). Returns the largest difference (None for a bundle without golden rows)."""
     golden = bundle.golden()
     if golden is None:
         return None
     try:
-        got = np.asarray(predict(encode_rows(codec, golden["rows"])), dtype=np.float64).reshape(-1)
+        got = np.asarray(predict(encode_rows(codec, golden["rows"])), dtype=np.float64)
     except Exception as exc:  # an encoder's CtrzooError, or a runtime's own error type
         raise BundleError(f"{bundle.path}: cannot score its golden rows{what}: {exc.__class__.__name__}: "
                           f"{str(exc)[:200]}") from None
-    want = np.asarray(golden["scores"], dtype=np.float64).reshape(-1)  # a multi-task model's [N, T] too
+    tasks = bundle.tasks
+    try:
+        want = np.asarray(golden["scores"], dtype=np.float64)
+    except (ValueError, TypeError):
+        want = np.empty(0)  # ragged or not numbers: reported as the wrong shape below
+    shape = (len(golden["rows"]), len(tasks)) if tasks else (len(golden["rows"]),)
+    recorded = golden.get("tasks", list(tasks))  # written by multi-task bundles only
+    if want.shape != shape or recorded != list(tasks):
+        raise BundleError(f"{bundle.path}: golden scores of shape {want.shape} for tasks {golden.get('tasks')}, "
+                          f"expected {shape} for {list(tasks) if tasks else 'a single-task model'}")
+    if not tasks:
+        got = got.reshape(-1)
     if got.shape != want.shape:
-        raise BundleError(f"{bundle.path}: scored {got.size} golden rows{what}, expected {want.size}")
-    diff = float(np.abs(got - want).max()) if want.size else 0.0
-    if not math.isfinite(diff) or diff > tolerance:
-        raise BundleError(f"{bundle.path}: does not reproduce its golden rows{what}: max |diff| {diff:.2e} > "
-                          f"{tolerance:.0e} (weights, model.onnx and spec of different models, or corrupt)")
-    return diff
+        raise BundleError(f"{bundle.path}: scored its golden rows{what} as shape {got.shape}, expected {want.shape}"
+                          + (f" (one column per task: {', '.join(tasks)})" if tasks else ""))
+    diffs = np.abs(got - want).reshape(len(want), -1).max(axis=0) if want.size else np.zeros(max(len(tasks), 1))
+    for t, diff in enumerate(diffs):
+        if not math.isfinite(diff) or diff > tolerance:
+            task = f" (task {tasks[t]!r})" if tasks else ""
+            raise BundleError(f"{bundle.path}: does not reproduce its golden rows{what}{task}: max |diff| "
+                              f"{diff:.2e} > {tolerance:.0e} (weights, model.onnx and spec of different models, "
+                              "or corrupt)")
+    return float(diffs.max())
 
 
 def encode_rows(codec: FeatureCodec, rows: list[dict[str, Any]]) -> EncodedBatch:

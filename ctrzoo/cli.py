@@ -351,6 +351,16 @@ def _cmd_index(args: argparse.Namespace) -> None:
                     target=args.target, k=args.k, allow_unknown=args.allow_unknown_items)
 
 
+def _json_option(text: str | None, option: str) -> object:
+    """The JSON value of ``option`` (None when not given); a CtrzooError naming the option when it is not JSON."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise CtrzooError(f"{option}: not valid JSON ({exc}), got {text!r}") from None
+
+
 def _cmd_serve(args: argparse.Namespace) -> None:
     import os
 
@@ -369,10 +379,17 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         raise CtrzooError(f"{args.bundle} has no model.onnx: run `ctrzoo export --bundle {args.bundle}` or use "
                           "--backend torch")
     from serving.settings import ServeSettings
+    from serving.tasks import task_ranking
 
     # a bad CTRZOO_* value is one line here (nothing set yet), not a failure inside every worker
-    ServeSettings.from_env(bundle=str(bundle.path), backend=args.backend, threads=args.threads or None,
-                           read_timeout_s=args.read_timeout)
+    settings = ServeSettings.from_env(bundle=str(bundle.path), backend=args.backend, threads=args.threads or None,
+                                      read_timeout_s=args.read_timeout, rank_by=args.rank_by,
+                                      task_weights=_json_option(args.task_weights, "--task-weights"))
+    task_ranking(bundle.tasks, settings.rank_by, settings.task_weights, f"{bundle.path} (model {bundle.model_name!r})")
+    from ctrzoo.runtime.base import SINGLE_TASK_ONLY, require_single_task
+
+    if args.backend in SINGLE_TASK_ONLY:
+        require_single_task(bundle, args.backend)
     # workers are separate processes: they read their settings from the environment
     os.environ["CTRZOO_BUNDLE"] = str(Path(args.bundle).resolve())
     os.environ["CTRZOO_BACKEND"] = args.backend
@@ -382,6 +399,10 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         os.environ["CTRZOO_RETRIEVAL"] = str(Path(args.retrieval).resolve())
     if args.read_timeout is not None:
         os.environ["CTRZOO_READ_TIMEOUT_S"] = str(args.read_timeout)
+    if args.rank_by is not None:
+        os.environ["CTRZOO_RANK_BY"] = args.rank_by
+    if args.task_weights is not None:
+        os.environ["CTRZOO_TASK_WEIGHTS"] = args.task_weights
     from serving.server import protocol_class
 
     # the protocol closes connections that send no complete headers within the read timeout (serving.server)
@@ -550,9 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("what", choices=["inference", "retrieval"],
                    help="inference: latency of a model bundle per backend; retrieval: recall vs QPS per index kind")
     s.add_argument("--bundle", help="inference: a model bundle; retrieval: a retrieval bundle")
-    s.add_argument("--backends", action=ListOf, known=BACKENDS, default=["torch", "onnxruntime", "fused"],
-                   metavar="BACKEND",
-                   help="inference: backends to time, of %(known)s (default torch onnxruntime fused)")
+    s.add_argument("--backends", action=ListOf, known=BACKENDS, default=None, metavar="BACKEND",
+                   help="inference: backends to time, of %(known)s (default torch onnxruntime fused; fused "
+                   "skipped for a multi-task bundle)")
     s.add_argument("--batch-sizes", action=ListOf, item=int, default=[1, 100, 1024], metavar="N",
                    help="inference: batch sizes (default 1 100 1024)")
     s.add_argument("--seconds", type=float, default=1.0, help="time per (backend, batch size)")
@@ -637,6 +658,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--read-timeout", type=float, default=None,
                    help="seconds a client has to send a request's headers, and then its body (default 10, "
                    "or CTRZOO_READ_TIMEOUT_S); slower clients get a 408 or a closed connection")
+    s.add_argument("--rank-by", default=None, metavar="TASK",
+                   help="multi-task bundles: the task /rank orders by (default its first; or CTRZOO_RANK_BY)")
+    s.add_argument("--task-weights", default=None, metavar="JSON",
+                   help="multi-task bundles: order by a weighted sum of the tasks' probabilities, e.g. "
+                   "'{\"click\": 1, \"converted\": 4}' (or CTRZOO_TASK_WEIGHTS); not with --rank-by")
     s.set_defaults(func=_cmd_serve)
 
     s = sub.add_parser("tune", help="tune the tvm backend's kernels for a bundle (MetaSchedule; extra: tvm)")

@@ -1,5 +1,10 @@
 """``ctrzoo export``: the bundle's model as ONNX (named inputs of the fixed layout, output = probability).
 
+A single-task model's output is ``prob [B]``; a multi-task model's is ``prob [B, T]``, column ``t`` the
+probability of task ``t``. The tasks are written into the file (``metadata_props["ctrzoo.tasks"]``, a JSON
+list) and into the bundle's export record (``OnnxRecord.tasks``, ``output_shape ["batch", T]``), so neither
+an ONNX consumer nor a runtime has to guess which column is which.
+
 Export verifies itself before anything is written: the ONNX checker, then a parity run of onnxruntime
 against torch on random in-range inputs at two batch sizes (so the dynamic batch axis really is dynamic),
 then the bundle's golden rows (raw values -> encoder -> onnxruntime) against their recorded scores. The new
@@ -8,6 +13,7 @@ then the bundle's golden rows (raw values -> encoder -> onnxruntime) against the
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -34,12 +40,14 @@ from ctrzoo.models.probability import ProbabilityModel
 
 OUTPUT_NAME = "prob"
 PARITY_TOLERANCE = 1e-5
+TASKS_KEY = "ctrzoo.tasks"  # model.onnx metadata: the tasks of the output's columns (a JSON list)
 
 
 def write_onnx(model: nn.Module, layout: TableLayout, path: Path) -> float:
     """``ProbabilityModel(model)`` as ONNX at ``path`` (dynamo; inputs ``INPUT_NAMES`` with a dynamic batch axis,
-    output ``prob [B]``), checked by the ONNX checker; returns onnxruntime's max |diff| to torch on random
-    in-range inputs at batch 1 and 37."""
+    output ``prob [B]``, or ``[B, T]`` with the tasks in the file's metadata for a multi-task model), checked
+    by the ONNX checker; returns onnxruntime's max |diff| to torch on random in-range inputs at batch 1 and
+    37 (over every task)."""
     import onnx
 
     wrapped = model if isinstance(model, ProbabilityModel) else ProbabilityModel(model)
@@ -56,8 +64,13 @@ def write_onnx(model: nn.Module, layout: TableLayout, path: Path) -> float:
             dynamic_shapes={name: {0: batch} for name in INPUT_NAMES}, verbose=False,
         )
     program.save(str(path))
+    tasks = tuple(getattr(wrapped.model, "tasks", ()))
+    if tasks:
+        proto = onnx.load(str(path))
+        onnx.helper.set_model_props(proto, {TASKS_KEY: json.dumps(list(tasks))})
+        onnx.save(proto, str(path))
     onnx.checker.check_model(str(path), full_check=True)
-    return _parity(wrapped, path, layout)
+    return _parity(wrapped, path, layout, len(tasks))
 
 
 def export_onnx(bundle: str | Path | Bundle, tolerance: float = PARITY_TOLERANCE) -> OnnxRecord:
@@ -84,6 +97,8 @@ def export_onnx(bundle: str | Path | Bundle, tolerance: float = PARITY_TOLERANCE
         parity_max_abs_diff=max_diff,
         golden_max_abs_diff=golden_diff,
     )
+    if b.tasks:
+        record.tasks, record.output_shape = list(b.tasks), ["batch", len(b.tasks)]
     b.meta.artifacts.onnx = record
     if upgrade:
         b.meta.files = b.manifest()
@@ -111,7 +126,9 @@ def _golden_parity(b: Bundle, onnx_path: Path) -> float:
 
 
 @torch.inference_mode()
-def _parity(model: nn.Module, path: Path, layout: TableLayout) -> float:
+def _parity(model: nn.Module, path: Path, layout: TableLayout, n_tasks: int = 0) -> float:
+    """Max |diff| of onnxruntime to torch at batch 1 and 37; both must give ``[B]`` (``[B, T]`` for
+    ``n_tasks`` tasks), so a dropped or transposed task axis is an error, not a broadcast."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -120,9 +137,10 @@ def _parity(model: nn.Module, path: Path, layout: TableLayout) -> float:
         inputs = random_batch(layout, batch, seed=batch).as_dict()
         got = session.run(None, inputs)[0]
         want = model(*(torch.from_numpy(inputs[k]) for k in INPUT_NAMES)).numpy()
-        if got.shape != (batch,) or want.shape != (batch,):
+        shape = (batch, n_tasks) if n_tasks else (batch,)
+        if got.shape != shape or want.shape != shape:
             raise BundleError(f"{path}: scores of shape {got.shape} (onnxruntime) and {want.shape} (torch) for "
-                              f"a batch of {batch}, expected ({batch},)")
+                              f"a batch of {batch}, expected {shape}")
         worst = max(worst, float(np.abs(got - want).max()))
     return worst
 

@@ -276,6 +276,9 @@ class OnnxRecord(Record):
     opset: int
     parity_max_abs_diff: float  # onnxruntime vs torch on random inputs
     golden_max_abs_diff: float  # the golden rows, encoded from raw values, vs their recorded scores
+    # a multi-task model's output: ``prob [B, T]``, columns in ``tasks`` order (single-task: ``[B]``, not written)
+    tasks: list[str] = field(default_factory=list, metadata=OMIT_DEFAULT)
+    output_shape: list[Any] = field(default_factory=lambda: ["batch"], metadata=OMIT_DEFAULT)
 
 
 @dataclass(kw_only=True)

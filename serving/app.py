@@ -100,7 +100,8 @@ class ServiceState:
                 raise BundleError(f"{target}: {change}; a reload keeps the model kind and the feature set unless "
                                   "the request says allow_model_change: true")
         del current
-        return load_model(bundle, self.settings.backend, self.settings.threads)
+        s = self.settings
+        return load_model(bundle, s.backend, s.threads, s.rank_by, s.task_weights)
 
     async def _watch_retired(self, retired: weakref.ref) -> None:
         """Requests that held the old model finish within their timeout; then it must be gone. If a cycle
@@ -115,10 +116,13 @@ class ServiceState:
 
 
 def model_change(old: Bundle, new: Bundle) -> str:
-    """What a reload from ``old`` to ``new`` changes in the model kind or feature set ('' when nothing)."""
+    """What a reload from ``old`` to ``new`` changes in the model kind, its tasks (the response's task scores) or
+    the feature set ('' when nothing)."""
     parts = []
     if old.model_name != new.model_name:
         parts.append(f"model {old.model_name!r} -> {new.model_name!r}")
+    if old.tasks != new.tasks:
+        parts.append(f"tasks {list(old.tasks)} -> {list(new.tasks)}")
     before, after = dict(old.feature_set), dict(new.feature_set)
     if before != after:
         added, removed = sorted(set(after) - set(before)), sorted(set(before) - set(after))
@@ -168,7 +172,8 @@ async def _lifespan(app: FastAPI):
     """Load and warm the configured bundle before the first request; SIGHUP reloads it; stop the coalescer."""
     state: ServiceState = app.state.service
     settings = state.settings
-    state.install(await asyncio.to_thread(load_model, settings.bundle, settings.backend, settings.threads))
+    state.install(await asyncio.to_thread(load_model, settings.bundle, settings.backend, settings.threads,
+                                          settings.rank_by, settings.task_weights))
     _settle_gc(settings.gc_gen0_threshold)  # the full collection runs before the first request
     loop = asyncio.get_running_loop()
     # not possible outside the main thread (tests) or without signals: reload stays available over HTTP

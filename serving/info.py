@@ -1,5 +1,6 @@
 """``GET /healthz`` (alive), ``/readyz`` (model loaded and warmed), ``/metrics`` (Prometheus) and ``/model``
-(what a client needs to build requests: the features, their raw fields and types, the limits)."""
+(what a client needs to build requests: the features, their raw fields and types, the limits; for a multi-task
+model its tasks and how /rank orders them)."""
 
 from __future__ import annotations
 
@@ -39,10 +40,14 @@ async def metrics(s: ServiceState = Depends(get_state)):
 @router.get("/model")
 async def model_info(s: ServiceState = Depends(get_state)):
     m = _require_model(s)
-    return {"name": m.name, "version": m.version, "backend": m.predictor.backend,
-            "features": _feature_docs(m), "limits": {"max_candidates": s.settings.max_candidates,
-                                                      "max_body_bytes": s.settings.max_body_bytes},
-            "unknown_features": s.settings.unknown_features}
+    out = {"name": m.name, "version": m.version, "backend": m.predictor.backend,
+           "features": _feature_docs(m), "limits": {"max_candidates": s.settings.max_candidates,
+                                                     "max_body_bytes": s.settings.max_body_bytes},
+           "unknown_features": s.settings.unknown_features}
+    if m.ranking is not None:  # a multi-task model: what /rank's task_scores hold and what orders them
+        weights = dict(zip(m.tasks, m.ranking.weights.tolist()))
+        out |= {"tasks": list(m.tasks), "ranked_by": m.ranking.ranked_by, "task_weights": weights}
+    return out
 
 
 def _require_model(s: ServiceState) -> LoadedModel:

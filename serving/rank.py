@@ -5,6 +5,11 @@ One implementation serves both ways in: the FastAPI route (``router``, which doc
 down before Starlette's middleware, request object, routing and dependency solving: per request that
 machinery cost ~0.3 ms, a sixth of a 100-candidate request's server time. ``predict_scores`` is /rank's and
 /recommend's one way to the model (coalescer, timeout).
+
+A multi-task bundle's ``[B, T]`` probabilities are ranked by one task or a weighted sum of them
+(``serving.tasks``, settings ``rank_by``/``task_weights``): ``scores`` holds that ranking score, the response
+adds ``task_scores`` (task -> each candidate's probability, in request order) and ``ranked_by`` (the task, or
+``"weighted"``). A single-task response has neither field.
 """
 
 from __future__ import annotations
@@ -83,10 +88,11 @@ async def _rank(s: ServiceState, body: bytes) -> tuple[int, bytes]:
         return 422, error_body(f"a feature value could not be encoded: {exc}")
     t1 = time.perf_counter()
     try:
-        scores = await predict_scores(s, m, batch)
+        probs = await predict_scores(s, m, batch)
     except PredictionTimeout as exc:
         return 503, error_body(str(exc))
     t2 = time.perf_counter()
+    scores = probs if m.ranking is None else m.ranking.score(probs)
     order = np.argsort(-scores, kind="stable")
     if req.top_k is not None:
         order = order[: req.top_k]
@@ -97,12 +103,16 @@ async def _rank(s: ServiceState, body: bytes) -> tuple[int, bytes]:
                 "scores": scores.astype(np.float64), "ranking": order,
                 "features": {"absent": absent, "unknown": unknown},
                 "timing": {"encode_ms": (t1 - t0) * 1e3, "predict_ms": (t2 - t1) * 1e3, "total_ms": (t2 - t0) * 1e3}}
+    if m.ranking is not None:
+        response["task_scores"] = m.ranking.task_scores(probs)
+        response["ranked_by"] = m.ranking.ranked_by
     return 200, orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 async def predict_scores(s: ServiceState, m: LoadedModel, batch: EncodedBatch) -> np.ndarray:
-    """``m``'s scores for ``batch`` (through the coalescer when it is on), or ``PredictionTimeout`` after
-    ``request_timeout_s``: /rank's and /recommend's one way to the model."""
+    """``m``'s probabilities for ``batch``, ``[B]`` (``[B, T]`` for a multi-task model), through the coalescer
+    when it is on, or ``PredictionTimeout`` after ``request_timeout_s``: /rank's and /recommend's one way to the
+    model."""
     try:
         async with asyncio.timeout(s.settings.request_timeout_s):  # no extra task, unlike wait_for
             if s.coalescer is not None:

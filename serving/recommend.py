@@ -3,7 +3,9 @@
 Mounted on the ranking app by ``add_recommend_routes(app, retrieval_bundle)`` (or
 ``create_app(..., retrieval=PATH)``): the request carries user/context features only; retrieval picks
 ``candidates`` items from the catalogue, whose raw item features are what the ranking model scores, with
-the same encoder, batching and model reference as ``/rank``. ``/rank`` is untouched.
+the same encoder, batching and model reference as ``/rank``. ``/rank`` is untouched. A multi-task ranking
+model orders the items as ``/rank`` does (``serving.tasks``): each item's ``score`` is the ranking score, and
+the items' ``task_scores`` and the response's ``ranked_by`` appear (for a single-task model they are absent).
 """
 
 from __future__ import annotations
@@ -56,8 +58,10 @@ class RecommendRequest(BaseModel):
 
 class RecommendedItem(BaseModel):
     item_id: str
-    score: float = Field(description="the ranking model's click probability")
+    score: float = Field(description="the ranking model's click probability (multi-task: its ranking score)")
     retrieval_score: float = Field(description="inner product of the user and item vectors")
+    task_scores: dict[str, float] | None = Field(default=None, description="multi-task ranking models only: task "
+                                                 "-> probability")
 
 
 class RetrievalInfo(BaseModel):
@@ -81,6 +85,8 @@ class RecommendResponse(BaseModel):
     features: FeatureReport = Field(description="context names: user-side features the models read that the "
                                     "context lacks, and names neither model reads")
     timing: RecommendTiming
+    ranked_by: str | None = Field(default=None, description="multi-task ranking models only: the task the items "
+                                  "are ordered by, or \"weighted\" (as /rank's)")
 
 
 @dataclass(frozen=True)
@@ -125,7 +131,9 @@ def _refuse(state: ServiceState, status: int, error: str, field: str | None = No
 router = APIRouter()
 
 
-@router.post("/recommend", response_model=RecommendResponse, responses=error_responses(400, 408, 413, 422, 503))
+# exclude_unset: the multi-task fields are left out of a single-task model's answer, as /rank leaves them out
+@router.post("/recommend", response_model=RecommendResponse, response_model_exclude_unset=True,
+             responses=error_responses(400, 408, 413, 422, 503))
 async def recommend(req: RecommendRequest, state: ServiceState = Depends(get_state),
                     rec: Recommender = Depends(get_recommender)):
     t0 = time.perf_counter()
@@ -166,22 +174,28 @@ async def recommend(req: RecommendRequest, state: ServiceState = Depends(get_sta
     state.metrics.count_names("/recommend", absent, unknown)
     t1 = time.perf_counter()
     if batch is None:
-        scores = np.zeros(0, dtype=np.float32)
+        probs = np.zeros((0, len(m.tasks)) if m.tasks else 0, dtype=np.float32)
     else:
         try:
-            scores = await predict_scores(state, m, batch)
+            probs = await predict_scores(state, m, batch)
         except PredictionTimeout as exc:
             return _refuse(state, 503, str(exc))
     t2 = time.perf_counter()
+    scores = probs if m.ranking is None else m.ranking.score(probs)
     order = np.argsort(-scores, kind="stable")[: req.top_k]
     ids = retriever.catalogue.ids.take(pos[order]).to_pylist() if len(order) else []
-    items = [RecommendedItem(item_id=i, score=float(scores[j]), retrieval_score=float(rscores[j]))
-             for i, j in zip(ids, order)]
+    multi, per_item = {}, [{}] * len(order)
+    if m.ranking is not None:  # the top items' task probabilities ([top_k, T])
+        multi = {"ranked_by": m.ranking.ranked_by}
+        per_item = [{"task_scores": dict(zip(m.tasks, row))} for row in probs[order].astype(np.float64).tolist()]
+    items = [RecommendedItem(item_id=i, score=float(scores[j]), retrieval_score=float(rscores[j]), **x)
+             for i, j, x in zip(ids, order, per_item)]
     state.metrics.requests.labels(endpoint="/recommend", status="200").inc()
     return RecommendResponse(
         request_id=req.request_id, model=ModelInfo(name=m.name, version=m.version), retrieval=rec.info,
         candidates=len(pos), items=items, features=FeatureReport(absent=absent, unknown=unknown),
         timing=RecommendTiming(retrieve_ms=(t1 - t0) * 1e3, rank_ms=(t2 - t1) * 1e3, total_ms=(t2 - t0) * 1e3),
+        **multi,
     )
 
 

@@ -51,10 +51,18 @@ class FeatureReport(BaseModel):
 class RankResponse(BaseModel):
     request_id: str | None
     model: ModelInfo
-    scores: list[float] = Field(description="click probability per candidate, in request order")
+    scores: list[float] = Field(description="click probability per candidate, in request order; for a multi-task "
+                                "model the score the ranking uses (see ranked_by)")
     ranking: list[int] = Field(description="candidate indices, best first, cut at top_k")
     features: FeatureReport
     timing: Timing
+    task_scores: dict[str, list[float]] | None = Field(
+        default=None, description="multi-task models only (absent otherwise): task -> each candidate's probability "
+        "of it, in request order")
+    ranked_by: str | None = Field(
+        default=None, description="multi-task models only (absent otherwise): the task whose probability is the "
+        "score (setting rank_by, default the first task), or \"weighted\": sum over tasks of task_weights[task] "
+        "times its probability (setting task_weights)")
 
 
 class ErrorResponse(BaseModel):

@@ -8,7 +8,7 @@ swaps in a copy (``model_copy(update=...)``), so a request keeps the settings it
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +22,9 @@ class SettingsError(CtrzooError):
     def __init__(self, message: str, field: str | None = None):
         self.field = field
         super().__init__(message)
+
+
+StrictWeight = Annotated[float, Field(strict=True)]  # a JSON number: true or "1" is refused, 1 is 1.0
 
 
 class ServeSettings(BaseSettings):
@@ -54,6 +57,11 @@ class ServeSettings(BaseSettings):
     rank_lane: bool = True
     # after a model is loaded: gc.freeze(), and this generation-0 threshold if > 0 (else Python's); app._settle_gc
     gc_gen0_threshold: int = 0
+    # Multi-task bundles only (serving.tasks; checked against the bundle's tasks at every load): the task /rank
+    # orders by (default: the model's first task), or task -> weight for ranking by sum_t w_t * p_t
+    # (CTRZOO_TASK_WEIGHTS='{"click": 1, "converted": 4}'); not both. Set for a single-task bundle: refused.
+    rank_by: str | None = None
+    task_weights: dict[str, StrictWeight] | None = None
 
     @classmethod
     def from_env(cls, **overrides) -> ServeSettings:

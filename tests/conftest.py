@@ -127,3 +127,12 @@ def two_label_prepared(tmp_path_factory):
     (root / "schema.yaml").write_text(TWO_LABEL_SCHEMA)
     prepare(load_schema(root / "schema.yaml"), [root / "log.csv"], root / "ds")
     return root / "ds"
+
+
+@pytest.fixture(scope="session")
+def multitask_bundles(tmp_path_factory):
+    """Exported untrained bundles: mmoe, ple, esmm (tasks click, converted), ple_other_tasks, a single-task
+    deepfm (tests/multitask_rows.py)."""
+    from multitask_rows import write_bundles
+
+    return write_bundles(tmp_path_factory.mktemp("multitask"))

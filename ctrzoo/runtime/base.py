@@ -1,4 +1,5 @@
-"""The one runtime interface: ``predict(batch) -> np.ndarray`` of click probabilities, shape ``[B]``."""
+"""The one runtime interface: ``predict(batch) -> np.ndarray`` of click probabilities, shape ``[B]``; for a
+multi-task bundle ``[B, T]``, column ``t`` the probability of ``bundle.tasks[t]``."""
 
 from __future__ import annotations
 
@@ -39,19 +40,38 @@ def as_arrays(batch: Any, layout: TableLayout) -> dict[str, np.ndarray]:
     return out
 
 
+SINGLE_TASK_ONLY = ("fused", "tvm")  # backends whose graphs end in one score per row
+
+
+def supports(bundle: Bundle, backend: str) -> bool:
+    """Whether ``backend`` can serve ``bundle``: every backend serves a single-task model; ``fused`` and ``tvm``
+    no multi-task one. A default choice of backends skips the others (``ctrzoo bench inference``)."""
+    return not (bundle.tasks and backend in SINGLE_TASK_ONLY)
+
+
+def require_single_task(bundle: Bundle, backend: str) -> None:
+    """A CtrzooError naming ``backend`` and the model when ``bundle`` is multi-task (``[B, T]`` scores)."""
+    if bundle.tasks:
+        raise CtrzooError(f"the {backend} backend supports single-task models only; use onnxruntime (or torch): "
+                          f"{bundle.path} is model {bundle.model_name!r} with tasks {', '.join(bundle.tasks)}")
+
+
 class Predictor(ABC):
-    """A loaded model behind one method; backends differ only in how they compute it."""
+    """A loaded model behind one method; backends differ only in how they compute it.
+
+    ``predict`` gives ``[B]`` for a single-task bundle and ``[B, T]`` (``T = len(tasks)``) for a multi-task one."""
 
     backend: str = "?"
 
     def __init__(self, bundle: Bundle):
         self.bundle = bundle
         self.layout = bundle.codec.layout
+        self.tasks = bundle.tasks
 
     def predict(self, batch: Any) -> np.ndarray:
         arrays = as_arrays(batch, self.layout)
         if arrays["sparse"].shape[0] == 0:
-            return np.zeros(0, dtype=np.float32)
+            return np.zeros((0, len(self.tasks)) if self.tasks else 0, dtype=np.float32)
         return self._predict(arrays)
 
     @abstractmethod

@@ -9,13 +9,20 @@ import numpy as np
 
 from ctrzoo.bundle import load_bundle
 from ctrzoo.features import random_batch
-from ctrzoo.runtime import load
+from ctrzoo.runtime import load, supports
+
+DEFAULT_BACKENDS = ("torch", "onnxruntime", "fused")
 
 
-def bench_inference(bundle: str | Path, backends: list[str], batch_sizes: list[int], seconds: float = 1.0,
+def bench_inference(bundle: str | Path, backends: list[str] | None, batch_sizes: list[int], seconds: float = 1.0,
                     min_runs: int = 20, threads: int | None = None) -> list[dict]:
-    """One row per (backend, batch size): p50/p99 latency (ms), rows/s, max |diff| to torch."""
+    """One row per (backend, batch size): p50/p99 latency (ms), rows/s, max |diff| to torch (over every task).
+
+    ``backends=None``: ``DEFAULT_BACKENDS`` that can serve the bundle (a multi-task bundle skips ``fused``);
+    a backend named explicitly that cannot is refused by ``load``."""
     b = load_bundle(bundle)
+    if backends is None:
+        backends = [name for name in DEFAULT_BACKENDS if supports(b, name)]
     inputs = {n: random_batch(b.codec.layout, n, seed=n) for n in batch_sizes}
     reference = load(b, "torch", threads)
     expected = {n: reference.predict(x) for n, x in inputs.items()}

@@ -1,8 +1,10 @@
-"""``onnxruntime`` (and its int8 dynamic-quantization variant) over the bundle's ``model.onnx``."""
+"""``onnxruntime`` (and its int8 dynamic-quantization variant) over the bundle's ``model.onnx``: ``[B]`` scores,
+``[B, T]`` for a multi-task bundle (the file's output and recorded tasks are checked against the bundle's)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from pathlib import Path
 
@@ -58,7 +60,21 @@ class OnnxRuntimePredictor(Predictor):
             raise BundleError(f"{path}: onnxruntime cannot load it "
                               f"({exc.__class__.__name__}: {str(exc)[:200]})") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self._check_output(path)
         self.warm_up()
+
+    def _check_output(self, path: Path) -> None:
+        """``model.onnx`` gives what the bundle's model gives: ``[B]``, or ``[B, T]`` with the same tasks."""
+        shape = list(self.session.get_outputs()[0].shape)
+        n = len(self.tasks)
+        if len(shape) != (2 if n else 1) or (n and isinstance(shape[1], int) and shape[1] != n):
+            want = f"[batch, {n}] (tasks {', '.join(self.tasks)})" if n else "[batch]"
+            raise BundleError(f"{path}: outputs scores of shape {shape}, the bundle's model "
+                              f"{self.bundle.model_name!r} gives {want}; export again")
+        recorded = self.session.get_modelmeta().custom_metadata_map.get("ctrzoo.tasks")
+        if recorded is not None and json.loads(recorded) != list(self.tasks):
+            raise BundleError(f"{path}: exported for tasks {recorded}, the bundle's model learns "
+                              f"{list(self.tasks)}; export again")
 
     def _quantized(self, path: Path) -> Path:
         """int8 weights for the MatMuls (dynamic activation quantization), cached beside model.onnx."""
@@ -75,7 +91,8 @@ class OnnxRuntimePredictor(Predictor):
 
     def _predict(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
         feeds = {name: arrays[name] for name in self.input_names}
-        return self.session.run(None, feeds)[0].reshape(-1)
+        out = self.session.run(None, feeds)[0]
+        return out.reshape(len(arrays["sparse"]), len(self.tasks)) if self.tasks else out.reshape(-1)
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ctrzoo.bundle import Bundle
 from ctrzoo.models.probability import ProbabilityModel
-from ctrzoo.runtime.base import Predictor
+from ctrzoo.runtime.base import Predictor, require_single_task
 
 
 class TorchPredictor(Predictor):
@@ -41,6 +41,7 @@ class FusedPredictor(TorchPredictor):
     backend = "fused"
 
     def __init__(self, bundle: Bundle, threads: int | None = None):
+        require_single_task(bundle, "fused")  # FusedDIN/FusedBST and the compiled graph end in one score per row
         super().__init__(bundle, threads)
         from ctrzoo.models.bst import BST
         from ctrzoo.models.dien import DIEN

@@ -21,7 +21,7 @@ import numpy as np
 from ctrzoo.bundle import Bundle
 from ctrzoo.errors import CtrzooError
 from ctrzoo.features import random_batch
-from ctrzoo.runtime.base import Predictor
+from ctrzoo.runtime.base import Predictor, require_single_task
 from ctrzoo.runtime.onnxruntime_backend import checked_onnx_path
 from ctrzoo.runtime.tvm import artifacts, compiler, env, policy
 from ctrzoo.runtime.tvm.tuning import DEFAULT_MINUTES, DEFAULT_TRIALS, tune_tvm
@@ -36,6 +36,7 @@ class TvmPredictor(Predictor):
     def __init__(self, bundle: Bundle, threads: int | None = None, buckets: tuple[int, ...] | None = None,
                  tune: bool = False, trials: int | None = None, max_minutes: float | None = None,
                  focus: tuple[int, ...] = ()):
+        require_single_task(bundle, "tvm")  # its buckets' buffers and padding hold one score per row
         super().__init__(bundle)
         env.require_tvm()
         t0 = time.perf_counter()

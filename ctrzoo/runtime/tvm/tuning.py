@@ -56,11 +56,13 @@ def tune_tvm(bundle_path: str | Path | Bundle, trials: int = DEFAULT_TRIALS, max
     would end past the time budget; the database keeps all measured so far (also on an interrupt), and
     tuning again continues from it.
     """
+    from ctrzoo.runtime.base import require_single_task
     from ctrzoo.runtime.onnxruntime_backend import checked_onnx_path
 
     start = time.monotonic()
     deadline = start + max_minutes * 60.0
     bundle = bundle_path if isinstance(bundle_path, Bundle) else load_bundle(bundle_path)
+    require_single_task(bundle, "tvm")  # refused before the budget is spent
     tvm = require_tvm()
     check_tvm_ffi()
     buckets = normalize_buckets(buckets or manifest_buckets(bundle) or DEFAULT_BUCKETS)
