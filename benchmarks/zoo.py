@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "zoo.md"))
     a = ap.parse_args()
     from ctrzoo.bundle import load_bundle
-    from ctrzoo.train.trainer import is_multitask
+    from ctrzoo.models.registry import is_multitask
 
     models = a.models or [m for m in list_models() if not is_multitask(m)]  # multi-task: zoo_multitask.py
     root = WORK / f"zoo_{a.rows}"

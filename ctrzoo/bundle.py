@@ -259,6 +259,8 @@ class Bundle(BaseBundle):
         """The labels a multi-task model learns, in the order of its output columns (probabilities ``[B, T]``);
         ``()`` for a single-task model (``[B]``). Read from the hyper-parameters, or the constructor's default
         when they do not record it: the value ``build_model`` used."""
+        from ctrzoo.models.registry import model_tasks
+
         return model_tasks(self.model_name, self.hparams)
 
     @property
@@ -304,21 +306,6 @@ class Bundle(BaseBundle):
     def legacy_note(cls, path: Path) -> str:
         return (f"{path}: bundle format 1 has no integrity manifest and no golden rows, so neither is checked; "
                 f"`ctrzoo export --bundle {path}` adds them")
-
-
-def model_tasks(name: str, hparams: dict[str, Any]) -> tuple[str, ...]:
-    """The tasks ``build_model(name, layout, **hparams)`` learns: ``hparams["tasks"]``, else the constructor's
-    default; ``()`` for a model without a ``tasks`` hyper-parameter (single-task)."""
-    import inspect
-
-    from ctrzoo.models.registry import _get  # the registered class (aliases resolved; unknown: CtrzooError)
-
-    if "tasks" in hparams:
-        return tuple(str(t) for t in hparams["tasks"])
-    param = inspect.signature(_get(name).__init__).parameters.get("tasks")
-    if param is None or param.default is inspect.Parameter.empty:
-        return ()
-    return tuple(str(t) for t in param.default)
 
 
 def save_bundle(out: str | Path, model: nn.Module, spec: FeatureSpec, meta: ModelBundleMeta) -> Bundle:

@@ -26,12 +26,12 @@ from ctrzoo.train.trainer import evaluate_arrays, predict
 def score_split(bundle: Bundle, ds: PreparedDataset, split: str = "test", batch_rows: int = 65536,
                 device: str = "cpu"):
     """(labels, probabilities, user ids or None) for every row of ``split``, in file order; a multi-task
-    bundle's labels and probabilities are ``[N, T]`` (its tasks, ``model_tasks``), else ``[N]``."""
+    bundle's labels and probabilities are ``[N, T]`` (its tasks, ``Bundle.tasks``), else ``[N]``."""
     check_bundle_fits(bundle, ds)
     where = resolve_device(device)
     model = bundle.build_model().to(where)
     label = bundle.spec.label  # the label it learned (``ctrzoo train --label``)
-    tasks = model_tasks(bundle)
+    tasks = bundle.tasks
     if bundle.spec.equals(replace(ds.spec, label=label)):
         # a multi-task bundle reads its tasks' labels (one this dataset lacks: DatasetError listing its labels)
         chosen = list(tasks) if tasks else (label if label in ds.labels else None)
@@ -71,7 +71,7 @@ def score_raw_file(bundle: Bundle, model, path: str | Path, user_col: str | None
     rows hold each label decided, under its name; a multi-task bundle gets ``[N, T]`` labels and scores."""
     codec = bundle.codec
     device = model_device(model)
-    tasks = model_tasks(bundle)
+    tasks = bundle.tasks
     label_cols = list(tasks) or [bundle.spec.label]
     names = set(parquet_file(path).schema_arrow.names)
     missing = [c for c in label_cols if c not in names]
@@ -93,11 +93,6 @@ def score_raw_file(bundle: Bundle, model, path: str | Path, user_col: str | None
     return np.concatenate(labels), np.concatenate(probs), (np.concatenate(users) if users else None)
 
 
-def model_tasks(bundle: Bundle) -> tuple[str, ...]:
-    """The labels a multi-task bundle scores, one column each (``CTRModel.tasks``); () for one label."""
-    return tuple(bundle.hparams.get("tasks") or ())
-
-
 def evaluate_bundle(bundle: Bundle, ds: PreparedDataset, split: str = "test", device: str = "cpu") -> dict[str, Any]:
     """AUC, logloss (GAUC with users) of ``split``; a multi-task bundle's per task too (``evaluate_arrays``)."""
-    return evaluate_arrays(*score_split(bundle, ds, split, device=device), model_tasks(bundle))
+    return evaluate_arrays(*score_split(bundle, ds, split, device=device), bundle.tasks)

@@ -15,9 +15,10 @@ from multitask_rows import MULTITASK_MODELS, TASKS, raw_rows
 
 import ctrzoo
 from ctrzoo import runtime
-from ctrzoo.bundle import GOLDEN_FILE, GOLDEN_TOLERANCE, check_golden, load_bundle, model_tasks
+from ctrzoo.bundle import GOLDEN_FILE, GOLDEN_TOLERANCE, check_golden, load_bundle
 from ctrzoo.errors import BundleError, CtrzooError
 from ctrzoo.export import PARITY_TOLERANCE, TASKS_KEY
+from ctrzoo.models.registry import model_tasks
 from ctrzoo.threads import torch_threads
 
 

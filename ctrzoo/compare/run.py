@@ -14,7 +14,7 @@ from ctrzoo.compare.stats import delong_test, holm, paired_bootstrap_mean, paire
 from ctrzoo.data.dataset import PreparedDataset, parquet_file, read_table
 from ctrzoo.devices import resolve_device
 from ctrzoo.errors import CtrzooError
-from ctrzoo.evaluate import model_tasks, score_raw_file, score_split
+from ctrzoo.evaluate import score_raw_file, score_split
 from ctrzoo.metrics import auc, gauc, logloss, per_user_auc, rela_impr
 
 MAX_SLICES = 10
@@ -58,7 +58,7 @@ def score_all(paths: list[Path], ds: PreparedDataset, split: str, device: str = 
             y, p, u = score_raw_file(b, b.build_model().to(where), str(ds.path / raw_path), ds.meta.user_id)
         else:
             y, p, u = score_split(b, ds, split, device=str(where))
-        tasks = model_tasks(b) or (b.spec.label,)
+        tasks = b.tasks or (b.spec.label,)
         y, p = (y, p) if y.ndim == 2 else (y[:, None], p[:, None])
         for i, task in enumerate(tasks):
             if task in labels and not np.array_equal(labels[task], y[:, i]):

@@ -119,6 +119,22 @@ def model_hparam_names(name: str) -> list[str]:
     return [p for p in params if p not in ("self", "layout")]
 
 
+def model_tasks(name: str, hparams: dict[str, Any]) -> tuple[str, ...]:
+    """The tasks ``build_model(name, layout, **hparams)`` learns: ``hparams["tasks"]``, else the constructor's
+    default; ``()`` for a model without a ``tasks`` hyper-parameter (single-task)."""
+    if "tasks" in hparams:
+        return tuple(str(t) for t in hparams["tasks"])
+    param = inspect.signature(_get(name).__init__).parameters.get("tasks")
+    if param is None or param.default is inspect.Parameter.empty:
+        return ()
+    return tuple(str(t) for t in param.default)
+
+
+def is_multitask(name: str) -> bool:
+    """Whether the registered model ``name`` (or alias) learns several labels: it takes ``tasks``."""
+    return "tasks" in model_hparam_names(name)
+
+
 def build_model(name: str, layout: TableLayout, **hparams: object) -> CTRModel:
     """Construct the registered model ``name`` (or an alias) for ``layout``; unknown names or hparams raise
     CtrzooError."""

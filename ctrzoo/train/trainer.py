@@ -34,6 +34,7 @@ from ctrzoo.data.loader import BatchLoader
 from ctrzoo.devices import Precision, bf16_default, copied_ahead, device_name, model_device
 from ctrzoo.errors import CtrzooError
 from ctrzoo.metrics import auc, gauc, logloss
+from ctrzoo.models.registry import is_multitask
 from ctrzoo.train.distributed import DistContext, data_parallel
 from ctrzoo.train.loop import TrainingLoop
 from ctrzoo.train.regularization import mba_l2, plain_l2
@@ -142,14 +143,6 @@ def evaluate_arrays(labels: np.ndarray, probs: np.ndarray, users: np.ndarray | N
         out["gauc"], info = gauc(labels, probs, users)
         out["gauc_users"], out["gauc_users_skipped"] = info["users"], info["users_skipped"]
     return out
-
-
-def is_multitask(model: str) -> bool:
-    """Whether the registered model ``model`` (or alias) learns several labels: it takes a ``tasks``
-    hyper-parameter (``CTRModel.tasks``)."""
-    from ctrzoo.models import model_hparam_names
-
-    return "tasks" in model_hparam_names(model)
 
 
 class Trainer(TrainingLoop):
