@@ -215,6 +215,12 @@ def _cmd_info(args: argparse.Namespace) -> None:
 def _cmd_train(args: argparse.Namespace) -> None:
     import os
 
+    if args.shard_embeddings:  # refused before torchrun starts N processes that would each fail
+        from ctrzoo.train.sharded import require_torchrec
+
+        if args.nproc < 2 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            raise CtrzooError("--shard-embeddings splits the table over several processes: add --nproc N (N >= 2)")
+        require_torchrec()
     if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         from ctrzoo.train.distributed import relaunch_with_torchrun
 
@@ -234,6 +240,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         "checkpoint_every": args.checkpoint_every, "threads": args.threads, "max_steps": args.max_steps,
         "bf16": args.bf16, "device": args.device, "label": args.label,
         "sparse_updates": False if args.dense_updates else None,
+        "shard_embeddings": True if args.shard_embeddings else None, "shard_lr": args.shard_lr,
         "hparams": {k: v for k, v in {"emb_dim": args.emb_dim, "mlp": args.mlp, "dropout": args.dropout}.items()
                     if v is not None},
     }
@@ -540,6 +547,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which of the dataset's labels to learn (default: the first; `ctrzoo info DATA` lists them)")
     s.add_argument("--nproc", type=int, default=1,
                    help="training processes on this machine (torchrun; gloo on CPU, nccl on GPU)")
+    s.add_argument("--shard-embeddings", action="store_true",
+                   help="split the embedding table row-wise over the --nproc processes with TorchRec (CPU, gloo; "
+                   "the table then trains with row-wise Adagrad; needs the torchrec extra)")
+    s.add_argument("--shard-lr", type=float,
+                   help="learning rate of the sharded table's row-wise Adagrad (default 0.01)")
     _add_device_arg(s, "train on")
     s.set_defaults(func=_cmd_train)
 

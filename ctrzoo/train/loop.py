@@ -54,7 +54,7 @@ class TrainingLoop:
     def __init__(self, model: nn.Module, *, epochs: int, lr: float, patience: int, lr_decay: float = 1.0,
                  max_steps: int | None = None, threads: int | None = None, progress: bool | None = None,
                  dist: DistContext | None = None, sparse_optimizer: type[torch.optim.Optimizer] | None = None,
-                 precision: Precision | None = None):
+                 precision: Precision | None = None, fused_optimizers: list[torch.optim.Optimizer] | None = None):
         self.precision = precision or Precision(torch.device("cpu"), None)
         self.device = self.precision.device
         self.model = model.to(self.device)  # before the optimizers: their state lives where the weights do
@@ -63,7 +63,11 @@ class TrainingLoop:
                                                                                    max_steps, threads)
         self.dist = dist or DistContext()
         self.progress = (sys.stderr.isatty() if progress is None else progress) and self.dist.is_main
-        self.optimizers = make_optimizers(model, lr, sparse_optimizer)
+        # fused_optimizers: parameters another optimizer updates inside the backward pass (a TorchRec table,
+        # ctrzoo.train.sharded); kept out of the ones made here, stepped with them (their lr decays too)
+        fused = fused_optimizers or []
+        owned = {id(p) for opt in fused for group in opt.param_groups for p in group["params"]}
+        self.optimizers = make_optimizers(model, lr, sparse_optimizer, exclude=owned) + fused
         self.sparse_params = split_sparse_params(model)[0]
         self.history: list[dict[str, Any]] = []
         # best validation score, the epoch it was reached in (0-based) and a copy of the weights then
@@ -124,7 +128,7 @@ class TrainingLoop:
                 self.step_in_epoch = 0
                 self.after_epoch()
             if self.best["state"] is not None:
-                self.model.load_state_dict(self.best["state"])
+                self.restore(self.best["state"])
         return next((h for h in self.history if h["epoch"] == self.best["epoch"] + 1), self.history[-1])
 
     def _run_epoch(self, on_step: Callable[[int], None] | None) -> tuple[float, int, int]:
@@ -170,6 +174,13 @@ class TrainingLoop:
         self.scaler.update()
         return reported, weight
 
+    def snapshot(self) -> dict[str, Any]:
+        """A copy of the weights that :meth:`restore` comes back to (the best epoch's)."""
+        return copy.deepcopy(self.model.state_dict())
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state)
+
     def hit_max_steps(self) -> bool:
         return self.max_steps is not None and self.global_step >= self.max_steps
 
@@ -182,7 +193,7 @@ class TrainingLoop:
         if score is None:
             return False
         if score > self.best["score"] + MIN_DELTA:
-            self.best = {"score": score, "epoch": self.epoch, "state": copy.deepcopy(self.model.state_dict())}
+            self.best = {"score": score, "epoch": self.epoch, "state": self.snapshot()}
             self.bad_epochs = 0
             return False
         self.bad_epochs += 1
@@ -230,11 +241,13 @@ class TrainingLoop:
         self.history = json.loads(state["history"])
 
 
-def make_optimizers(model: nn.Module, lr: float,
-                    sparse_optimizer: type[torch.optim.Optimizer] | None = None) -> list[torch.optim.Optimizer]:
+def make_optimizers(model: nn.Module, lr: float, sparse_optimizer: type[torch.optim.Optimizer] | None = None,
+                    exclude: set[int] | None = None) -> list[torch.optim.Optimizer]:
     """[Adam over the dense parameters, ``sparse_optimizer`` (default ``RowSparseAdam``) over the tables with
-    sparse gradients, when there are any]."""
+    sparse gradients, when there are any]; parameters whose ``id`` is in ``exclude`` are left out."""
     sparse, dense = split_sparse_params(model)
+    if exclude:
+        dense = [p for p in dense if id(p) not in exclude]
     optimizers = [_dense_adam(dense, lr)]
     if sparse:
         optimizers.append((sparse_optimizer or RowSparseAdam)(sparse, lr=lr))

@@ -58,6 +58,7 @@ def train_bundle(model: str, data: str | Path, out: str | Path, config_file: str
                 test = trainer.evaluate(test_loader)  # fp32, like every later consumer
             else:
                 test = {"rows": 0}
+            trainer.gather_embeddings()  # a sharded table: whole again on rank 0, for the bundle
             meta = ModelBundleMeta(
                 model=ModelInfo(name=cfg.model, hparams=trainer.model.hparams),
                 data=DataRef(path=str(ds.path.resolve()), kind=ds.meta.kind, fingerprint=ds.fingerprint),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,10 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many steps in total (smoke runs)
     device: str = "auto"  # auto | cpu | cuda | cuda:N, resolved to the device that runs (ctrzoo.devices)
     label: str | None = None  # which of the dataset's labels to learn (None: the first)
+    shard_embeddings: bool = False  # the table row-wise over the ranks with TorchRec (ctrzoo.train.sharded)
+    # the sharded table's row-wise Adagrad learning rate: Adagrad's steps shrink as a row's squared gradients
+    # add up, so it wants a larger rate than Adam's ``lr`` (ctrzoo.train.sharded.ADAGRAD_LR)
+    shard_lr: float | None = None
 
     def __post_init__(self) -> None:
         if self.regularization not in ("none", "l2", "mba"):
@@ -69,6 +73,14 @@ class TrainConfig:
         if self.batch_size < 1 or self.epochs < 1 or self.lr <= 0:
             raise CtrzooError("batch_size and epochs must be >= 1 and lr > 0")
         self.device = device_name(self.device)  # a missing GPU fails here, in one line, before any work
+        if self.shard_embeddings and self.regularization != "none":
+            raise CtrzooError(f"--shard-embeddings: regularization {self.regularization!r} needs the whole table "
+                              "in every process; use --reg none with sharded embeddings")
+        if self.shard_lr is not None and self.shard_lr <= 0:
+            raise CtrzooError(f"shard_lr must be > 0, got {self.shard_lr}")
+        if self.shard_embeddings and self.checkpoint_every:
+            raise CtrzooError("--shard-embeddings: checkpoints are not written for a sharded table yet "
+                              "(no --checkpoint-every, no --resume)")
         if self.bf16 is None:  # resolved here, so a checkpoint records what actually ran
             self.bf16 = bf16_default(torch.device(self.device))
 
@@ -85,17 +97,25 @@ def bf16_native() -> bool:
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, loader: BatchLoader,
-            bf16: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def predict(model: nn.Module, loader: BatchLoader, bf16: bool = False,
+            lockstep: Callable[[Iterable, int], Iterable[tuple[Any, bool]]] | None = None,
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Labels, click probabilities and user ids (when the loader keeps them) for a whole split, scored on the
     model's device (batches copied there ahead of use; results back as NumPy arrays). A multi-task model
-    (loader asked for its labels) gives labels and probabilities ``[N, T]``, else ``[N]``."""
+    (loader asked for its labels) gives labels and probabilities ``[N, T]``, else ``[N]``.
+
+    ``lockstep(batches, n)`` (a sharded table, whose lookups are collectives): yields ``(batch, keep)``, with
+    filler batches (``keep`` False, scores dropped) so that every rank runs as many forwards."""
     model.eval()
     device = model_device(model)
     labels, probs, users = [], [], []
-    for b in copied_ahead(loader, device):
+    batches = copied_ahead(loader, device)
+    paired = lockstep(batches, len(loader)) if lockstep is not None else ((b, True) for b in batches)
+    for b, keep in paired:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(b.sparse, b.dense, b.seq)
+        if not keep:
+            continue
         probs.append(torch.sigmoid(logits.float()).cpu().numpy())
         labels.append(b.label.cpu().numpy())
         if b.user_id is not None:
@@ -173,11 +193,20 @@ class Trainer(TrainingLoop):
         self.tasks: tuple[str, ...] = tuple(model.tasks)
         # a multi-task model reads its tasks' labels ([B, T]); an unknown task name fails here, listing the labels
         label = list(self.tasks) if self.tasks else config.label
-        if dist.enabled:  # broadcasts rank 0's initial weights
+        self.sharded = config.shard_embeddings
+        fused: list[torch.optim.Optimizer] = []
+        if self.sharded:  # the table row-wise over the ranks, its own fused optimizer (ctrzoo.train.sharded)
+            from ctrzoo.train import sharded
+
+            shard_lr = config.shard_lr or sharded.ADAGRAD_LR
+            self.forward_model = sharded.shard_embedding(model, dist, shard_lr, device)
+            fused = [self.forward_model.fused_optimizer]
+            sharded.note(model, dist, shard_lr)
+        elif dist.enabled:  # broadcasts rank 0's initial weights
             self.forward_model = data_parallel(model, device)
         super().__init__(model, epochs=config.epochs, lr=config.lr, patience=config.patience,
                          lr_decay=config.lr_decay, max_steps=config.max_steps, threads=config.threads,
-                         progress=progress, dist=dist, precision=self.precision)
+                         progress=progress, dist=dist, precision=self.precision, fused_optimizers=fused)
         self.id_frequency = torch.from_numpy(dataset.codec.id_frequencies().astype(np.float32)).to(device)
         rows = dataset.rows("train")
         if rows < 2:
@@ -203,6 +232,8 @@ class Trainer(TrainingLoop):
         if self.dist.is_main:  # half-written checkpoints of a killed run
             for stale in self.workdir.glob(f".{CHECKPOINT_FILE}.tmp-*"):
                 stale.unlink(missing_ok=True)
+        if resume and self.sharded:
+            raise CtrzooError("--resume: checkpoints are not written for a sharded table (--shard-embeddings) yet")
         if resume:
             self._load_checkpoint()
         elif (self.workdir / CHECKPOINT_FILE).exists():
@@ -272,27 +303,66 @@ class Trainer(TrainingLoop):
     def on_record(self, record: dict[str, Any]) -> None:
         if self.dist.enabled:
             record["rank_weight_checksums"] = self._check_ranks_in_sync()
+        if self.sharded:  # each rank's share of the table: its shard's rows (about rows / ranks)
+            from ctrzoo.train import sharded
+
+            record["rank_table_rows"] = self.dist.gather_objects(
+                sum(t.shape[0] for _, t in sharded.local_shards(self.model)))
         if self.dist.is_main:
             with disk_errors("the training metrics", self.workdir / "metrics.jsonl"), \
                     open(self.workdir / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(record) + "\n")
 
     def after_step(self) -> None:
-        if self.cfg.checkpoint_every and self.global_step % self.cfg.checkpoint_every == 0:
+        if self.cfg.checkpoint_every and not self.sharded and self.global_step % self.cfg.checkpoint_every == 0:
             self._save_checkpoint()
 
     def after_epoch(self) -> None:
-        self._save_checkpoint()
+        if not self.sharded:  # a checkpoint of rank 0 would hold its shard only
+            self._save_checkpoint()
+
+    def snapshot(self) -> dict[str, Any]:
+        if self.sharded:
+            from ctrzoo.train import sharded
+
+            return sharded.snapshot(self.model)
+        return super().snapshot()
+
+    def restore(self, state: dict[str, Any]) -> None:
+        if self.sharded:
+            from ctrzoo.train import sharded
+
+            return sharded.restore(self.model, state)
+        return super().restore(state)
+
+    def gather_embeddings(self) -> None:
+        """A sharded table gathered into rank 0's model (a collective), before the bundle is written."""
+        if self.sharded:
+            from ctrzoo.train import sharded
+
+            sharded.gather_table(self.model, self.dist)
 
     def evaluate(self, loader: BatchLoader) -> dict[str, float]:
         """Metrics over the whole split: each rank scores its part, the parts are gathered."""
-        labels, probs, users = self.dist.gather_concat(list(predict(self.model, loader)))
+        lockstep = None
+        if self.sharded:
+            from ctrzoo.train import sharded
+
+            def lockstep(batches, n):
+                return sharded.in_lockstep(batches, n, self.dist, self.ds.codec.layout)
+        labels, probs, users = self.dist.gather_concat(list(predict(self.model, loader, lockstep=lockstep)))
         return evaluate_arrays(labels, probs, users, self.tasks)
 
     def _check_ranks_in_sync(self) -> list[float]:
-        """A weight checksum per rank; data parallel training must keep them identical."""
+        """A weight checksum per rank; data parallel training must keep them identical (a sharded table's
+        shards, different by design, are left out)."""
+        skip: set[int] = set()
+        if self.sharded:
+            from ctrzoo.train import sharded
+
+            skip = sharded.sharded_parameter_ids(self.model)
         with torch.no_grad():
-            local = float(sum(p.double().sum() for p in self.model.parameters()))
+            local = float(sum(p.double().sum() for p in self.model.parameters() if id(p) not in skip))
         sums = self.dist.gather_objects(local)
         if len(set(sums)) != 1:
             raise CtrzooError(f"ranks diverged: weight checksums {sums}")
