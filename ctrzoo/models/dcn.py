@@ -45,5 +45,5 @@ class DCN(CTRModel):
         self.head = nn.Linear(in_dim + self.deep.out_dim, 1)
 
     def forward(self, sparse: Tensor, dense: Tensor, seq: Tensor) -> Tensor:
-        x0 = torch.cat([self.embedding.fields(sparse, dense, seq).flatten(1), dense], dim=1)
+        x0 = self.embedding.flat_with_dense(sparse, dense, seq)
         return self.head(torch.cat([self.cross(x0), self.deep(x0)], dim=1)).squeeze(-1)

@@ -51,14 +51,14 @@ class DCNv2(CTRModel):
         self.hparams = hparams
         self.structure = structure
         self.embedding = FeatureEmbedding(layout, emb_dim, sparse_grad=sparse_grad, first_order=False)
-        in_dim = self.embedding.num_fields * emb_dim + layout.n_dense
+        in_dim = self.embedding.flat_width(layout.n_dense)
         self.cross: nn.Module = (CrossNetworkMix(in_dim, num_cross_layers, low_rank, num_experts) if low_rank > 0
                                  else CrossNetwork(in_dim, num_cross_layers, form="matrix"))
         self.deep = MLP(in_dim, mlp, dropout, activation, batch_norm)
         self.head = nn.Linear(self.deep.out_dim + (in_dim if structure == "parallel" else 0), 1)
 
     def forward(self, sparse: Tensor, dense: Tensor, seq: Tensor) -> Tensor:
-        x0 = torch.cat([self.embedding.fields(sparse, dense, seq).flatten(1), dense], dim=1)
+        x0 = self.embedding.flat_with_dense(sparse, dense, seq)
         if self.structure == "stacked":
             return self.head(self.deep(self.cross(x0))).squeeze(-1)
         return self.head(torch.cat([self.cross(x0), self.deep(x0)], dim=1)).squeeze(-1)

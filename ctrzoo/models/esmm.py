@@ -40,14 +40,14 @@ class ESMM(CTRModel):
         self.hparams = hparams
         self.tasks = check_tasks(tasks, "esmm", exactly=2)
         self.embedding = FeatureEmbedding(layout, emb_dim, sparse_grad=sparse_grad, first_order=False)
-        in_dim = self.embedding.num_fields * emb_dim + layout.n_dense
+        in_dim = self.embedding.flat_width(layout.n_dense)
         self.ctr = MLP(in_dim, tower_mlp, dropout, activation, batch_norm)
         self.cvr = MLP(in_dim, tower_mlp, dropout, activation, batch_norm)
         self.ctr_head, self.cvr_head = nn.Linear(self.ctr.out_dim, 1), nn.Linear(self.cvr.out_dim, 1)
 
     def tower_logits(self, sparse: Tensor, dense: Tensor, seq: Tensor) -> tuple[Tensor, Tensor]:
         """(pCTR's logit, pCVR's logit), each ``[B]``."""
-        x = torch.cat([self.embedding.fields(sparse, dense, seq).flatten(1), dense], dim=1)
+        x = self.embedding.flat_with_dense(sparse, dense, seq)
         return self.ctr_head(self.ctr(x)).squeeze(-1), self.cvr_head(self.cvr(x)).squeeze(-1)
 
     def cvr_logit(self, sparse: Tensor, dense: Tensor, seq: Tensor) -> Tensor:

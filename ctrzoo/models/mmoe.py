@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 
 from ctrzoo.features.layout import TableLayout
@@ -40,11 +39,11 @@ class MMoE(CTRModel):
         self.hparams = hparams
         self.tasks = check_tasks(tasks, "mmoe")
         self.embedding = FeatureEmbedding(layout, emb_dim, sparse_grad=sparse_grad, first_order=False)
-        in_dim = self.embedding.num_fields * emb_dim + layout.n_dense
+        in_dim = self.embedding.flat_width(layout.n_dense)
         self.experts = MixtureOfExperts(in_dim, len(self.tasks), num_experts, expert_mlp, dropout, activation,
                                         batch_norm)
         self.towers = TaskTowers(self.experts.out_dim, len(self.tasks), tower_mlp, dropout, activation, batch_norm)
 
     def forward(self, sparse: Tensor, dense: Tensor, seq: Tensor) -> Tensor:
-        x = torch.cat([self.embedding.fields(sparse, dense, seq).flatten(1), dense], dim=1)
+        x = self.embedding.flat_with_dense(sparse, dense, seq)
         return self.towers(self.experts(x))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from ctrzoo.errors import CtrzooError
@@ -43,7 +42,7 @@ class PLE(CTRModel):
         self.hparams = hparams
         self.tasks = check_tasks(tasks, "ple")
         self.embedding = FeatureEmbedding(layout, emb_dim, sparse_grad=sparse_grad, first_order=False)
-        dim = self.embedding.num_fields * emb_dim + layout.n_dense
+        dim = self.embedding.flat_width(layout.n_dense)
         levels = []
         for level in range(num_levels):
             levels.append(CustomizedGateControl(dim, len(self.tasks), shared_experts, task_experts, expert_mlp,
@@ -54,7 +53,7 @@ class PLE(CTRModel):
         self.towers = TaskTowers(dim, len(self.tasks), tower_mlp, dropout, activation, batch_norm)
 
     def forward(self, sparse: Tensor, dense: Tensor, seq: Tensor) -> Tensor:
-        x = torch.cat([self.embedding.fields(sparse, dense, seq).flatten(1), dense], dim=1)
+        x = self.embedding.flat_with_dense(sparse, dense, seq)
         h = x.unsqueeze(1).expand(-1, len(self.tasks) + 1, -1)
         for level in self.levels:
             h = level(h)

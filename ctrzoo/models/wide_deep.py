@@ -78,7 +78,7 @@ class WideDeep(CTRModel):
         return logit
 
     def forward(self, sparse: Tensor, dense: Tensor, seq: Tensor) -> Tensor:
-        deep_in = torch.cat([self.embedding.fields(sparse, dense, seq).flatten(1), dense], dim=1)
+        deep_in = self.embedding.flat_with_dense(sparse, dense, seq)
         return self.wide(sparse, dense) + self.head(self.deep(deep_in)).squeeze(-1)
 
 

@@ -122,6 +122,15 @@ class FeatureEmbedding(nn.Module):
         """
         return self._with_extra_fields(self(sparse), dense, seq)
 
+    def flat_with_dense(self, sparse: Tensor, dense: Tensor, seq: Tensor) -> Tensor:
+        """``[flatten(fields), dense]``, ``[B, num_fields * dim + D]``: the MLP and cross-network input of DCN,
+        DCN-V2, Wide&Deep's deep part and the multi-task models (``flat_width(n_dense)`` wide)."""
+        return torch.cat([self.fields(sparse, dense, seq).flatten(1), dense], dim=1)
+
+    def flat_width(self, n_dense: int) -> int:
+        """The width of ``flat_with_dense`` for ``n_dense`` dense columns."""
+        return self.num_fields * self.dim + n_dense
+
     def fields_and_first_order(self, sparse: Tensor, dense: Tensor, seq: Tensor) -> tuple[Tensor, Tensor]:
         """``(self.fields(...), self.first_order(sparse))`` through :meth:`lookup`'s one deduplicated read."""
         fields, first = self.lookup(sparse)
