@@ -215,25 +215,6 @@ def _cmd_info(args: argparse.Namespace) -> None:
 def _cmd_train(args: argparse.Namespace) -> None:
     import os
 
-    if args.shard_embeddings:  # refused before torchrun starts N processes that would each fail
-        from ctrzoo.train.sharded import require_torchrec
-
-        if args.nproc < 2 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-            raise CtrzooError("--shard-embeddings splits the table over several processes: add --nproc N (N >= 2)")
-        require_torchrec()
-    if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        from ctrzoo.train.distributed import relaunch_with_torchrun
-
-        argv = [a for a in sys.argv[1:] if not a.startswith("--nproc")]
-        if "--nproc" in sys.argv[1:]:  # drop the value that followed "--nproc"
-            i = sys.argv[1:].index("--nproc")
-            argv = sys.argv[1:][:i] + sys.argv[1:][i + 2:]
-        code = relaunch_with_torchrun(argv, args.nproc)
-        if code:
-            raise CtrzooError(f"distributed training failed (torchrun exit code {code})")
-        return
-    from ctrzoo.train.run import train_bundle
-
     overrides = {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "regularization": args.reg, "reg_lambda": args.reg_lambda, "patience": args.patience,
@@ -244,6 +225,29 @@ def _cmd_train(args: argparse.Namespace) -> None:
         "hparams": {k: v for k, v in {"emb_dim": args.emb_dim, "mlp": args.mlp, "dropout": args.dropout}.items()
                     if v is not None},
     }
+    if args.shard_embeddings:  # refused before torchrun starts N processes that would each fail
+        from ctrzoo.train.sharded import require_torchrec
+
+        if args.nproc < 2 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            raise CtrzooError("--shard-embeddings splits the table over several processes: add --nproc N (N >= 2)")
+        require_torchrec()
+    if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        from ctrzoo.data.dataset import PreparedDataset
+        from ctrzoo.train.config import resolve_config
+        from ctrzoo.train.distributed import relaunch_with_torchrun
+
+        # the settings are checked here, once, before N processes start and each fails the same way
+        resolve_config(args.model, PreparedDataset.open(args.data).meta.kind, args.config, dict(overrides))
+        argv = [a for a in sys.argv[1:] if not a.startswith("--nproc")]
+        if "--nproc" in sys.argv[1:]:  # drop the value that followed "--nproc"
+            i = sys.argv[1:].index("--nproc")
+            argv = sys.argv[1:][:i] + sys.argv[1:][i + 2:]
+        code = relaunch_with_torchrun(argv, args.nproc)
+        if code:
+            raise CtrzooError(f"distributed training failed (torchrun exit code {code})")
+        return
+    from ctrzoo.train.run import train_bundle
+
     train_bundle(args.model, args.data, args.out, args.config, overrides, resume=args.resume)
 
 

@@ -108,3 +108,12 @@ def test_missing_torchrec_names_the_install_commands(synth_prepared, tmp_path):
     assert proc.returncode != 0
     assert "fbgemm-gpu-cpu==1.8.0" in proc.stderr and "--no-deps torchrec==1.8.0" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@needs_torchrec
+def test_settings_a_sharded_run_cannot_use_are_refused_before_torchrun_starts(synth_prepared, tmp_path):
+    proc = _train(synth_prepared["criteo"], tmp_path / "b", "--shard-embeddings", "--reg", "mba",
+                  "--reg-lambda", "0.01")
+    assert proc.returncode != 0 and "regularization 'mba' needs the whole table" in proc.stderr
+    assert "torchrun" not in proc.stderr and "Traceback" not in proc.stderr  # one line, no N failing ranks
+    assert not (tmp_path / "b").exists()
