@@ -442,6 +442,26 @@ def _embedding_steps(rank: int, job: dict) -> dict:
             model(kjt).values().sum().backward()  # the fused optimizer updates in the backward pass
 
         out[f"step: TorchRec {sharding} (fused row-wise Adagrad)"] = timed(torchrec_step)
+    # row-wise: what `--shard-embeddings` runs (ctrzoo.train.sharded): unpooled EmbeddingCollection, one bag
+    from torchrec import EmbeddingCollection, EmbeddingConfig
+    from torchrec.distributed.embedding import EmbeddingCollectionSharder
+
+    ec = EmbeddingCollection(tables=[EmbeddingConfig(name="t", embedding_dim=16, num_embeddings=rows,
+                                                     feature_names=["t"])], device=torch.device("meta"))
+    sharder = EmbeddingCollectionSharder(fused_params={"optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
+                                                       "learning_rate": 0.01})
+    planner = EmbeddingShardingPlanner(topology=Topology(world_size=dist.get_world_size(), compute_device="cpu"),
+                                       constraints={"t": ParameterConstraints(sharding_types=["row_wise"])})
+    model = DistributedModelParallel(ec, device=torch.device("cpu"), sharders=[sharder],
+                                     plan=planner.collective_plan(ec, [sharder], dist.GroupMember.WORLD))
+
+    def row_wise_step(ids, model=model):
+        values = ids.reshape(-1)
+        kjt = KeyedJaggedTensor(keys=["t"], values=values, lengths=torch.tensor([values.numel()]))
+        model(kjt)["t"].values().sum().backward()
+
+    out["step: TorchRec row_wise, EmbeddingCollection (--shard-embeddings; fused row-wise Adagrad)"] = \
+        timed(row_wise_step)
     return out
 
 
