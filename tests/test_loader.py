@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -60,3 +62,17 @@ def test_rank_parts_are_disjoint_and_cover_the_split(sample_rows, tmp_path, bloc
     assert len(parts[0]) > 0 and len(parts[1]) > 0
     assert len(parts[0]) + len(parts[1]) == len(whole)
     assert sorted(map(tuple, np.concatenate(parts))) == sorted(map(tuple, whole))
+
+
+@pytest.mark.parametrize("world", [2, 3, 5])
+def test_ranks_get_equal_disjoint_row_ranges_whatever_the_group_sizes(world):
+    from ctrzoo.data.loader import _shard
+
+    # Parquet row groups of unequal sizes (each file: full groups and a small remainder), as prepare writes them
+    groups = [(f"f{f}", g, n) for f in range(4) for g, n in enumerate([131_072, 131_072, 131_072, 6_613])]
+    parts = [_shard(groups, r, world) for r in range(world)]
+    sizes = [sum(stop - start for _, _, start, stop in part) for part in parts]
+    assert max(sizes) - min(sizes) <= 1 and sum(sizes) == sum(n for *_, n in groups)
+    covered = sorted((p, g, start, stop) for part in parts for p, g, start, stop in part)
+    for (p, g, _, stop), (q, h, start, _) in itertools.pairwise(covered):  # no row twice, none left out
+        assert (p, g) != (q, h) or stop == start

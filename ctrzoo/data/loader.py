@@ -221,13 +221,22 @@ class BatchLoader:
 
 
 def _shard(groups: list[tuple[Path, int, int]], rank: int, world: int) -> list[tuple[Path, int, int, int]]:
-    """This rank's disjoint part: whole row groups round-robin, or row ranges of every group when there are
-    fewer groups than ranks (small data); the parts of all ranks cover every row exactly once."""
+    """This rank's disjoint part: the ``rank``-th of ``world`` equal contiguous row ranges of all the groups
+    in order (at most one row more than another rank's), as (path, group, start, stop) slices. Equal parts
+    matter: every rank runs the smallest rank's number of steps, so whole groups dealt round-robin (groups of
+    unequal sizes) left 11% of a 1.6M-row training split untrained with 2 processes. A group on a boundary is
+    read by both ranks that share it (at most ``world - 1`` groups in all)."""
     if world <= 1:
         return [(p, g, 0, n) for p, g, n in groups]
-    if len(groups) >= world:
-        return [(p, g, 0, n) for p, g, n in groups[rank::world]]
-    return [(p, g, n * rank // world, n * (rank + 1) // world) for p, g, n in groups]
+    total = sum(n for _, _, n in groups)
+    start, stop = total * rank // world, total * (rank + 1) // world
+    mine, offset = [], 0
+    for p, g, n in groups:
+        lo, hi = max(start - offset, 0), min(stop - offset, n)
+        if lo < hi:
+            mine.append((p, g, lo, hi))
+        offset += n
+    return mine
 
 
 def _read_group(path: Path, group: int, start: int, stop: int) -> pa.Table:
