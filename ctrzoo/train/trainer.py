@@ -35,6 +35,7 @@ from ctrzoo.devices import Precision, bf16_default, copied_ahead, device_name, m
 from ctrzoo.errors import CtrzooError
 from ctrzoo.metrics import auc, gauc, logloss
 from ctrzoo.models.registry import is_multitask
+from ctrzoo.train import sharded
 from ctrzoo.train.distributed import DistContext, data_parallel
 from ctrzoo.train.loop import TrainingLoop
 from ctrzoo.train.regularization import mba_l2, plain_l2
@@ -196,8 +197,6 @@ class Trainer(TrainingLoop):
         self.sharded = config.shard_embeddings
         fused: list[torch.optim.Optimizer] = []
         if self.sharded:  # the table row-wise over the ranks, its own fused optimizer (ctrzoo.train.sharded)
-            from ctrzoo.train import sharded
-
             shard_lr = config.shard_lr or sharded.ADAGRAD_LR
             self.forward_model = sharded.shard_embedding(model, dist, shard_lr, device)
             fused = [self.forward_model.fused_optimizer]
@@ -304,8 +303,6 @@ class Trainer(TrainingLoop):
         if self.dist.enabled:
             record["rank_weight_checksums"] = self._check_ranks_in_sync()
         if self.sharded:  # each rank's share of the table: its shard's rows (about rows / ranks)
-            from ctrzoo.train import sharded
-
             record["rank_table_rows"] = self.dist.gather_objects(
                 sum(t.shape[0] for _, t in sharded.local_shards(self.model)))
         if self.dist.is_main:
@@ -322,45 +319,28 @@ class Trainer(TrainingLoop):
             self._save_checkpoint()
 
     def snapshot(self) -> dict[str, Any]:
-        if self.sharded:
-            from ctrzoo.train import sharded
-
-            return sharded.snapshot(self.model)
-        return super().snapshot()
+        return sharded.snapshot(self.model) if self.sharded else super().snapshot()
 
     def restore(self, state: dict[str, Any]) -> None:
-        if self.sharded:
-            from ctrzoo.train import sharded
-
-            return sharded.restore(self.model, state)
-        return super().restore(state)
+        return sharded.restore(self.model, state) if self.sharded else super().restore(state)
 
     def gather_embeddings(self) -> None:
         """A sharded table gathered into rank 0's model (a collective), before the bundle is written."""
-        if self.sharded:
-            from ctrzoo.train import sharded
-
-            sharded.gather_table(self.model, self.dist)
+        sharded.gather_table(self.model, self.dist)  # a no-op for a plain table
 
     def evaluate(self, loader: BatchLoader) -> dict[str, float]:
         """Metrics over the whole split: each rank scores its part, the parts are gathered."""
-        lockstep = None
-        if self.sharded:
-            from ctrzoo.train import sharded
+        def lockstep(batches, n):  # a sharded table's lookups are collectives: equal forwards on every rank
+            return sharded.in_lockstep(batches, n, self.dist, self.ds.codec.layout)
 
-            def lockstep(batches, n):
-                return sharded.in_lockstep(batches, n, self.dist, self.ds.codec.layout)
-        labels, probs, users = self.dist.gather_concat(list(predict(self.model, loader, lockstep=lockstep)))
+        scored = predict(self.model, loader, lockstep=lockstep if self.sharded else None)
+        labels, probs, users = self.dist.gather_concat(list(scored))
         return evaluate_arrays(labels, probs, users, self.tasks)
 
     def _check_ranks_in_sync(self) -> list[float]:
         """A weight checksum per rank; data parallel training must keep them identical (a sharded table's
         shards, different by design, are left out)."""
-        skip: set[int] = set()
-        if self.sharded:
-            from ctrzoo.train import sharded
-
-            skip = sharded.sharded_parameter_ids(self.model)
+        skip = sharded.sharded_parameter_ids(self.model)  # empty without a sharded table
         with torch.no_grad():
             local = float(sum(p.double().sum() for p in self.model.parameters() if id(p) not in skip))
         sums = self.dist.gather_objects(local)
